@@ -1,0 +1,516 @@
+//! The appliance config file (`sluiced --config FILE.toml`).
+//!
+//! Parsing is strict about what it understands (unknown keys are errors: a typo in a config must
+//! not silently fall back to a default) and every error names the field and the fix.
+
+use serde::Deserialize;
+use sluice_dataplane::wire::ethernet::parse_mac;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub appliance: Appliance,
+    #[serde(default)]
+    pub dataplane: Dataplane,
+    #[serde(rename = "interface", default)]
+    pub interfaces: Vec<Interface>,
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteCfg>,
+    #[serde(rename = "steer", default)]
+    pub steer: Vec<SteerCfg>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Appliance {
+    /// Shown in logs and status.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Where the daemon writes its stats file (and, later, its API socket).
+    #[serde(default = "default_runtime_dir")]
+    pub runtime_dir: PathBuf,
+    /// How often the stats file is rewritten, in milliseconds.
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_ms: u64,
+}
+
+fn default_name() -> String {
+    "sluice".into()
+}
+fn default_runtime_dir() -> PathBuf {
+    "/run/sluice".into()
+}
+fn default_stats_interval() -> u64 {
+    1000
+}
+
+impl Default for Appliance {
+    fn default() -> Self {
+        Appliance {
+            name: default_name(),
+            runtime_dir: default_runtime_dir(),
+            stats_interval_ms: default_stats_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PollModeCfg {
+    Busy,
+    Adaptive,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeCfg {
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroCopyCfg {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dataplane {
+    /// Number of queues served per interface; one worker per queue.
+    #[serde(default = "one")]
+    pub queues: u32,
+    /// CPU core per worker (index = queue). Empty: worker q runs on core q mod #cpus.
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    /// Packets per batch, 1..=64.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_poll")]
+    pub poll_mode: PollModeCfg,
+    #[serde(default = "default_xdp_mode")]
+    pub xdp_mode: XdpModeCfg,
+    /// If native attach fails, attach in generic mode instead of failing.
+    #[serde(default = "yes")]
+    pub xdp_fallback_generic: bool,
+    #[serde(default = "default_zc")]
+    pub zero_copy: ZeroCopyCfg,
+    /// UMEM chunk size (power of two, 2048..=65536).
+    #[serde(default = "default_frame")]
+    pub frame_size: u32,
+    /// Descriptors per AF_XDP ring (power of two, 64..=32768).
+    #[serde(default = "default_ring")]
+    pub ring_size: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_poll() -> PollModeCfg {
+    PollModeCfg::Adaptive
+}
+fn default_xdp_mode() -> XdpModeCfg {
+    XdpModeCfg::Native
+}
+fn default_zc() -> ZeroCopyCfg {
+    ZeroCopyCfg::Auto
+}
+fn default_frame() -> u32 {
+    4096
+}
+fn default_ring() -> u32 {
+    2048
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Dataplane {
+            queues: one(),
+            cores: Vec::new(),
+            batch_size: default_batch(),
+            poll_mode: default_poll(),
+            xdp_mode: default_xdp_mode(),
+            xdp_fallback_generic: yes(),
+            zero_copy: default_zc(),
+            frame_size: default_frame(),
+            ring_size: default_ring(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCfg {
+    /// CIDR, e.g. "10.20.0.0/24" or "fd00:20::/64".
+    pub prefix: String,
+    /// Egress interface: one of the `[[interface]]` names.
+    pub dev: String,
+    /// Gateway address; absent for a directly connected prefix.
+    #[serde(default)]
+    pub via: Option<String>,
+    /// Static next-hop MAC; absent to use the kernel's neighbour table.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SteerCfg {
+    /// Destination address the appliance owns.
+    pub ip: String,
+    /// "tcp", "udp" or "any" (default).
+    #[serde(default = "any")]
+    pub proto: String,
+    /// Destination port; 0 or absent for every port.
+    #[serde(default)]
+    pub port: u16,
+}
+
+fn any() -> String {
+    "any".into()
+}
+
+/// A config error: which field, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn bad(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// A parsed, checked route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRoute {
+    pub prefix: IpAddr,
+    pub prefix_len: u8,
+    /// Index into `interfaces`.
+    pub port: u16,
+    pub via: Option<IpAddr>,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A parsed, checked steering entry: (ip, IP protocol number or 0, port or 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedSteer {
+    pub ip: IpAddr,
+    pub proto: u8,
+    pub port: u16,
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let span = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "config".into());
+            bad(span, e.message().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(path.display().to_string(), format!("cannot read: {e}")))?;
+        Config::from_toml(&text)
+            .map_err(|e| bad(format!("{}: {}", path.display(), e.field), e.problem))
+    }
+
+    /// Checks everything that can be checked without touching the machine.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.dataplane;
+        if d.queues == 0 || d.queues > 64 {
+            return Err(bad(
+                "dataplane.queues",
+                format!("{} is outside 1..=64", d.queues),
+            ));
+        }
+        if !d.cores.is_empty() && d.cores.len() != d.queues as usize {
+            return Err(bad(
+                "dataplane.cores",
+                format!(
+                    "lists {} cores for {} queues; give one core per queue or leave it empty",
+                    d.cores.len(),
+                    d.queues
+                ),
+            ));
+        }
+        if !(1..=64).contains(&d.batch_size) {
+            return Err(bad(
+                "dataplane.batch_size",
+                format!("{} is outside 1..=64", d.batch_size),
+            ));
+        }
+        if !d.frame_size.is_power_of_two() || !(2048..=65536).contains(&d.frame_size) {
+            return Err(bad(
+                "dataplane.frame_size",
+                format!("{} must be a power of two in 2048..=65536", d.frame_size),
+            ));
+        }
+        if !d.ring_size.is_power_of_two() || !(64..=32768).contains(&d.ring_size) {
+            return Err(bad(
+                "dataplane.ring_size",
+                format!("{} must be a power of two in 64..=32768", d.ring_size),
+            ));
+        }
+        if self.appliance.stats_interval_ms < 50 {
+            return Err(bad("appliance.stats_interval_ms", "must be at least 50"));
+        }
+        let mut seen = HashSet::new();
+        for (i, itf) in self.interfaces.iter().enumerate() {
+            let f = format!("interface[{i}].name");
+            if itf.name.is_empty() || itf.name.len() > 15 || itf.name.contains(['/', ' ', '\0']) {
+                return Err(bad(
+                    f,
+                    format!(
+                        "{:?} is not a valid interface name (1-15 characters, no '/' or spaces)",
+                        itf.name
+                    ),
+                ));
+            }
+            if !seen.insert(itf.name.as_str()) {
+                return Err(bad(f, format!("{:?} is listed twice", itf.name)));
+            }
+        }
+        if self.interfaces.len() > usize::from(u16::MAX) {
+            return Err(bad("interface", "too many interfaces"));
+        }
+        self.checked_routes()?;
+        self.checked_steer()?;
+        Ok(())
+    }
+
+    pub fn port_of(&self, dev: &str) -> Option<u16> {
+        self.interfaces
+            .iter()
+            .position(|i| i.name == dev)
+            .map(|p| p as u16)
+    }
+
+    pub fn checked_routes(&self) -> Result<Vec<CheckedRoute>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let f = |k: &str| format!("route[{i}].{k}");
+            let (prefix, prefix_len) = parse_cidr(&r.prefix).map_err(|p| bad(f("prefix"), p))?;
+            let port = self.port_of(&r.dev).ok_or_else(|| {
+                bad(
+                    f("dev"),
+                    format!("{:?} is not one of the [[interface]] names", r.dev),
+                )
+            })?;
+            let via = match &r.via {
+                None => None,
+                Some(v) => {
+                    let a: IpAddr = v
+                        .parse()
+                        .map_err(|_| bad(f("via"), format!("{v:?} is not an IP address")))?;
+                    if a.is_ipv4() != prefix.is_ipv4() {
+                        return Err(bad(
+                            f("via"),
+                            "gateway and prefix are of different IP families",
+                        ));
+                    }
+                    Some(a)
+                }
+            };
+            let mac = match &r.mac {
+                None => None,
+                Some(m) => Some(parse_mac(m).ok_or_else(|| {
+                    bad(
+                        f("mac"),
+                        format!("{m:?} is not a MAC address like 02:00:00:00:00:01"),
+                    )
+                })?),
+            };
+            out.push(CheckedRoute {
+                prefix,
+                prefix_len,
+                port,
+                via,
+                mac,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn checked_steer(&self) -> Result<Vec<CheckedSteer>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, s) in self.steer.iter().enumerate() {
+            let ip: IpAddr = s.ip.parse().map_err(|_| {
+                bad(
+                    format!("steer[{i}].ip"),
+                    format!("{:?} is not an IP address", s.ip),
+                )
+            })?;
+            let proto = match s.proto.as_str() {
+                "any" => 0,
+                "tcp" => 6,
+                "udp" => 17,
+                p => {
+                    return Err(bad(
+                        format!("steer[{i}].proto"),
+                        format!("{p:?} is not one of \"tcp\", \"udp\", \"any\""),
+                    ))
+                }
+            };
+            if proto == 0 && s.port != 0 {
+                return Err(bad(
+                    format!("steer[{i}].port"),
+                    "a port needs proto \"tcp\" or \"udp\"",
+                ));
+            }
+            out.push(CheckedSteer {
+                ip,
+                proto,
+                port: s.port,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// "10.0.0.0/8" -> (10.0.0.0, 8); host bits must be zero.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR like 10.0.0.0/24"))?;
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = l
+        .parse()
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| format!("prefix length {l:?} is not in 0..={max}"))?;
+    let bits = match addr {
+        IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+        IpAddr::V6(v) => u128::from(v),
+    };
+    let host_mask = if len == 0 {
+        u128::MAX
+    } else {
+        !(u128::MAX << (128 - u32::from(len)))
+    };
+    let host_mask = if addr.is_ipv4() {
+        host_mask & (u128::MAX << 96)
+    } else {
+        host_mask
+    };
+    if bits & host_mask != 0 {
+        return Err(format!("{s:?} has host bits set"));
+    }
+    Ok((addr, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[appliance]
+name = "lab"
+[dataplane]
+queues = 2
+cores = [0, 1]
+[[interface]]
+name = "eth-cli"
+[[interface]]
+name = "eth-srv"
+[[route]]
+prefix = "10.10.0.0/24"
+dev = "eth-cli"
+[[route]]
+prefix = "0.0.0.0/0"
+dev = "eth-srv"
+via = "10.20.0.1"
+mac = "02:00:00:00:00:01"
+[[steer]]
+ip = "10.20.0.11"
+[[steer]]
+ip = "10.20.0.12"
+proto = "tcp"
+port = 80
+"#;
+
+    #[test]
+    fn good_config_parses() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.dataplane.queues, 2);
+        let r = c.checked_routes().unwrap();
+        assert_eq!(r[1].port, 1);
+        assert_eq!(r[1].mac, Some([2, 0, 0, 0, 0, 1]));
+        let s = c.checked_steer().unwrap();
+        assert_eq!((s[1].proto, s[1].port), (6, 80));
+    }
+
+    fn err_of(text: &str) -> ConfigError {
+        Config::from_toml(text).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err_of(&GOOD.replace("dev = \"eth-cli\"", "dev = \"eth9\""));
+        assert_eq!(e.field, "route[0].dev");
+        let e = err_of(&GOOD.replace("10.10.0.0/24", "10.10.0.1/24"));
+        assert_eq!(e.field, "route[0].prefix");
+        assert!(e.problem.contains("host bits"));
+        let e = err_of(&GOOD.replace("cores = [0, 1]", "cores = [0]"));
+        assert_eq!(e.field, "dataplane.cores");
+        let e = err_of(&GOOD.replace("proto = \"tcp\"", "proto = \"sctp\""));
+        assert_eq!(e.field, "steer[1].proto");
+        let e = err_of(&GOOD.replace("02:00:00:00:00:01", "02:00:00:00:01"));
+        assert_eq!(e.field, "route[1].mac");
+        let e = err_of(&format!("{GOOD}\n[[interface]]\nname = \"eth-cli\"\n"));
+        assert_eq!(e.field, "interface[2].name");
+        let e = err_of(&GOOD.replace("[dataplane]", "[dataplane]\nring_size = 1000"));
+        assert_eq!(e.field, "dataplane.ring_size");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_toml_are_refused_with_a_line() {
+        let e = err_of(&GOOD.replace("queues = 2", "queues = 2\nqueus = 3"));
+        assert!(e.field.starts_with("line "), "{e}");
+        assert!(e.problem.contains("queus"), "{e}");
+        let e = err_of("[dataplane\n");
+        assert!(e.field.starts_with("line "), "{e}");
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(parse_cidr("fd00:20::/64").unwrap().1, 64);
+        assert!(parse_cidr("fd00:20::1/64").is_err());
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("0.0.0.0/0").is_ok());
+        assert!(parse_cidr("10.0.0.0").is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! The counters as JSON, rewritten atomically every stats interval (temp file + rename), for the
+//! `sluice stats` command, the demo and the integration tests. The control API serves the same
+//! document once it exists.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sluice_dataplane::state::Publisher;
+use sluice_dataplane::stats::{WorkerStats, WorkerStatsSnapshot};
+use sluice_dataplane::wire::ethernet::format_mac;
+use sluice_xdp::Steering;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Reporter {
+    pub appliance: String,
+    pub started: Instant,
+    pub zero_copy: Vec<bool>,
+}
+
+#[derive(Serialize)]
+struct InterfaceStatus {
+    name: String,
+    ifindex: u32,
+    mac: String,
+    xdp_mode: &'static str,
+    /// Packets the XDP program redirected into AF_XDP sockets.
+    xdp_steered: u64,
+    /// Packets it passed to the kernel (not owned).
+    xdp_passed: u64,
+    /// Owned packets passed to the kernel because no socket was bound on their queue.
+    xdp_no_socket: u64,
+}
+
+#[derive(Serialize)]
+struct Totals {
+    rx_packets: u64,
+    tx_packets: u64,
+    rx_bytes: u64,
+    tx_bytes: u64,
+    dropped: u64,
+    drops: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    appliance: String,
+    pid: u32,
+    uptime_s: f64,
+    generation: u64,
+    interfaces: Vec<InterfaceStatus>,
+    workers: Vec<WorkerStatsSnapshot>,
+    zero_copy: Vec<bool>,
+    totals: Totals,
+}
+
+impl Reporter {
+    pub fn write(
+        &self,
+        path: &Path,
+        publisher: &Publisher,
+        steering: &Steering,
+        workers: &[Arc<WorkerStats>],
+    ) -> Result<()> {
+        let snap = publisher.load();
+        let mut interfaces = Vec::new();
+        for (name, ifindex, mode) in steering.interfaces() {
+            let c = steering.counters(name)?;
+            let mac = snap
+                .ports
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| format_mac(&p.mac))
+                .unwrap_or_default();
+            interfaces.push(InterfaceStatus {
+                name: name.to_string(),
+                ifindex,
+                mac,
+                xdp_mode: mode.as_str(),
+                xdp_steered: c.steered,
+                xdp_passed: c.passed,
+                xdp_no_socket: c.no_socket,
+            });
+        }
+        let workers: Vec<_> = workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w.snapshot(i))
+            .collect();
+        let mut totals = Totals {
+            rx_packets: 0,
+            tx_packets: 0,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            dropped: 0,
+            drops: BTreeMap::new(),
+        };
+        for w in &workers {
+            totals.rx_packets += w.rx_packets;
+            totals.tx_packets += w.tx_packets;
+            totals.rx_bytes += w.rx_bytes;
+            totals.tx_bytes += w.tx_bytes;
+            for d in &w.drops {
+                totals.dropped += d.packets;
+                *totals.drops.entry(d.reason).or_default() += d.packets;
+            }
+        }
+        let status = Status {
+            appliance: self.appliance.clone(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            generation: snap.generation,
+            interfaces,
+            workers,
+            zero_copy: self.zero_copy.clone(),
+            totals,
+        };
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(&status)?;
+        std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! Drop reasons: stable numbers and names, used as metric labels and in flow events.
+//!
+//! Where Cilium has a code for the same thing we use its number (`bpf/lib/common.h`, as a positive
+//! value) and Hubble's name (`flow.proto` `DropReason`), so operators recognise them. sluice's own
+//! reasons start at 1000, clear of Cilium's range.
+
+macro_rules! drop_reasons {
+    ($( $(#[$doc:meta])* $variant:ident = $code:literal, $name:literal; )*) => {
+        /// Why a packet was dropped.
+        #[repr(u16)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum DropReason { $( $(#[$doc])* $variant = $code, )* }
+
+        impl DropReason {
+            /// Every reason, in a stable order (the index is used for per-reason counter arrays).
+            pub const ALL: &'static [DropReason] = &[ $( DropReason::$variant, )* ];
+            /// The stable numeric code.
+            pub const fn code(self) -> u16 { self as u16 }
+            /// The stable name (Hubble's where one exists).
+            pub const fn name(self) -> &'static str {
+                match self { $( DropReason::$variant => $name, )* }
+            }
+            /// Index into `ALL`, for counter arrays.
+            pub fn index(self) -> usize {
+                Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Truncated or inconsistent headers (Cilium DROP_INVALID).
+    Malformed = 134, "INVALID_PACKET_DROPPED";
+    /// Not IPv4 or IPv6 (Cilium DROP_UNKNOWN_L3).
+    UnsupportedL3 = 139, "UNSUPPORTED_L3_PROTOCOL";
+    /// No route to the destination (Cilium DROP_NO_FIB).
+    NoRoute = 169, "FIB_LOOKUP_FAILED";
+    /// TTL or hop limit would reach zero (Cilium DROP_TTL_EXCEEDED).
+    TtlExceeded = 196, "TTL_EXCEEDED";
+    /// The next hop's MAC address is not known yet; resolution was requested from the kernel.
+    NoNeighbor = 1001, "NEIGHBOR_UNRESOLVED";
+    /// The egress interface's transmit ring was full.
+    TxRingFull = 1002, "TX_RING_FULL";
+    /// The route points at an interface this worker does not serve.
+    NoEgressPort = 1003, "NO_EGRESS_PORT";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_names_are_unique_and_indexed() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            for o in &DropReason::ALL[i + 1..] {
+                assert_ne!(r.code(), o.code());
+                assert_ne!(r.name(), o.name());
+            }
+        }
+        assert_eq!(DropReason::TtlExceeded.code(), 196);
+        assert_eq!(DropReason::Malformed.name(), "INVALID_PACKET_DROPPED");
+    }
+}

@@ -1,0 +1,30 @@
+//! Packet I/O backends behind one trait: `afxdp` (the real thing), `mem` (in-process rings for
+//! tests and benchmarks) and `pcap` (offline replay).
+
+pub mod afxdp;
+pub mod mem;
+pub mod pcap;
+
+use crate::packet::Batch;
+use crate::region::Region;
+use crate::stats::WorkerStats;
+use std::os::fd::RawFd;
+
+pub trait PacketIo {
+    /// Fills an empty batch with received frames; returns how many.
+    fn rx_burst(&mut self, batch: &mut Batch, stats: &WorkerStats) -> usize;
+    /// Transmits every frame whose verdict is `Tx`, removing it from the batch. Frames that could
+    /// not be queued (ring full) stay in the batch with their verdict; returns how many were sent.
+    fn tx_burst(&mut self, batch: &mut Batch, stats: &WorkerStats) -> usize;
+    /// Returns every frame left in the batch to the backend's free pool; leaves the batch empty.
+    fn recycle(&mut self, batch: &mut Batch);
+    /// Ring housekeeping between batches: reap completions, refill receive buffers.
+    fn service(&mut self, stats: &WorkerStats);
+    /// The packet memory frames point into.
+    fn region_mut(&mut self) -> &mut Region;
+    /// File descriptors that become readable when packets arrive (for the adaptive poll mode);
+    /// empty when the backend cannot block.
+    fn readiness_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+}

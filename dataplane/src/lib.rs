@@ -1,0 +1,22 @@
+//! `sluice-dataplane`: the fast path.
+//!
+//! - [`wire`]: zero-copy packet views and checksums
+//! - [`io`]: `PacketIo` backends (AF_XDP, memory, pcap)
+//! - [`state`]: the immutable [`state::Snapshot`] workers run on and its [`state::Publisher`]
+//! - [`pipeline`]: the stages
+//! - [`worker`]: the per-queue loop
+//!
+//! No async runtime, no HTTP, no Kubernetes here: the fast path stays small.
+
+pub mod drop;
+pub mod io;
+pub mod packet;
+pub mod pipeline;
+pub mod region;
+pub mod state;
+pub mod stats;
+pub mod wire;
+pub mod worker;
+
+pub use drop::DropReason;
+pub use packet::{Batch, Frame, Port, Verdict, MAX_BATCH};

@@ -1,0 +1,123 @@
+//! The pipeline: concrete stages run in order over a batch. A stage skips packets whose verdict
+//! is no longer `Continue` (VPP's vector idea without a runtime graph: static dispatch, inlining).
+
+use crate::drop::DropReason;
+use crate::packet::{Batch, Verdict};
+use crate::region::Region;
+use crate::state::Snapshot;
+use crate::wire::ethernet::{ethertype, EthernetFrame};
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::ipv6::Ipv6Packet;
+use crate::wire::WireError;
+use std::net::IpAddr;
+
+/// Where the pipeline asks the control plane to resolve a next hop it has no MAC for.
+pub trait NeighborRequests {
+    fn request(&mut self, port: u16, ip: IpAddr);
+}
+
+/// Discards requests (offline replay, benches).
+pub struct NoNeighborRequests;
+impl NeighborRequests for NoNeighborRequests {
+    fn request(&mut self, _: u16, _: IpAddr) {}
+}
+
+/// Route stage: parse L2/L3, look the destination up, rewrite MACs, decrement TTL/hop limit.
+///
+/// Precedence of outcomes, first that applies:
+///   1. L2/L3 headers truncated or inconsistent -> Drop(Malformed)
+///   2. not IPv4/IPv6                          -> Drop(UnsupportedL3)
+///   3. TTL/hop limit <= 1                      -> Drop(TtlExceeded)
+///   4. no route                               -> Drop(NoRoute)
+///   5. next hop MAC unknown                   -> Drop(NoNeighbor), resolution requested
+///   6. otherwise                              -> Tx(route port), TTL-1, MACs rewritten
+#[inline]
+fn route_one(snap: &Snapshot, pkt: &mut [u8], neigh: &mut impl NeighborRequests) -> Verdict {
+    let (et, l3) = match EthernetFrame::new_checked(&*pkt).and_then(|e| e.l3()) {
+        Ok((et, off, _vid)) => (et, off),
+        Err(_) => return Verdict::Drop(DropReason::Malformed),
+    };
+    let ip = &mut pkt[l3..];
+    let dst: IpAddr = match et {
+        ethertype::IPV4 => match Ipv4Packet::new_checked(&*ip) {
+            Ok(p) if p.ttl() <= 1 => return Verdict::Drop(DropReason::TtlExceeded),
+            Ok(p) => p.dst().into(),
+            Err(WireError::Truncated | WireError::Malformed) => {
+                return Verdict::Drop(DropReason::Malformed)
+            }
+        },
+        ethertype::IPV6 => match Ipv6Packet::new_checked(&*ip) {
+            Ok(p) if p.hop_limit() <= 1 => return Verdict::Drop(DropReason::TtlExceeded),
+            Ok(p) => p.dst().into(),
+            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        },
+        _ => return Verdict::Drop(DropReason::UnsupportedL3),
+    };
+    let Some(route) = snap.routes.lookup(dst) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let next_hop = route.via.unwrap_or(dst);
+    let dmac = match route.mac {
+        Some(m) => m,
+        None => match snap.neighbors.get(&(route.port, next_hop)) {
+            Some(m) => *m,
+            None => {
+                neigh.request(route.port, next_hop);
+                return Verdict::Drop(DropReason::NoNeighbor);
+            }
+        },
+    };
+    let Some(smac) = snap.port_mac(route.port) else {
+        return Verdict::Drop(DropReason::NoEgressPort);
+    };
+    // Checked above: both constructors succeed again on the same bytes.
+    match et {
+        ethertype::IPV4 => {
+            if let Ok(mut p) = Ipv4Packet::new_checked(&mut *ip) {
+                p.decrement_ttl();
+            }
+        }
+        _ => {
+            if let Ok(mut p) = Ipv6Packet::new_checked(&mut *ip) {
+                p.decrement_hop_limit();
+            }
+        }
+    }
+    if let Ok(mut e) = EthernetFrame::new_checked(&mut *pkt) {
+        e.set_dst(&dmac);
+        e.set_src(smac);
+    }
+    Verdict::Tx(route.port)
+}
+
+/// The stages of this build of sluice, in order.
+#[derive(Default)]
+pub struct Pipeline {}
+
+impl Pipeline {
+    pub fn new() -> Self {
+        Pipeline {}
+    }
+
+    /// Runs every stage over the batch. Frames whose bytes are not addressable in `region` (a
+    /// corrupt descriptor) are dropped as malformed.
+    pub fn run(
+        &mut self,
+        snap: &Snapshot,
+        region: &mut Region,
+        batch: &mut Batch,
+        neigh: &mut impl NeighborRequests,
+    ) {
+        for i in 0..batch.len() {
+            if batch.verdict(i) != Verdict::Continue {
+                continue;
+            }
+            let f = batch.frame(i);
+            let v = match region.data_mut(&f) {
+                Some(pkt) => route_one(snap, pkt, neigh),
+                None => Verdict::Drop(DropReason::Malformed),
+            };
+            batch.set_verdict(i, v);
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Per-worker counters. Each worker writes its own; readers (status, stats file) sum them.
+//!
+//! Single writer: `add` is a relaxed load and store, not a locked read-modify-write, so counting
+//! costs a plain memory write on the fast path.
+
+use crate::drop::DropReason;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Only the owning worker may call this (single writer).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Counters of one worker.
+#[derive(Debug)]
+pub struct WorkerStats {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    pub batches: Counter,
+    /// Wakeup syscalls made (fill ring or tx kick), a slow event worth counting.
+    pub wakeups: Counter,
+    /// Times the worker went to sleep on socket readiness (adaptive poll mode).
+    pub sleeps: Counter,
+    /// Fill ring could not be refilled completely (frames all in flight).
+    pub fill_starved: Counter,
+    /// The snapshot generation this worker last ran.
+    pub generation: Counter,
+    drops: Vec<Counter>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            rx_packets: Counter::default(),
+            rx_bytes: Counter::default(),
+            tx_packets: Counter::default(),
+            tx_bytes: Counter::default(),
+            batches: Counter::default(),
+            wakeups: Counter::default(),
+            sleeps: Counter::default(),
+            fill_starved: Counter::default(),
+            generation: Counter::default(),
+            drops: DropReason::ALL.iter().map(|_| Counter::default()).collect(),
+        }
+    }
+}
+
+impl WorkerStats {
+    #[inline]
+    pub fn drop(&self, r: DropReason, n: u64) {
+        self.drops[r.index()].add(n);
+    }
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.drops[r.index()].get()
+    }
+    pub fn snapshot(&self, worker: usize) -> WorkerStatsSnapshot {
+        WorkerStatsSnapshot {
+            worker,
+            rx_packets: self.rx_packets.get(),
+            rx_bytes: self.rx_bytes.get(),
+            tx_packets: self.tx_packets.get(),
+            tx_bytes: self.tx_bytes.get(),
+            batches: self.batches.get(),
+            wakeups: self.wakeups.get(),
+            sleeps: self.sleeps.get(),
+            fill_starved: self.fill_starved.get(),
+            generation: self.generation.get(),
+            drops: DropReason::ALL
+                .iter()
+                .filter(|r| self.drops(**r) > 0)
+                .map(|r| DropCount {
+                    reason: r.name(),
+                    code: r.code(),
+                    packets: self.drops(*r),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DropCount {
+    pub reason: &'static str,
+    pub code: u16,
+    pub packets: u64,
+}
+
+/// A point-in-time copy of one worker's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatsSnapshot {
+    pub worker: usize,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub batches: u64,
+    pub wakeups: u64,
+    pub sleeps: u64,
+    pub fill_starved: u64,
+    pub generation: u64,
+    pub drops: Vec<DropCount>,
+}
