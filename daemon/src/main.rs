@@ -8,7 +8,7 @@ mod status;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use crossbeam_queue::ArrayQueue;
-use sluice_control::config::{Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
+use sluice_control::config::{CheckedSteer, Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
 use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
 use sluice_dataplane::pipeline::{NeighborRequests, Pipeline};
 use sluice_dataplane::state::{PortInfo, Publisher, Route, RouteTable, Snapshot};
@@ -46,6 +46,12 @@ const CONTROL_TICK: Duration = Duration::from_millis(100);
 /// Pending next-hop resolution requests per worker; more in one tick are dropped (and retried by
 /// the next packet to the same next hop).
 const NEIGH_QUEUE: usize = 256;
+/// How long start-up waits for the known next hops to resolve before serving anyway: ARP/ND on
+/// a LAN answers in well under a millisecond; a host that is down must not block the appliance.
+const STARTUP_RESOLVE_WAIT: Duration = Duration::from_secs(2);
+/// Unresolved known next hops are asked for again this often (the kernel gives up on a managed
+/// entry after its probes fail, until asked again).
+const RERESOLVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Worker side of neighbour resolution: a bounded lock-free queue to the control loop.
 struct NeighQueue(Arc<ArrayQueue<(u16, IpAddr)>>);
@@ -135,7 +141,24 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         neighbors: HashMap::new(),
     };
     let publisher = Publisher::new(base.clone());
+    let steer = cfg.checked_steer()?;
+    let port_ifindex: HashMap<u16, u32> = ifindex_to_port.iter().map(|(i, p)| (*p, *i)).collect();
+
+    // Resolve up front the next hops we know we will need (gateways, and the owned hosts on
+    // connected routes), so the first packets of a flow do not meet an empty neighbour table.
+    let wanted = wanted_next_hops(&base, &steer);
+    for (port, ip) in &wanted {
+        request_resolution(&port_ifindex, *port, *ip);
+    }
     let mut neighbors = read_neighbors(&ifindex_to_port);
+    let deadline = Instant::now() + STARTUP_RESOLVE_WAIT;
+    while wanted.iter().any(|k| !neighbors.contains_key(k)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        neighbors = read_neighbors(&ifindex_to_port);
+    }
+    for k in wanted.iter().filter(|k| !neighbors.contains_key(k)) {
+        tracing::warn!(next_hop = %k.1, port = k.0, "next hop not resolved yet; packets to it drop as NEIGHBOR_UNRESOLVED until it is");
+    }
     publisher.publish(Snapshot {
         neighbors: neighbors.clone(),
         ..base.clone()
@@ -151,7 +174,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         let m = steering.attach(name, mode, cfg.dataplane.xdp_fallback_generic)?;
         tracing::info!(interface = %name, mode = m.as_str(), "XDP steering program attached");
     }
-    for s in cfg.checked_steer()? {
+    for s in &steer {
         steering.own(&OwnedKey::service(s.ip, s.proto, s.port))?;
     }
 
@@ -239,15 +262,17 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
     // Control loop: neighbour reconciliation and the stats file.
     let stats_every = Duration::from_millis(cfg.appliance.stats_interval_ms);
     let mut last_stats = Instant::now() - stats_every;
-    let port_ifindex: HashMap<u16, u32> = ifindex_to_port.iter().map(|(i, p)| (*p, *i)).collect();
+    let mut last_rerequest = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         for nq in &neigh_queues {
             while let Some((port, ip)) = nq.pop() {
-                if let Some(ifindex) = port_ifindex.get(&port) {
-                    if let Err(e) = netlink::request_resolution(*ifindex, ip) {
-                        tracing::warn!(%ip, port, "neighbour resolution request failed: {e}");
-                    }
-                }
+                request_resolution(&port_ifindex, port, ip);
+            }
+        }
+        if last_rerequest.elapsed() >= RERESOLVE_EVERY {
+            last_rerequest = Instant::now();
+            for (port, ip) in wanted.iter().filter(|k| !neighbors.contains_key(k)) {
+                request_resolution(&port_ifindex, *port, *ip);
             }
         }
         let fresh = read_neighbors(&ifindex_to_port);
@@ -280,6 +305,35 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
     steering.detach_all();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Next hops the appliance will need: every route gateway, and for each owned address the next
+/// hop its route gives (the address itself on a connected route).
+fn wanted_next_hops(snap: &Snapshot, steer: &[CheckedSteer]) -> Vec<(u16, IpAddr)> {
+    let mut out: Vec<(u16, IpAddr)> = snap
+        .routes
+        .routes()
+        .iter()
+        .filter_map(|r| r.via.filter(|_| r.mac.is_none()).map(|v| (r.port, v)))
+        .collect();
+    for s in steer {
+        if let Some(r) = snap.routes.lookup(s.ip) {
+            if r.mac.is_none() {
+                out.push((r.port, r.via.unwrap_or(s.ip)));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn request_resolution(port_ifindex: &HashMap<u16, u32>, port: u16, ip: IpAddr) {
+    if let Some(ifindex) = port_ifindex.get(&port) {
+        if let Err(e) = netlink::request_resolution(*ifindex, ip) {
+            tracing::warn!(%ip, port, "neighbour resolution request failed: {e}");
+        }
+    }
 }
 
 fn read_neighbors(ifindex_to_port: &HashMap<u32, u16>) -> HashMap<(u16, IpAddr), [u8; 6]> {

@@ -1,1 +1,165 @@
+//! Library side of the `sluice` CLI (kept testable without a terminal).
 
+use anyhow::{Context, Result};
+use serde_json::Value;
+use sluice_control::Config;
+use sluice_dataplane::io::pcap::{PcapIo, PcapReader, PcapWriter};
+use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
+use sluice_dataplane::state::{PortInfo, Publisher, Route, RouteTable, Snapshot};
+use sluice_dataplane::stats::WorkerStats;
+use sluice_dataplane::worker::process_batch;
+use sluice_dataplane::{Batch, DropReason, MAX_BATCH};
+use std::fmt::Write as _;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+
+/// Offline snapshots carry no kernel state: routes must have a static next-hop MAC, and the
+/// interfaces' own MACs are unknown, so they read as 02:00:00:00:00:<port> (locally administered).
+pub fn offline_snapshot(cfg: &Config) -> Result<Snapshot> {
+    let ports = cfg
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, itf)| PortInfo {
+            name: itf.name.clone(),
+            mac: [0x02, 0, 0, 0, 0, i as u8],
+        })
+        .collect();
+    let routes = cfg
+        .checked_routes()
+        .map_err(|e| anyhow::anyhow!("config error: {e}"))?
+        .into_iter()
+        .map(|r| Route {
+            prefix: r.prefix,
+            prefix_len: r.prefix_len,
+            port: r.port,
+            via: r.via,
+            mac: r.mac,
+        })
+        .collect();
+    Ok(Snapshot {
+        generation: 0,
+        ports,
+        routes: RouteTable::new(routes),
+        ..Snapshot::default()
+    })
+}
+
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    pub received: u64,
+    pub transmitted: u64,
+    pub dropped: u64,
+    pub oversized: u64,
+    pub drops: Vec<(&'static str, u64)>,
+}
+
+/// Reads `input`, runs the pipeline as if every packet arrived on `port`, writes `output`.
+pub fn replay(cfg: &Config, port: u16, input: &Path, output: &Path) -> Result<ReplayReport> {
+    let snap = offline_snapshot(cfg)?;
+    let publisher = Publisher::new(snap);
+    let rd = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let reader = PcapReader::new(BufReader::new(rd))
+        .with_context(|| format!("reading {}", input.display()))?;
+    let wr =
+        std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?;
+    let writer = PcapWriter::new(BufWriter::new(wr))?;
+    let mut io = PcapIo::new(reader, writer, port);
+    let mut pipeline = Pipeline::new();
+    let mut batch = Batch::new(MAX_BATCH);
+    let stats = WorkerStats::default();
+    while !io.done() {
+        process_batch(
+            &mut io,
+            &mut pipeline,
+            &publisher,
+            &mut batch,
+            &stats,
+            &mut NoNeighborRequests,
+        );
+    }
+    if let Some(e) = io.error.take() {
+        return Err(e).with_context(|| format!("replaying {}", input.display()));
+    }
+    let oversized = io.oversized;
+    io.into_writer()
+        .flush()
+        .with_context(|| format!("writing {}", output.display()))?;
+    let drops: Vec<_> = DropReason::ALL
+        .iter()
+        .filter(|r| stats.drops(**r) > 0)
+        .map(|r| (r.name(), stats.drops(*r)))
+        .collect();
+    Ok(ReplayReport {
+        received: stats.rx_packets.get(),
+        transmitted: stats.tx_packets.get(),
+        dropped: drops.iter().map(|d| d.1).sum(),
+        oversized,
+        drops,
+    })
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Renders the daemon's stats document as the tables `sluice stats` prints.
+pub fn stats_table(v: &Value) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "appliance {}  pid {}  up {:.0}s  generation {}",
+        v["appliance"].as_str().unwrap_or("?"),
+        u(v, "pid"),
+        v["uptime_s"].as_f64().unwrap_or(0.0),
+        u(v, "generation")
+    );
+    let _ = writeln!(
+        s,
+        "\nINTERFACE     XDP       STEERED      PASSED   NO-SOCKET  MAC"
+    );
+    for i in v["interfaces"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "{:<12}  {:<7} {:>9} {:>11} {:>11}  {}",
+            i["name"].as_str().unwrap_or("?"),
+            i["xdp_mode"].as_str().unwrap_or("?"),
+            u(i, "xdp_steered"),
+            u(i, "xdp_passed"),
+            u(i, "xdp_no_socket"),
+            i["mac"].as_str().unwrap_or("")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nWORKER   RX PKTS    TX PKTS     RX BYTES     TX BYTES  WAKEUPS  SLEEPS  GEN"
+    );
+    for w in v["workers"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "{:<6} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>4}",
+            u(w, "worker"),
+            u(w, "rx_packets"),
+            u(w, "tx_packets"),
+            u(w, "rx_bytes"),
+            u(w, "tx_bytes"),
+            u(w, "wakeups"),
+            u(w, "sleeps"),
+            u(w, "generation")
+        );
+    }
+    let t = &v["totals"];
+    let _ = writeln!(
+        s,
+        "\nTOTAL rx {} tx {} dropped {}",
+        u(t, "rx_packets"),
+        u(t, "tx_packets"),
+        u(t, "dropped")
+    );
+    if let Some(d) = t["drops"].as_object() {
+        for (reason, n) in d {
+            let _ = writeln!(s, "  dropped {:>10}  {}", n.as_u64().unwrap_or(0), reason);
+        }
+    }
+    s
+}

@@ -2,6 +2,7 @@
 //! field offsets in `mod field`, a `new_checked` constructor after which no accessor panics, and
 //! setters only where `T: AsMut<[u8]>`.
 
+pub mod build;
 pub mod checksum;
 pub mod ethernet;
 pub mod ipv4;
