@@ -11,11 +11,11 @@ use crossbeam_queue::ArrayQueue;
 use sluice_control::config::{CheckedSteer, Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
 use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
 use sluice_dataplane::pipeline::{NeighborRequests, Pipeline};
+use sluice_dataplane::state::HashMap;
 use sluice_dataplane::state::{PortInfo, Publisher, Route, RouteTable, Snapshot};
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::worker::{PollMode, Worker};
 use sluice_xdp::{OwnedKey, Steering, XdpMode};
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,7 +156,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
         neighbors = read_neighbors(&ifindex_to_port);
     }
-    for k in wanted.iter().filter(|k| !neighbors.contains_key(k)) {
+    for k in wanted.iter().filter(|k| !neighbors.contains_key(*k)) {
         tracing::warn!(next_hop = %k.1, port = k.0, "next hop not resolved yet; packets to it drop as NEIGHBOR_UNRESOLVED until it is");
     }
     publisher.publish(Snapshot {
@@ -271,7 +271,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         }
         if last_rerequest.elapsed() >= RERESOLVE_EVERY {
             last_rerequest = Instant::now();
-            for (port, ip) in wanted.iter().filter(|k| !neighbors.contains_key(k)) {
+            for (port, ip) in wanted.iter().filter(|k| !neighbors.contains_key(*k)) {
                 request_resolution(&port_ifindex, *port, *ip);
             }
         }

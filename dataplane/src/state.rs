@@ -7,7 +7,7 @@
 use crate::packet::Port;
 use crate::wire::ethernet::MacAddr;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+pub use hashbrown::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -63,7 +63,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by(|a, b| b.prefix_len.cmp(&a.prefix_len));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix_len));
         RouteTable { routes }
     }
     #[inline]

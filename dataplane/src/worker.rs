@@ -132,7 +132,7 @@ impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
                     idle = 0;
                 }
                 _ => {
-                    if idle % 1024 == 0 {
+                    if idle.is_multiple_of(1024) {
                         self.stats.generation.set(self.publisher.generation());
                     }
                     std::hint::spin_loop();

@@ -3,13 +3,13 @@
 
 use sluice_dataplane::io::mem::{MemIo, TxSink};
 use sluice_dataplane::pipeline::{NeighborRequests, Pipeline};
+use sluice_dataplane::state::HashMap;
 use sluice_dataplane::state::{PortInfo, Publisher, Route, RouteTable, Snapshot};
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::wire::build::PacketSpec;
 use sluice_dataplane::wire::checksum;
 use sluice_dataplane::worker::process_batch;
 use sluice_dataplane::{Batch, DropReason};
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 const MAC_P0: [u8; 6] = [2, 0, 0, 0, 1, 0];

@@ -48,6 +48,9 @@ up() {
     for n in cli app sw be1 be2; do
         ip netns add "$P-$n"
         ns "$n" ip link set lo up
+        # No duplicate address detection on this private wire: addresses (link-local included)
+        # are usable at once, so IPv6 neighbours resolve as fast as ARP does.
+        ns "$n" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
     done
 
     ip link add eth-cli netns "$P-app" numtxqueues "$Q" numrxqueues "$Q" type veth \

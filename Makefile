@@ -1,0 +1,47 @@
+# sluice: the two commands of the quick start are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+RUN_SECONDS ?=
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: run test deps build release lab-up lab-down bench clippy fmt check-config clean
+
+## Install the Debian packages the build and the tests need (only what is missing).
+deps:
+	@bash tools/scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+release: deps
+	$(CARGO) build --release --workspace --bins
+
+## Build, bring the lab up, start sluiced on it, show traffic crossing it. Ctrl-C stops;
+## RUN_SECONDS=N stops by itself after N seconds. Non-zero exit if the demo traffic did not pass.
+run: release
+	@RUN_SECONDS=$(RUN_SECONDS) bash tools/scripts/demo.sh
+
+## Every test, including the namespace/XDP/AF_XDP ones (those need root; they skip with a reason otherwise).
+test: deps
+	$(CARGO) build --workspace --all-targets
+	bash tools/scripts/check-config-examples.sh
+	$(CARGO) test --workspace --no-fail-fast
+
+lab-up: deps
+	bash tools/lab/lab.sh up sl $${QUEUES:-1}
+
+lab-down:
+	bash tools/lab/lab.sh down sl
+
+## Criterion benchmarks (mem-backend pipeline).
+bench: deps
+	$(CARGO) bench -p sluice-bench --bench pipeline
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""UDP helper for the lab demo.
+
+  udp.py recv PORT [--family 4|6] [--idle S]   count datagrams until S seconds of silence; print the count
+  udp.py send ADDR PORT COUNT [--flows N]       send COUNT 64-byte datagrams from N source ports, paced
+"""
+import argparse
+import socket
+import time
+
+
+def recv(port: int, family: int, idle: float) -> None:
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
+    s = socket.socket(af, socket.SOCK_DGRAM)
+    s.bind(("::" if family == 6 else "0.0.0.0", port))
+    s.settimeout(idle)
+    n = 0
+    deadline = time.time() + 30  # never outlive the demo
+    try:
+        while time.time() < deadline:
+            s.recv(2048)
+            n += 1
+    except socket.timeout:
+        pass
+    print(n, flush=True)
+
+
+def send(addr: str, port: int, count: int, flows: int) -> None:
+    af = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    socks = [socket.socket(af, socket.SOCK_DGRAM) for _ in range(flows)]
+    payload = b"sluice-demo".ljust(64, b".")
+    for i in range(count):
+        socks[i % flows].sendto(payload, (addr, port))
+        if i % 50 == 49:  # ~50k datagrams/s at most: a demo, not a benchmark
+            time.sleep(0.001)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("recv")
+    r.add_argument("port", type=int)
+    r.add_argument("--family", type=int, default=4, choices=(4, 6))
+    r.add_argument("--idle", type=float, default=2.0)
+    s = sub.add_parser("send")
+    s.add_argument("addr")
+    s.add_argument("port", type=int)
+    s.add_argument("count", type=int)
+    s.add_argument("--flows", type=int, default=8)
+    a = p.parse_args()
+    if a.cmd == "recv":
+        recv(a.port, a.family, a.idle)
+    else:
+        send(a.addr, a.port, a.count, a.flows)
+
+
+if __name__ == "__main__":
+    main()
