@@ -263,7 +263,17 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
     let stats_every = Duration::from_millis(cfg.appliance.stats_interval_ms);
     let mut last_stats = Instant::now() - stats_every;
     let mut last_rerequest = Instant::now();
+    let mut exit_error = None;
     while !stop.load(Ordering::Relaxed) {
+        // An interface that vanished (deleted, or its namespace torn down) cannot come back
+        // under us: stop and exit non-zero so a supervisor restarts us on the new state.
+        if let Some((name, _)) = ifindex_to_port.iter().find_map(|(idx, p)| {
+            let name = &ifnames[usize::from(*p)];
+            (sluice_xdp::ifindex_of(name).ok() != Some(*idx)).then_some((name.clone(), *idx))
+        }) {
+            exit_error = Some(anyhow::anyhow!("interface {name:?} disappeared; stopping"));
+            break;
+        }
         for nq in &neigh_queues {
             while let Some((port, ip)) = nq.pop() {
                 request_resolution(&port_ifindex, port, ip);
@@ -298,13 +308,19 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
     }
 
     tracing::info!("stopping: workers first, then XDP (the kernel path takes over)");
+    stop.store(true, Ordering::Relaxed);
     for h in handles {
         let _ = h.join();
     }
     reporter.write(&stats_path, &publisher, &steering, &all_stats)?;
     steering.detach_all();
-    tracing::info!("stopped");
-    Ok(())
+    match exit_error {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }
 
 /// Next hops the appliance will need: every route gateway, and for each owned address the next

@@ -140,3 +140,33 @@ fn ttl_and_no_route_drops_are_counted_with_their_reason() {
         "{s}"
     );
 }
+
+#[test]
+fn exits_nonzero_when_an_interface_disappears() {
+    let _g = lock();
+    let Some(lab) = Lab::up("gone", 1) else {
+        return;
+    };
+    let mut d = lab.start_sluiced(&lab_config(1, ""));
+    assert!(lab
+        .exec("app", &["ip", "link", "del", "eth-cli"])
+        .status
+        .success());
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        if let Some(code) = d.try_exit_code() {
+            assert_eq!(code, Some(1), "{}", d.log_text());
+            assert!(
+                d.log_text().contains("\"eth-cli\" disappeared"),
+                "{}",
+                d.log_text()
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!(
+        "sluiced kept running without its interface:\n{}",
+        d.log_text()
+    );
+}

@@ -41,6 +41,10 @@ pub struct WorkerStats {
     pub fill_starved: Counter,
     /// The snapshot generation this worker last ran.
     pub generation: Counter,
+    /// Kernel-side AF_XDP drops (copied from the sockets now and then, see worker.rs).
+    pub xsk_rx_dropped: Counter,
+    pub xsk_rx_ring_full: Counter,
+    pub xsk_fill_ring_empty: Counter,
     drops: Vec<Counter>,
 }
 
@@ -56,6 +60,9 @@ impl Default for WorkerStats {
             sleeps: Counter::default(),
             fill_starved: Counter::default(),
             generation: Counter::default(),
+            xsk_rx_dropped: Counter::default(),
+            xsk_rx_ring_full: Counter::default(),
+            xsk_fill_ring_empty: Counter::default(),
             drops: DropReason::ALL.iter().map(|_| Counter::default()).collect(),
         }
     }
@@ -81,6 +88,9 @@ impl WorkerStats {
             sleeps: self.sleeps.get(),
             fill_starved: self.fill_starved.get(),
             generation: self.generation.get(),
+            xsk_rx_dropped: self.xsk_rx_dropped.get(),
+            xsk_rx_ring_full: self.xsk_rx_ring_full.get(),
+            xsk_fill_ring_empty: self.xsk_fill_ring_empty.get(),
             drops: DropReason::ALL
                 .iter()
                 .filter(|r| self.drops(**r) > 0)
@@ -114,5 +124,8 @@ pub struct WorkerStatsSnapshot {
     pub sleeps: u64,
     pub fill_starved: u64,
     pub generation: u64,
+    pub xsk_rx_dropped: u64,
+    pub xsk_rx_ring_full: u64,
+    pub xsk_fill_ring_empty: u64,
     pub drops: Vec<DropCount>,
 }

@@ -23,6 +23,9 @@ pub enum PollMode {
 /// Empty polls before an adaptive worker sleeps. Each empty poll costs ~100 ns of ring checks,
 /// so this is ~50 us of spinning: long enough to ride out gaps inside a burst.
 pub const IDLE_SPINS: u32 = 512;
+/// Kernel socket counters are copied into the worker's stats every this many loop iterations
+/// (a getsockopt per socket: about once per 4096 batches under load, once per sleep when idle).
+const KERNEL_STATS_EVERY: u32 = 4096;
 /// Longest sleep: the worker wakes this often to notice a stop request or a new snapshot.
 pub const IDLE_SLEEP: Duration = Duration::from_millis(100);
 
@@ -109,7 +112,12 @@ impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
             PollMode::Busy => None,
         };
         let mut idle = 0u32;
+        let mut loops = 0u32;
         while !stop.load(Ordering::Relaxed) {
+            loops = loops.wrapping_add(1);
+            if loops.is_multiple_of(KERNEL_STATS_EVERY) {
+                self.copy_kernel_drops();
+            }
             let n = process_batch(
                 &mut self.io,
                 &mut self.pipeline,
@@ -128,6 +136,7 @@ impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
                     // report the generation even while idle, so status shows changes as live
                     self.stats.generation.set(self.publisher.generation());
                     self.stats.sleeps.add(1);
+                    self.copy_kernel_drops();
                     w.wait(IDLE_SLEEP);
                     idle = 0;
                 }
@@ -139,6 +148,15 @@ impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
                 }
             }
         }
+        self.copy_kernel_drops();
         Ok(())
+    }
+
+    fn copy_kernel_drops(&self) {
+        if let Some(k) = self.io.kernel_drops() {
+            self.stats.xsk_rx_dropped.set(k.rx_dropped);
+            self.stats.xsk_rx_ring_full.set(k.rx_ring_full);
+            self.stats.xsk_fill_ring_empty.set(k.fill_ring_empty);
+        }
     }
 }

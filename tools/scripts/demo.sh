@@ -41,7 +41,8 @@ bash $LAB up $P 1
 bold "starting sluiced in $P-app with configs/lab.toml"
 mkdir -p $RUNDIR
 rm -f $STATS
-ns app $BIN/sluiced --config configs/lab.toml --stats-file $STATS >"$LOG" 2>&1 &
+# not through ns(): $! must be the pid of sluiced itself (ip netns exec execs it)
+ip netns exec "$P-app" $BIN/sluiced --config configs/lab.toml --stats-file $STATS >"$LOG" 2>&1 &
 pid=$!
 for _ in $(seq 100); do
     [ -s $STATS ] && break

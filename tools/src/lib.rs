@@ -137,7 +137,7 @@ pub fn stats_table(v: &Value) -> String {
     for w in v["workers"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "{:<6} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>4}",
+            "{:<6} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>4} {:>12} {:>11}",
             u(w, "worker"),
             u(w, "rx_packets"),
             u(w, "tx_packets"),
@@ -145,7 +145,9 @@ pub fn stats_table(v: &Value) -> String {
             u(w, "tx_bytes"),
             u(w, "wakeups"),
             u(w, "sleeps"),
-            u(w, "generation")
+            u(w, "generation"),
+            u(w, "xsk_rx_ring_full"),
+            u(w, "xsk_fill_ring_empty")
         );
     }
     let t = &v["totals"];

@@ -291,6 +291,13 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Some(exit code) once the daemon has exited (inner None: killed by a signal).
+    pub fn try_exit_code(&mut self) -> Option<Option<i32>> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.code())
+    }
+
     /// Sends `sig` and waits for the exit; returns the exit code (None if killed by a signal).
     pub fn signal_and_wait(&mut self, sig: i32) -> Option<i32> {
         let mut child = self.child.take()?;

@@ -5,7 +5,7 @@
 //! transmitted on another without a copy. Each socket has its own fill and completion ring; the
 //! worker's free list feeds all fill rings and every completion ring returns into it.
 
-use super::PacketIo;
+use super::{KernelDrops, PacketIo};
 use crate::packet::{Batch, Frame, Port, Verdict};
 use crate::region::Region;
 use crate::stats::WorkerStats;
@@ -294,17 +294,10 @@ impl AfXdpIo {
         self.zero_copy
     }
 
-    /// Kernel-side drop counters of every socket: (rx_dropped, rx_ring_full, fill_ring_empty).
-    pub fn kernel_drops(&self) -> (u64, u64, u64) {
-        let mut t = (0, 0, 0);
-        for p in &self.ports {
-            if let Ok(s) = p.user.statistics_v2() {
-                t.0 += s.rx_dropped;
-                t.1 += s.rx_ring_full;
-                t.2 += s.rx_fill_ring_empty_descs;
-            }
-        }
-        t
+    /// Takes a free chunk for a packet the caller builds itself (a generator, an ICMP reply);
+    /// it comes back through tx completion or `recycle`.
+    pub fn alloc_chunk(&mut self) -> Option<u64> {
+        self.free.pop()
     }
 }
 
@@ -451,5 +444,17 @@ impl PacketIo for AfXdpIo {
 
     fn readiness_fds(&self) -> Vec<RawFd> {
         self.ports.iter().map(|p| p.rx.as_raw_fd()).collect()
+    }
+
+    fn kernel_drops(&self) -> Option<KernelDrops> {
+        let mut t = KernelDrops::default();
+        for p in &self.ports {
+            if let Ok(s) = p.user.statistics_v2() {
+                t.rx_dropped += s.rx_dropped;
+                t.rx_ring_full += s.rx_ring_full;
+                t.fill_ring_empty += s.rx_fill_ring_empty_descs;
+            }
+        }
+        Some(t)
     }
 }

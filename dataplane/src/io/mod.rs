@@ -27,4 +27,20 @@ pub trait PacketIo {
     fn readiness_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
+    /// Drops the kernel counted on this backend's sockets (costs a syscall per socket: call it
+    /// rarely, not per batch).
+    fn kernel_drops(&self) -> Option<KernelDrops> {
+        None
+    }
+}
+
+/// What the kernel dropped before the packets reached the rings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelDrops {
+    /// Dropped for other reasons (e.g. frame too large for the chunk).
+    pub rx_dropped: u64,
+    /// The rx ring was full: the worker did not keep up.
+    pub rx_ring_full: u64,
+    /// No buffer in the fill ring: frames were all in flight.
+    pub fill_ring_empty: u64,
 }

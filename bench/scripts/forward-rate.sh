@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Forwarding rate on the lab veth, in one run, same generator:
+#   1. the appliance namespace's kernel forwarding (baseline; no sluiced)
+#   2. sluiced (XDP steering -> AF_XDP worker -> AF_XDP transmit)
+# The generator is sluice-pktgen's AF_XDP engine in the client namespace; what counts is the
+# packets arriving on the server segment (sw-app rx in the switch namespace).
+# usage: forward-rate.sh [SECONDS] [SIZE]      results: bench/results/forward-rate-*.json
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS=${1:-5}
+SIZE=${2:-64}
+P=slb
+BIN=target/release
+OUT=bench/results/forward-rate-$(date +%Y%m%d-%H%M%S).json
+
+[ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
+pid=""
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    bash tools/lab/lab.sh down $P
+}
+trap cleanup EXIT
+bash tools/lab/lab.sh down $P
+bash tools/lab/lab.sh up $P 1 >/dev/null
+
+ns() { ip netns exec "$P-$1" "${@:2}"; }
+arrived() { ns sw cat /sys/class/net/sw-app/statistics/rx_packets; }
+dmac=$(ns app cat /sys/class/net/eth-cli/address)
+# make sure the kernel knows be1, so the baseline is not measuring ARP
+ns cli curl -s -m 3 -o /dev/null http://10.20.0.11/
+
+gen() {
+    ns cli $BIN/sluice-pktgen --iface cli0 --dst-mac "$dmac" --src-ip 10.10.0.2 --dst-ip 10.20.0.11 \
+        --flows 64 --size "$SIZE" --duration "$SECS" 2>/dev/null
+}
+
+measure() { # label -> prints JSON fragment
+    local before after g
+    before=$(arrived)
+    g=$(gen)
+    sleep 0.5
+    after=$(arrived)
+    python3 -c "
+import json,sys
+g=json.loads('''$g''')
+fwd=($after-$before)/g['seconds']
+print(json.dumps({'label':'$1','generated_pps':round(g['pps']),'forwarded_pps':round(fwd)}))"
+}
+
+echo "kernel forwarding baseline (${SECS}s, ${SIZE}B)..." >&2
+kernel=$(measure kernel)
+echo "  $kernel" >&2
+
+rm -f /tmp/$P-stats.json
+ip netns exec "$P-app" $BIN/sluiced --config configs/lab.toml --stats-file /tmp/$P-stats.json >/tmp/$P-sluiced.log 2>&1 &
+pid=$!
+for _ in $(seq 100); do [ -s /tmp/$P-stats.json ] && break; sleep 0.1; done
+echo "sluiced (${SECS}s, ${SIZE}B)..." >&2
+sluice=$(measure sluiced)
+echo "  $sluice" >&2
+sleep 1 # one more stats rewrite
+
+python3 - "$OUT" <<PY
+import json, sys, platform, os
+k = json.loads('''$kernel'''); s = json.loads('''$sluice''')
+res = {
+    "what": "UDP forwarding client -> appliance -> server segment on veth, AF_XDP copy mode",
+    "frame_size": $SIZE, "seconds": $SECS, "cpus": os.cpu_count(), "kernel": platform.release(),
+    "kernel_forwarding": k, "sluiced": s,
+    "sluiced_counters": {kk: sum(w[kk] for w in json.load(open("/tmp/$P-stats.json"))["workers"])
+                         for kk in ("rx_packets", "tx_packets", "xsk_rx_ring_full", "xsk_fill_ring_empty", "wakeups")},
+    "ratio_sluiced_vs_kernel": round(s["forwarded_pps"] / max(k["forwarded_pps"], 1), 3),
+}
+json.dump(res, open(sys.argv[1], "w"), indent=2)
+print(json.dumps(res, indent=2))
+PY
