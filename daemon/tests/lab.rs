@@ -62,6 +62,15 @@ fn forwards_tcp_and_udp_through_afxdp_and_stops_cleanly() {
     assert!(u(&s, &["totals", "tx_packets"]) >= (got + got6) as u64);
     assert_eq!(u(iface(&s, "eth-cli"), &["xdp_no_socket"]), 0);
 
+    // Adaptive poll: with no traffic the worker sleeps on socket readiness instead of spinning.
+    let sleeps_before = u(&s["workers"][0], &["sleeps"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let idle = d.stats();
+    assert!(
+        u(&idle["workers"][0], &["sleeps"]) > sleeps_before,
+        "idle adaptive worker did not sleep: {idle}"
+    );
+
     // SIGTERM: exit 0, XDP detached, and the kernel path carries traffic again.
     assert_eq!(
         d.signal_and_wait(libc::SIGTERM),
@@ -127,7 +136,11 @@ fn ttl_and_no_route_drops_are_counted_with_their_reason() {
     let _g = lock();
     let Some(lab) = Lab::up("dr", 1) else { return };
     // Own an address the appliance has no route for: the client's default route sends it here.
-    let d = lab.start_sluiced(&lab_config(1, "\n[[steer]]\nip = \"10.99.0.1\"\n"));
+    // busy-poll mode here, adaptive everywhere else
+    let cfg = lab_config(1, "\n[[steer]]\nip = \"10.99.0.1\"\n")
+        .replace("poll_mode = \"adaptive\"", "poll_mode = \"busy\"");
+    assert!(cfg.contains("poll_mode = \"busy\""));
+    let d = lab.start_sluiced(&cfg);
     let got = lab.udp_burst("be1", "10.20.0.11:9004".parse().unwrap(), 200, 2, Some(1));
     assert_eq!(got, 0, "TTL-1 datagrams must not be forwarded");
     // nobody listens at 10.99.0.1; the receiver helper binds in the client's own namespace

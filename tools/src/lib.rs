@@ -132,7 +132,7 @@ pub fn stats_table(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\nWORKER   RX PKTS    TX PKTS     RX BYTES     TX BYTES  WAKEUPS  SLEEPS  GEN"
+        "\nWORKER   RX PKTS    TX PKTS     RX BYTES     TX BYTES  WAKEUPS  SLEEPS  GEN  RXRING-FULL  FILL-EMPTY"
     );
     for w in v["workers"].as_array().into_iter().flatten() {
         let _ = writeln!(
@@ -164,4 +164,38 @@ pub fn stats_table(v: &Value) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_table_shows_interfaces_workers_and_drops() {
+        let v: Value = serde_json::from_str(
+            r#"{"appliance":"lab","pid":7,"uptime_s":3.2,"generation":4,
+                "interfaces":[{"name":"eth-cli","xdp_mode":"native","xdp_steered":10,"xdp_passed":2,"xdp_no_socket":1,"mac":"02:00:00:00:00:01"}],
+                "workers":[{"worker":0,"rx_packets":10,"tx_packets":9,"rx_bytes":640,"tx_bytes":576,"wakeups":3,"sleeps":1,"generation":4,"xsk_rx_ring_full":5,"xsk_fill_ring_empty":0}],
+                "totals":{"rx_packets":10,"tx_packets":9,"dropped":1,"drops":{"TTL_EXCEEDED":1}}}"#,
+        )
+        .unwrap();
+        let t = stats_table(&v);
+        assert!(
+            t.contains("appliance lab  pid 7  up 3s  generation 4"),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("eth-cli") && l.contains("native") && l.contains(" 10 ")),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with('0') && l.trim_end().ends_with("5           0")),
+            "{t}"
+        );
+        assert!(t.contains("dropped          1  TTL_EXCEEDED"), "{t}");
+        // a document missing fields renders zeros, not a panic
+        assert!(stats_table(&serde_json::json!({})).contains("TOTAL rx 0 tx 0 dropped 0"));
+    }
 }
