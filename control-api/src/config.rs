@@ -4,6 +4,7 @@
 //! not silently fall back to a default) and every error names the field and the fix.
 
 use serde::Deserialize;
+use sluice_dataplane::state::Route;
 use sluice_dataplane::wire::ethernet::parse_mac;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -203,17 +204,6 @@ fn bad(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A parsed, checked route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckedRoute {
-    pub prefix: IpAddr,
-    pub prefix_len: u8,
-    /// Index into `interfaces`.
-    pub port: u16,
-    pub via: Option<IpAddr>,
-    pub mac: Option<[u8; 6]>,
-}
-
 /// A parsed, checked steering entry: (ip, IP protocol number or 0, port or 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckedSteer {
@@ -316,7 +306,8 @@ impl Config {
             .map(|p| p as u16)
     }
 
-    pub fn checked_routes(&self) -> Result<Vec<CheckedRoute>, ConfigError> {
+    /// The routes, checked, as the dataplane takes them.
+    pub fn checked_routes(&self) -> Result<Vec<Route>, ConfigError> {
         let mut out = Vec::new();
         for (i, r) in self.routes.iter().enumerate() {
             let f = |k: &str| format!("route[{i}].{k}");
@@ -351,7 +342,7 @@ impl Config {
                     )
                 })?),
             };
-            out.push(CheckedRoute {
+            out.push(Route {
                 prefix,
                 prefix_len,
                 port,

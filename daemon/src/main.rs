@@ -123,17 +123,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
             mac,
         });
     }
-    let routes: Vec<Route> = cfg
-        .checked_routes()?
-        .into_iter()
-        .map(|r| Route {
-            prefix: r.prefix,
-            prefix_len: r.prefix_len,
-            port: r.port,
-            via: r.via,
-            mac: r.mac,
-        })
-        .collect();
+    let routes: Vec<Route> = cfg.checked_routes()?;
     let base = Snapshot {
         generation: 0,
         ports,

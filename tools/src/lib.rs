@@ -5,7 +5,7 @@ use serde_json::Value;
 use sluice_control::Config;
 use sluice_dataplane::io::pcap::{PcapIo, PcapReader, PcapWriter};
 use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
-use sluice_dataplane::state::{PortInfo, Publisher, Route, RouteTable, Snapshot};
+use sluice_dataplane::state::{PortInfo, Publisher, RouteTable, Snapshot};
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::worker::process_batch;
 use sluice_dataplane::{Batch, DropReason, MAX_BATCH};
@@ -27,16 +27,7 @@ pub fn offline_snapshot(cfg: &Config) -> Result<Snapshot> {
         .collect();
     let routes = cfg
         .checked_routes()
-        .map_err(|e| anyhow::anyhow!("config error: {e}"))?
-        .into_iter()
-        .map(|r| Route {
-            prefix: r.prefix,
-            prefix_len: r.prefix_len,
-            port: r.port,
-            via: r.via,
-            mac: r.mac,
-        })
-        .collect();
+        .map_err(|e| anyhow::anyhow!("config error: {e}"))?;
     Ok(Snapshot {
         generation: 0,
         ports,
