@@ -5,6 +5,7 @@ use sluice_dataplane::state::HashMap;
 use sluice_dataplane::state::{PortInfo, Route, RouteTable, Snapshot};
 use sluice_dataplane::wire::build::PacketSpec;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A two-port routing snapshot like the lab's: client segment on port 0, servers on port 1,
 /// `neighbors` resolved hosts on the server segment.
@@ -20,7 +21,7 @@ pub fn lab_like_snapshot(neighbors: u32) -> Snapshot {
     );
     Snapshot {
         generation: 1,
-        ports: vec![
+        ports: Arc::new(vec![
             PortInfo {
                 name: "eth-cli".into(),
                 mac: [2, 0, 0, 0, 1, 0],
@@ -29,8 +30,8 @@ pub fn lab_like_snapshot(neighbors: u32) -> Snapshot {
                 name: "eth-srv".into(),
                 mac: [2, 0, 0, 0, 1, 1],
             },
-        ],
-        routes: RouteTable::new(vec![
+        ]),
+        routes: Arc::new(RouteTable::new(vec![
             Route {
                 prefix: "10.10.0.0".parse().expect("ip"),
                 prefix_len: 24,
@@ -45,8 +46,9 @@ pub fn lab_like_snapshot(neighbors: u32) -> Snapshot {
                 via: None,
                 mac: None,
             },
-        ]),
-        neighbors: n,
+        ])),
+        neighbors: Arc::new(n),
+        ..Snapshot::default()
     }
 }
 

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sluice_dataplane::state::Publisher;
+use sluice_dataplane::state::StateHub;
 use sluice_dataplane::stats::{WorkerStats, WorkerStatsSnapshot};
 use sluice_dataplane::wire::ethernet::format_mac;
 use sluice_xdp::Steering;
@@ -59,11 +59,11 @@ impl Reporter {
     pub fn write(
         &self,
         path: &Path,
-        publisher: &Publisher,
+        hub: &StateHub,
         steering: &Steering,
         workers: &[Arc<WorkerStats>],
     ) -> Result<()> {
-        let snap = publisher.load();
+        let snap = hub.current();
         let mut interfaces = Vec::new();
         for (name, ifindex, mode) in steering.interfaces() {
             let c = steering.counters(name)?;

@@ -9,7 +9,7 @@ use crate::wire::ethernet::MacAddr;
 use arc_swap::ArcSwap;
 pub use hashbrown::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// An egress/ingress interface as the pipeline sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,14 +75,82 @@ impl RouteTable {
     }
 }
 
-/// Everything a worker needs to process a packet, immutable once published.
+/// A service frontend: what clients connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub addr: IpAddr,
+    /// IP protocol number: 6 TCP, 17 UDP, 132 SCTP.
+    pub proto: u8,
+    pub port: u16,
+}
+
+/// How a frontend was exposed (Kubernetes service types and their addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalIp,
+}
+
+/// One backend of a service port, with the EndpointSlice conditions the load balancer honours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub weight: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node: Option<Arc<str>>,
+}
+
+/// A compiled service frontend and its backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// "namespace/name", for flows and metrics.
+    pub name: Arc<str>,
+    pub kind: FrontendKind,
+    pub backends: Vec<Backend>,
+    /// sessionAffinity ClientIP timeout in seconds, if set.
+    pub affinity_timeout_s: Option<u32>,
+    /// externalTrafficPolicy: Local.
+    pub local_only: bool,
+}
+
+/// A cluster node (for the overlay and for externalTrafficPolicy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub name: Arc<str>,
+    pub addrs: Vec<IpAddr>,
+    pub pod_cidrs: Vec<(IpAddr, u8)>,
+}
+
+/// Cluster state compiled by the control plane for the datapath.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterTables {
+    pub services: HashMap<Frontend, Arc<ServiceEntry>>,
+    pub nodes: Vec<NodeEntry>,
+}
+
+impl ClusterTables {
+    pub fn backend_count(&self) -> usize {
+        self.services.values().map(|s| s.backends.len()).sum()
+    }
+}
+
+pub type NeighborTable = HashMap<(Port, IpAddr), MacAddr>;
+
+/// Everything a worker needs to process a packet, immutable once published. Each part is shared
+/// (`Arc`), so publishing a change to one part copies pointers, not tables.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub generation: u64,
-    pub ports: Vec<PortInfo>,
-    pub routes: RouteTable,
+    pub ports: Arc<Vec<PortInfo>>,
+    pub routes: Arc<RouteTable>,
     /// Resolved neighbours: (port, next hop) -> MAC.
-    pub neighbors: HashMap<(Port, IpAddr), MacAddr>,
+    pub neighbors: Arc<NeighborTable>,
+    pub cluster: Arc<ClusterTables>,
 }
 
 impl Snapshot {
@@ -104,7 +172,8 @@ impl Publisher {
             current: Arc::new(ArcSwap::from_pointee(initial)),
         }
     }
-    /// Swaps in `next` with the following generation; returns that generation.
+    /// Swaps in `next` with the following generation; returns that generation. Callers that
+    /// publish from several threads go through a [`StateHub`], which serialises them.
     pub fn publish(&self, mut next: Snapshot) -> u64 {
         let generation = self.current.load().generation + 1;
         next.generation = generation;
@@ -118,6 +187,66 @@ impl Publisher {
     }
     pub fn generation(&self) -> u64 {
         self.current.load().generation
+    }
+}
+
+/// Something to poke after a publish so idle workers pick the new snapshot up at once.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+/// The one place snapshots are assembled: the neighbour loop, the config and the control API each
+/// replace their part, and the hub publishes the combination with one atomic swap. The mutex is
+/// control-plane only; workers never take it.
+pub struct StateHub {
+    publisher: Publisher,
+    parts: Mutex<Snapshot>,
+    wakers: Mutex<Vec<Arc<dyn Wake>>>,
+}
+
+impl StateHub {
+    pub fn new(initial: Snapshot) -> Self {
+        StateHub {
+            publisher: Publisher::new(initial.clone()),
+            parts: Mutex::new(initial),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+    pub fn add_waker(&self, w: Arc<dyn Wake>) {
+        self.wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(w);
+    }
+    /// Applies `f` to the parts and publishes the result; returns the new generation.
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) -> u64 {
+        let g = {
+            let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut parts);
+            let g = self.publisher.publish(parts.clone());
+            parts.generation = g;
+            g
+        };
+        for w in self.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            w.wake();
+        }
+        g
+    }
+    pub fn set_neighbors(&self, n: NeighborTable) -> u64 {
+        self.update(|s| s.neighbors = Arc::new(n))
+    }
+    pub fn set_cluster(&self, c: Arc<ClusterTables>) -> u64 {
+        self.update(|s| s.cluster = c)
+    }
+    pub fn generation(&self) -> u64 {
+        self.publisher.generation()
+    }
+    /// The current published snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        arc_swap::Guard::into_inner(self.publisher.load())
     }
 }
 
@@ -149,6 +278,38 @@ mod tests {
         assert_eq!(port("192.168.0.1"), Some(9));
         assert_eq!(port("fd00::1"), Some(3));
         assert_eq!(port("2001:db8::1"), None);
+    }
+
+    #[test]
+    fn hub_publishes_each_part_change_and_wakes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(&self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let hub = StateHub::new(Snapshot::default());
+        let w = Arc::new(Count(AtomicUsize::new(0)));
+        hub.add_waker(w.clone());
+        let p = hub.publisher();
+        let mut n = NeighborTable::new();
+        n.insert((0, "10.0.0.1".parse().unwrap()), [2, 0, 0, 0, 0, 1]);
+        assert_eq!(hub.set_neighbors(n), 1);
+        let mut c = ClusterTables::default();
+        c.nodes.push(NodeEntry {
+            name: "n1".into(),
+            addrs: vec![],
+            pod_cidrs: vec![],
+        });
+        assert_eq!(hub.set_cluster(Arc::new(c)), 2);
+        // the second publish kept the first part
+        let s = p.load();
+        assert_eq!(
+            (s.generation, s.neighbors.len(), s.cluster.nodes.len()),
+            (2, 1, 1)
+        );
+        assert_eq!(w.0.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -61,18 +61,28 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
     n
 }
 
-/// Waits on readiness of a set of fds with epoll (through mio).
-struct Waiter {
+/// Waits on readiness of a set of fds with epoll (through mio), plus a waker the control plane
+/// pokes after publishing a snapshot.
+pub struct Waiter {
     poll: mio::Poll,
     events: mio::Events,
+    waker: Arc<mio::Waker>,
+}
+
+/// Token of the control plane's waker; socket tokens are 0..n.
+const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
+
+impl crate::state::Wake for mio::Waker {
+    fn wake(&self) {
+        // A failed wake only delays the worker until its next timeout.
+        let _ = mio::Waker::wake(self);
+    }
 }
 
 impl Waiter {
-    fn new(fds: &[std::os::fd::RawFd]) -> std::io::Result<Option<Waiter>> {
-        if fds.is_empty() {
-            return Ok(None);
-        }
+    fn new(fds: &[std::os::fd::RawFd]) -> std::io::Result<Waiter> {
         let poll = mio::Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE_TOKEN)?);
         for (i, fd) in fds.iter().enumerate() {
             poll.registry().register(
                 &mut mio::unix::SourceFd(fd),
@@ -80,11 +90,12 @@ impl Waiter {
                 mio::Interest::READABLE,
             )?;
         }
-        Ok(Some(Waiter {
+        Ok(Waiter {
             poll,
-            // one event per socket is all a wakeup needs
-            events: mio::Events::with_capacity(fds.len()),
-        }))
+            // one event per socket (and the waker) is all a wakeup needs
+            events: mio::Events::with_capacity(fds.len() + 1),
+            waker,
+        })
     }
     fn wait(&mut self, timeout: Duration) {
         // EINTR or another error: the loop simply polls the rings again.
@@ -101,16 +112,31 @@ pub struct Worker<I: PacketIo, N: NeighborRequests> {
     pub neigh: N,
     pub batch_size: usize,
     pub poll_mode: PollMode,
+    /// Created by `prepare` (adaptive mode only).
+    pub waiter: Option<Waiter>,
 }
 
 impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
+    /// Sets up the idle wait (adaptive mode on a backend that can block) and returns the waker
+    /// that interrupts it, for the control plane to call after each publish.
+    pub fn prepare(&mut self) -> std::io::Result<Option<Arc<mio::Waker>>> {
+        let fds = self.io.readiness_fds();
+        if self.poll_mode == PollMode::Busy || fds.is_empty() {
+            return Ok(None);
+        }
+        let w = Waiter::new(&fds)?;
+        let waker = w.waker.clone();
+        self.waiter = Some(w);
+        Ok(Some(waker))
+    }
+
     /// Runs until `stop` is set.
     pub fn run(mut self, stop: &AtomicBool) -> std::io::Result<()> {
         let mut batch = Batch::new(self.batch_size);
-        let mut waiter = match self.poll_mode {
-            PollMode::Adaptive => Waiter::new(&self.io.readiness_fds())?,
-            PollMode::Busy => None,
-        };
+        if self.waiter.is_none() {
+            self.prepare()?;
+        }
+        let mut waiter = self.waiter.take();
         let mut idle = 0u32;
         let mut loops = 0u32;
         while !stop.load(Ordering::Relaxed) {
@@ -138,6 +164,7 @@ impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
                     self.stats.sleeps.add(1);
                     self.copy_kernel_drops();
                     w.wait(IDLE_SLEEP);
+                    self.stats.generation.set(self.publisher.generation());
                     idle = 0;
                 }
                 _ => {

@@ -11,6 +11,7 @@ use sluice_dataplane::wire::checksum;
 use sluice_dataplane::worker::process_batch;
 use sluice_dataplane::{Batch, DropReason};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 const MAC_P0: [u8; 6] = [2, 0, 0, 0, 1, 0];
 const MAC_P1: [u8; 6] = [2, 0, 0, 0, 1, 1];
@@ -29,7 +30,7 @@ fn snapshot() -> Snapshot {
     neighbors.insert((1, "10.20.0.11".parse::<IpAddr>().unwrap()), MAC_BE1);
     Snapshot {
         generation: 0,
-        ports: vec![
+        ports: Arc::new(vec![
             PortInfo {
                 name: "p0".into(),
                 mac: MAC_P0,
@@ -38,13 +39,14 @@ fn snapshot() -> Snapshot {
                 name: "p1".into(),
                 mac: MAC_P1,
             },
-        ],
-        routes: RouteTable::new(vec![
+        ]),
+        routes: Arc::new(RouteTable::new(vec![
             route("10.20.0.0", 24, 1, None, None),
             route("10.10.0.0", 24, 0, None, None),
             route("fd00:20::", 64, 1, Some("fd00:20::1"), Some(MAC_GW6)),
-        ]),
-        neighbors,
+        ])),
+        neighbors: Arc::new(neighbors),
+        ..Snapshot::default()
     }
 }
 

@@ -12,11 +12,12 @@ use sluice_dataplane::{Batch, DropReason, MAX_BATCH};
 use std::fmt::Write as _;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Offline snapshots carry no kernel state: routes must have a static next-hop MAC, and the
 /// interfaces' own MACs are unknown, so they read as 02:00:00:00:00:<port> (locally administered).
 pub fn offline_snapshot(cfg: &Config) -> Result<Snapshot> {
-    let ports = cfg
+    let ports: Vec<PortInfo> = cfg
         .interfaces
         .iter()
         .enumerate()
@@ -30,8 +31,8 @@ pub fn offline_snapshot(cfg: &Config) -> Result<Snapshot> {
         .map_err(|e| anyhow::anyhow!("config error: {e}"))?;
     Ok(Snapshot {
         generation: 0,
-        ports,
-        routes: RouteTable::new(routes),
+        ports: Arc::new(ports),
+        routes: Arc::new(RouteTable::new(routes)),
         ..Snapshot::default()
     })
 }

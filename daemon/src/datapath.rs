@@ -1,0 +1,132 @@
+//! The datapath side of sluiced: interfaces, XDP steering, one AF_XDP worker per queue.
+
+use crate::neighbors::Neighbors;
+use anyhow::{Context, Result};
+use sluice_control::config::{CheckedSteer, Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
+use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
+use sluice_dataplane::pipeline::Pipeline;
+use sluice_dataplane::state::{HashMap, PortInfo, StateHub};
+use sluice_dataplane::stats::WorkerStats;
+use sluice_dataplane::worker::{PollMode, Worker};
+use sluice_xdp::{OwnedKey, Steering, XdpMode};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// The interfaces as the snapshot sees them, and ifindex -> port.
+pub fn probe_interfaces(cfg: &Config) -> Result<(Vec<PortInfo>, HashMap<u32, u16>)> {
+    let mut ports = Vec::new();
+    let mut ifindex_to_port = HashMap::new();
+    for (p, itf) in cfg.interfaces.iter().enumerate() {
+        let name = &itf.name;
+        let idx = sluice_xdp::ifindex_of(name).with_context(|| format!("interface {name:?}"))?;
+        let mac =
+            crate::netdev::mac_of(name).with_context(|| format!("reading the MAC of {name:?}"))?;
+        ifindex_to_port.insert(idx, p as u16);
+        ports.push(PortInfo {
+            name: name.clone(),
+            mac,
+        });
+    }
+    Ok((ports, ifindex_to_port))
+}
+
+pub struct Datapath {
+    pub steering: Steering,
+    pub workers: Vec<std::thread::JoinHandle<()>>,
+    pub stats: Vec<Arc<WorkerStats>>,
+    pub zero_copy: Vec<bool>,
+}
+
+/// Attaches XDP everywhere, owns the configured traffic, starts the workers.
+pub fn start(
+    cfg: &Config,
+    steer: &[CheckedSteer],
+    hub: &StateHub,
+    neighbors: &mut Neighbors,
+    stop: &Arc<AtomicBool>,
+) -> Result<Datapath> {
+    let ifnames: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
+    let mut steering = Steering::new();
+    let mode = match cfg.dataplane.xdp_mode {
+        XdpModeCfg::Native => XdpMode::Native,
+        XdpModeCfg::Generic => XdpMode::Generic,
+    };
+    for name in &ifnames {
+        let m = steering.attach(name, mode, cfg.dataplane.xdp_fallback_generic)?;
+        tracing::info!(interface = %name, mode = m.as_str(), "XDP steering program attached");
+    }
+    for s in steer {
+        steering.own(&OwnedKey::service(s.ip, s.proto, s.port))?;
+    }
+
+    let xsk_cfg = AfXdpConfig {
+        frame_size: cfg.dataplane.frame_size,
+        ring_size: cfg.dataplane.ring_size,
+        headroom: 0,
+        zero_copy: match cfg.dataplane.zero_copy {
+            ZeroCopyCfg::Auto => ZeroCopy::Auto,
+            ZeroCopyCfg::On => ZeroCopy::On,
+            ZeroCopyCfg::Off => ZeroCopy::Off,
+        },
+    };
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut dp = Datapath {
+        steering,
+        workers: Vec::new(),
+        stats: Vec::new(),
+        zero_copy: Vec::new(),
+    };
+    for q in 0..cfg.dataplane.queues {
+        let io = AfXdpIo::open(&ifnames, q, &xsk_cfg)?;
+        dp.zero_copy.push(io.is_zero_copy());
+        for (ifname, fd) in io.socket_fds() {
+            dp.steering.register_socket(&ifname, q, fd)?;
+        }
+        let stats = Arc::new(WorkerStats::default());
+        dp.stats.push(stats.clone());
+        let core = match cfg.dataplane.cores.get(q as usize) {
+            Some(c) => cores.iter().find(|id| id.id == *c).copied(),
+            None if cores.is_empty() => None,
+            None => Some(cores[q as usize % cores.len()]),
+        };
+        if core.is_none() {
+            tracing::warn!(queue = q, "requested core not available; worker not pinned");
+        }
+        let mut worker = Worker {
+            io,
+            pipeline: Pipeline::new(),
+            publisher: hub.publisher(),
+            stats,
+            neigh: neighbors.worker_queue(),
+            batch_size: cfg.dataplane.batch_size,
+            poll_mode: match cfg.dataplane.poll_mode {
+                PollModeCfg::Busy => PollMode::Busy,
+                PollModeCfg::Adaptive => PollMode::Adaptive,
+            },
+            waiter: None,
+        };
+        if let Some(waker) = worker
+            .prepare()
+            .context("setting up the worker's idle wait")?
+        {
+            hub.add_waker(waker);
+        }
+        let stop = stop.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("sluice-w{q}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    if !core_affinity::set_for_current(c) {
+                        tracing::warn!(queue = q, core = c.id, "pinning failed");
+                    }
+                }
+                if let Err(e) = worker.run(&stop) {
+                    tracing::error!(queue = q, "worker failed: {e}");
+                }
+            })
+            .context("spawning worker thread")?;
+        tracing::info!(queue = q, core = ?core.map(|c| c.id), zero_copy = dp.zero_copy[q as usize], "worker started");
+        dp.workers.push(h);
+    }
+    Ok(dp)
+}
