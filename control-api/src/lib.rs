@@ -1,7 +1,9 @@
-//! `sluice-control`: the control plane's model. For now the appliance config file; the REST API,
-//! the Kubernetes object model and persistence join it (issue: control API). It never touches
-//! packets.
+//! `sluice-control`: the control plane. The appliance config file, the Kubernetes object model and
+//! its validation, the desired-state store compiled into the datapath's tables, persistence, and
+//! the REST API. It never touches packets.
 
 pub mod config;
+pub mod model;
+pub mod store;
 
 pub use config::{Config, ConfigError};

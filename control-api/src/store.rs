@@ -1,0 +1,528 @@
+//! Desired state: the validated objects, and their compiled form for the datapath.
+//!
+//! Every change is validated and compiled before anything is modified, so a rejected change leaves
+//! the store exactly as it was. Compilation is incremental: a change to a Service or one of its
+//! EndpointSlices recompiles that Service only (10,000 services stay cheap to change one by one).
+
+use crate::model::{self, EndpointSliceView, Invalid, Kind, ObjectKey, ServiceView};
+use serde_json::Value;
+use sluice_dataplane::state::{
+    Backend, ClusterTables, Frontend, FrontendKind, HashMap, NodeEntry, ServiceEntry,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+type SvcId = (String, String); // (namespace, name)
+/// A service's compiled frontends.
+type Compiled = Vec<(Frontend, Arc<ServiceEntry>)>;
+/// What a change recompiles: each affected service and its new frontends.
+type Plan = Vec<(SvcId, Compiled)>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+}
+
+pub struct Store {
+    objects: BTreeMap<ObjectKey, Arc<Value>>,
+    /// (namespace, service name) -> names of its EndpointSlices
+    slices_of: HashMap<SvcId, BTreeSet<String>>,
+    /// frontends each service currently contributes
+    frontends_of: HashMap<SvcId, Vec<Frontend>>,
+    tables: ClusterTables,
+    /// Addresses NodePort services are exposed on (the appliance's own node addresses).
+    node_addresses: Vec<IpAddr>,
+}
+
+impl Store {
+    pub fn new(node_addresses: Vec<IpAddr>) -> Self {
+        Store {
+            objects: BTreeMap::new(),
+            slices_of: HashMap::new(),
+            frontends_of: HashMap::new(),
+            tables: ClusterTables::default(),
+            node_addresses,
+        }
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<Value>> {
+        self.objects.get(key)
+    }
+
+    /// Objects of `kind` (all kinds if None), in `namespace` if given, in key order.
+    pub fn list<'a>(
+        &'a self,
+        kind: Option<Kind>,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Arc<Value>)> + 'a {
+        self.objects.iter().filter(move |(k, _)| {
+            kind.is_none_or(|kd| k.kind == kd) && namespace.is_none_or(|ns| k.namespace == ns)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    pub fn count(&self, kind: Kind) -> usize {
+        self.objects.keys().filter(|k| k.kind == kind).count()
+    }
+
+    /// A shared copy of every object (cheap: pointers), for persistence and `GET /v1/state`.
+    pub fn snapshot_objects(&self) -> Vec<Arc<Value>> {
+        self.objects.values().cloned().collect()
+    }
+
+    /// The compiled tables to publish.
+    pub fn tables(&self) -> Arc<ClusterTables> {
+        Arc::new(self.tables.clone())
+    }
+
+    /// Creates or replaces one object. `expect` is the identity the URL gave, if any.
+    pub fn put(
+        &mut self,
+        v: Value,
+        expect: Option<&ObjectKey>,
+    ) -> Result<(ObjectKey, Outcome), Invalid> {
+        let key = model::identify(&v, expect)?;
+        model::validate(&key, &v)?;
+        let v = model::normalise(v, &key);
+        let previous = self.objects.get(&key).cloned();
+        if previous.as_deref() == Some(&v) {
+            return Ok((key, Outcome::Unchanged));
+        }
+        let affected = self.affected_services(&key, previous.as_deref(), Some(&v));
+        // Compile with the object in place, check, and only then commit.
+        let plan = self.plan(&affected, &key, Some(&v))?;
+        let v = Arc::new(v);
+        self.index(&key, previous.as_deref(), Some(&v));
+        self.objects.insert(key.clone(), v);
+        self.commit(plan);
+        if key.kind == Kind::Node {
+            self.rebuild_nodes();
+        }
+        Ok((
+            key,
+            if previous.is_some() {
+                Outcome::Configured
+            } else {
+                Outcome::Created
+            },
+        ))
+    }
+
+    /// Deletes one object; None if it did not exist.
+    pub fn delete(&mut self, key: &ObjectKey) -> Option<Outcome> {
+        let previous = self.objects.get(key).cloned()?;
+        let affected = self.affected_services(key, Some(&previous), None);
+        // Removing objects cannot create conflicts: planning cannot fail here.
+        let plan = self.plan(&affected, key, None).unwrap_or_default();
+        self.index(key, Some(&previous), None);
+        self.objects.remove(key);
+        self.commit(plan);
+        if key.kind == Kind::Node {
+            self.rebuild_nodes();
+        }
+        Some(Outcome::Deleted)
+    }
+
+    /// Replaces everything with `items`, atomically: on any error nothing changes.
+    pub fn replace_all(&mut self, items: Vec<Value>) -> Result<usize, Invalid> {
+        let mut fresh = Store::new(self.node_addresses.clone());
+        let mut seen = BTreeSet::new();
+        for (i, v) in items.into_iter().enumerate() {
+            let (key, _) = fresh.put(v, None).map_err(|mut e| {
+                e.field = if e.field.is_empty() {
+                    format!("items[{i}]")
+                } else {
+                    format!("items[{i}].{}", e.field)
+                };
+                e
+            })?;
+            if !seen.insert(key.clone()) {
+                return Err(Invalid {
+                    object: key.to_string(),
+                    field: format!("items[{i}]"),
+                    reason: "the same object appears twice in the list".into(),
+                });
+            }
+        }
+        let n = fresh.len();
+        *self = fresh;
+        Ok(n)
+    }
+
+    /// Services whose compiled form depends on `key` before or after the change.
+    fn affected_services(
+        &self,
+        key: &ObjectKey,
+        before: Option<&Value>,
+        after: Option<&Value>,
+    ) -> Vec<SvcId> {
+        let mut out = Vec::new();
+        match key.kind {
+            Kind::Service => out.push((key.namespace.clone(), key.name.clone())),
+            Kind::EndpointSlice => {
+                for v in [before, after].into_iter().flatten() {
+                    if let Ok(s) = model::endpoint_slice(key, v) {
+                        let id = (key.namespace.clone(), s.service);
+                        if !out.contains(&id) {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Compiles the affected services as they would be with `key` set to `after`, and checks
+    /// that no frontend is claimed by two services.
+    fn plan(
+        &self,
+        affected: &[SvcId],
+        key: &ObjectKey,
+        after: Option<&Value>,
+    ) -> Result<Plan, Invalid> {
+        let mut plan = Vec::new();
+        for id in affected {
+            let svc_key = ObjectKey {
+                kind: Kind::Service,
+                namespace: id.0.clone(),
+                name: id.1.clone(),
+            };
+            let svc_val = if *key == svc_key {
+                after
+            } else {
+                self.objects.get(&svc_key).map(|v| &**v)
+            };
+            let Some(svc_val) = svc_val else {
+                plan.push((id.clone(), Vec::new()));
+                continue;
+            };
+            let view = model::service(&svc_key, svc_val)?;
+            let mut slices: Vec<EndpointSliceView> = Vec::new();
+            let mut names: BTreeSet<String> = self.slices_of.get(id).cloned().unwrap_or_default();
+            if key.kind == Kind::EndpointSlice && key.namespace == id.0 {
+                names.remove(&key.name);
+                if let Some(v) = after {
+                    if model::endpoint_slice(key, v).is_ok_and(|s| s.service == id.1) {
+                        names.insert(key.name.clone());
+                    }
+                }
+            }
+            for n in &names {
+                let sk = ObjectKey {
+                    kind: Kind::EndpointSlice,
+                    namespace: id.0.clone(),
+                    name: n.clone(),
+                };
+                let v = if sk == *key {
+                    after
+                } else {
+                    self.objects.get(&sk).map(|v| &**v)
+                };
+                if let Some(v) = v {
+                    slices.push(model::endpoint_slice(&sk, v)?);
+                }
+            }
+            let compiled = compile_service(
+                &format!("{}/{}", id.0, id.1),
+                &view,
+                &slices,
+                &self.node_addresses,
+            );
+            for (fe, _) in &compiled {
+                if let Some(owner) = self.tables.services.get(fe) {
+                    if *owner.name != *format!("{}/{}", id.0, id.1) {
+                        return Err(Invalid {
+                            object: svc_key.to_string(),
+                            field: "spec".into(),
+                            reason: format!(
+                                "frontend {}:{}/{} is already served by Service {}",
+                                fe.addr,
+                                fe.port,
+                                proto_name(fe.proto),
+                                owner.name
+                            ),
+                        });
+                    }
+                }
+            }
+            plan.push((id.clone(), compiled));
+        }
+        Ok(plan)
+    }
+
+    fn commit(&mut self, plan: Plan) {
+        for (id, compiled) in plan {
+            for fe in self.frontends_of.remove(&id).unwrap_or_default() {
+                self.tables.services.remove(&fe);
+            }
+            if compiled.is_empty() {
+                continue;
+            }
+            let fes = compiled.iter().map(|(f, _)| *f).collect();
+            for (fe, entry) in compiled {
+                self.tables.services.insert(fe, entry);
+            }
+            self.frontends_of.insert(id, fes);
+        }
+    }
+
+    fn index(&mut self, key: &ObjectKey, before: Option<&Value>, after: Option<&Value>) {
+        if key.kind != Kind::EndpointSlice {
+            return;
+        }
+        if let Some(s) = before.and_then(|v| model::endpoint_slice(key, v).ok()) {
+            let id = (key.namespace.clone(), s.service);
+            if let Some(set) = self.slices_of.get_mut(&id) {
+                set.remove(&key.name);
+                if set.is_empty() {
+                    self.slices_of.remove(&id);
+                }
+            }
+        }
+        if let Some(s) = after.and_then(|v| model::endpoint_slice(key, v).ok()) {
+            self.slices_of
+                .entry((key.namespace.clone(), s.service))
+                .or_default()
+                .insert(key.name.clone());
+        }
+    }
+
+    fn rebuild_nodes(&mut self) {
+        self.tables.nodes = self
+            .list(Some(Kind::Node), None)
+            .filter_map(|(k, v)| {
+                model::node(k, v).ok().map(|n| NodeEntry {
+                    name: k.name.as_str().into(),
+                    addrs: n.addrs,
+                    pod_cidrs: n.pod_cidrs,
+                })
+            })
+            .collect();
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "TCP",
+        17 => "UDP",
+        132 => "SCTP",
+        _ => "?",
+    }
+}
+
+/// One Service with its EndpointSlices -> its frontends, each with the backends of its port.
+/// Backends match a service port by port name and protocol, as kube-proxy matches them.
+pub fn compile_service(
+    name: &str,
+    svc: &ServiceView,
+    slices: &[EndpointSliceView],
+    node_addresses: &[IpAddr],
+) -> Compiled {
+    let name: Arc<str> = name.into();
+    let mut out = Vec::new();
+    if svc.type_ == "ExternalName" {
+        return out;
+    }
+    for p in &svc.ports {
+        let mut backends = Vec::new();
+        for s in slices {
+            for sp in s
+                .ports
+                .iter()
+                .filter(|sp| sp.name == p.name && sp.proto == p.proto)
+            {
+                for ep in &s.endpoints {
+                    for addr in &ep.addrs {
+                        backends.push(Backend {
+                            addr: *addr,
+                            port: sp.port,
+                            weight: 1,
+                            ready: ep.ready,
+                            serving: ep.serving,
+                            terminating: ep.terminating,
+                            node: ep.node.as_deref().map(Into::into),
+                        });
+                    }
+                }
+            }
+        }
+        let entry = |kind| {
+            Arc::new(ServiceEntry {
+                name: name.clone(),
+                kind,
+                backends: backends.clone(),
+                affinity_timeout_s: svc.affinity_timeout_s,
+                local_only: svc.local_only && kind != FrontendKind::ClusterIp,
+            })
+        };
+        let proto = p.proto.number();
+        let mut add = |addrs: &[IpAddr], port: u16, kind| {
+            if addrs.is_empty() {
+                return;
+            }
+            let e = entry(kind);
+            for a in addrs {
+                out.push((
+                    Frontend {
+                        addr: *a,
+                        proto,
+                        port,
+                    },
+                    e.clone(),
+                ));
+            }
+        };
+        add(&svc.cluster_ips, p.port, FrontendKind::ClusterIp);
+        add(&svc.external_ips, p.port, FrontendKind::ExternalIp);
+        add(&svc.lb_ips, p.port, FrontendKind::LoadBalancer);
+        if let (Some(np), true) = (
+            p.node_port,
+            svc.type_ == "NodePort" || svc.type_ == "LoadBalancer",
+        ) {
+            add(node_addresses, np, FrontendKind::NodePort);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(name: &str, ip: &str) -> Value {
+        json!({"kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+               "spec": {"type": "NodePort", "clusterIP": ip, "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})
+    }
+    fn slice(name: &str, svc: &str, addrs: &[&str]) -> Value {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": name, "namespace": "shop", "labels": {"kubernetes.io/service-name": svc}},
+               "addressType": "IPv4", "endpoints": addrs.iter().map(|a| json!({"addresses": [a]})).collect::<Vec<_>>(),
+               "ports": [{"name": "http", "port": 8080}]})
+    }
+    fn fe(ip: &str, port: u16) -> Frontend {
+        Frontend {
+            addr: ip.parse().unwrap(),
+            proto: 6,
+            port,
+        }
+    }
+
+    #[test]
+    fn slices_before_or_after_their_service_compile_the_same() {
+        let mut a = Store::new(vec!["192.0.2.1".parse().unwrap()]);
+        a.put(svc("web", "10.96.0.10"), None).unwrap();
+        a.put(slice("web-1", "web", &["10.0.1.5", "10.0.1.6"]), None)
+            .unwrap();
+        let mut b = Store::new(vec!["192.0.2.1".parse().unwrap()]);
+        b.put(slice("web-1", "web", &["10.0.1.5", "10.0.1.6"]), None)
+            .unwrap();
+        b.put(svc("web", "10.96.0.10"), None).unwrap();
+        for s in [&a, &b] {
+            let e = &s.tables.services[&fe("10.96.0.10", 80)];
+            assert_eq!(e.backends.len(), 2);
+            assert_eq!(e.backends[0].port, 8080);
+            assert_eq!(
+                s.tables.services[&fe("192.0.2.1", 30080)].kind,
+                FrontendKind::NodePort
+            );
+        }
+    }
+
+    #[test]
+    fn changes_and_deletes_recompile_only_what_they_touch() {
+        let mut s = Store::new(vec![]);
+        s.put(svc("web", "10.96.0.10"), None).unwrap();
+        s.put(slice("web-1", "web", &["10.0.1.5"]), None).unwrap();
+        s.put(slice("web-2", "web", &["10.0.1.7"]), None).unwrap();
+        assert_eq!(s.tables.services[&fe("10.96.0.10", 80)].backends.len(), 2);
+        assert_eq!(
+            s.put(slice("web-2", "web", &["10.0.1.7"]), None).unwrap().1,
+            Outcome::Unchanged
+        );
+        // a slice moving to another service leaves this one
+        s.put(slice("web-2", "other", &["10.0.1.7"]), None).unwrap();
+        assert_eq!(s.tables.services[&fe("10.96.0.10", 80)].backends.len(), 1);
+        let k = ObjectKey {
+            kind: Kind::EndpointSlice,
+            namespace: "shop".into(),
+            name: "web-1".into(),
+        };
+        assert_eq!(s.delete(&k), Some(Outcome::Deleted));
+        assert!(s.tables.services[&fe("10.96.0.10", 80)].backends.is_empty());
+        let sk = ObjectKey {
+            kind: Kind::Service,
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        s.delete(&sk);
+        assert!(s.tables.services.is_empty());
+        assert_eq!(s.delete(&sk), None);
+    }
+
+    #[test]
+    fn a_conflicting_frontend_is_refused_and_nothing_changes() {
+        let mut s = Store::new(vec![]);
+        s.put(svc("web", "10.96.0.10"), None).unwrap();
+        let before = s.tables.services.clone();
+        let e = s.put(svc("api", "10.96.0.10"), None).unwrap_err();
+        assert_eq!(e.object, "Service shop/api");
+        assert!(
+            e.reason.contains("already served by Service shop/web"),
+            "{e}"
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.tables.services, before);
+    }
+
+    #[test]
+    fn replace_all_is_all_or_nothing() {
+        let mut s = Store::new(vec![]);
+        s.put(svc("web", "10.96.0.10"), None).unwrap();
+        let bad = vec![
+            svc("a", "10.96.0.1"),
+            json!({"kind": "Service", "metadata": {"name": "b"}, "spec": {"ports": [{"port": 0}]}}),
+        ];
+        let e = s.replace_all(bad).unwrap_err();
+        assert_eq!(e.field, "items[1].spec.ports[0].port");
+        assert_eq!(s.len(), 1);
+        assert!(s.tables.services.contains_key(&fe("10.96.0.10", 80)));
+        let dup = vec![svc("a", "10.96.0.1"), svc("a", "10.96.0.1")];
+        assert!(s.replace_all(dup).unwrap_err().reason.contains("twice"));
+        assert_eq!(s.replace_all(vec![svc("a", "10.96.0.1")]).unwrap(), 1);
+        assert!(!s.tables.services.contains_key(&fe("10.96.0.10", 80)));
+    }
+
+    #[test]
+    fn nodes_compile_into_the_node_table() {
+        let mut s = Store::new(vec![]);
+        s.put(
+            json!({"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDR": "10.0.1.0/24"},
+                     "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]}}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.tables.nodes.len(), 1);
+        assert_eq!(&*s.tables.nodes[0].name, "n1");
+        s.delete(&ObjectKey {
+            kind: Kind::Node,
+            namespace: String::new(),
+            name: "n1".into(),
+        });
+        assert!(s.tables.nodes.is_empty());
+    }
+}
