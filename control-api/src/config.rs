@@ -23,6 +23,55 @@ pub struct Config {
     pub routes: Vec<RouteCfg>,
     #[serde(rename = "steer", default)]
     pub steer: Vec<SteerCfg>,
+    #[serde(default)]
+    pub api: ApiCfg,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiCfg {
+    /// TCP listen address; "" disables TCP. Reads are open when it is a loopback address.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Unix socket (reachable from the host even when sluiced runs in a namespace); "" disables.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Bearer token for mutating requests, in a file readable by its owner only (0600). Without
+    /// it the API is read-only.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Where the last applied state is kept across restarts.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9800".into()
+}
+fn default_socket() -> PathBuf {
+    "/run/sluice/api.sock".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/sluice".into()
+}
+/// 64 MiB: a full state of 10,000 Services with 10 endpoints each is about 15 MiB of JSON.
+fn default_max_body() -> usize {
+    64 << 20
+}
+
+impl Default for ApiCfg {
+    fn default() -> Self {
+        ApiCfg {
+            listen: default_listen(),
+            socket: default_socket(),
+            token_file: None,
+            state_dir: default_state_dir(),
+            max_body_bytes: default_max_body(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -37,6 +86,9 @@ pub struct Appliance {
     /// How often the stats file is rewritten, in milliseconds.
     #[serde(default = "default_stats_interval")]
     pub stats_interval_ms: u64,
+    /// This appliance's own node addresses: NodePort services are exposed on them.
+    #[serde(default)]
+    pub node_addresses: Vec<String>,
 }
 
 fn default_name() -> String {
@@ -55,6 +107,7 @@ impl Default for Appliance {
             name: default_name(),
             runtime_dir: default_runtime_dir(),
             stats_interval_ms: default_stats_interval(),
+            node_addresses: Vec::new(),
         }
     }
 }
@@ -296,7 +349,36 @@ impl Config {
         }
         self.checked_routes()?;
         self.checked_steer()?;
+        self.node_addresses()?;
+        if !self.api.listen.is_empty() && self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "api.listen",
+                format!(
+                    "{:?} is not an address:port like 127.0.0.1:9800 (\"\" disables TCP)",
+                    self.api.listen
+                ),
+            ));
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err(bad("api.max_body_bytes", "must be at least 1024"));
+        }
         Ok(())
+    }
+
+    pub fn node_addresses(&self) -> Result<Vec<IpAddr>, ConfigError> {
+        self.appliance
+            .node_addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse().map_err(|_| {
+                    bad(
+                        format!("appliance.node_addresses[{i}]"),
+                        format!("{a:?} is not an IP address"),
+                    )
+                })
+            })
+            .collect()
     }
 
     pub fn port_of(&self, dev: &str) -> Option<u16> {

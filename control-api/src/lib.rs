@@ -2,8 +2,11 @@
 //! its validation, the desired-state store compiled into the datapath's tables, persistence, and
 //! the REST API. It never touches packets.
 
+pub mod api;
 pub mod config;
 pub mod model;
+pub mod persist;
+pub mod server;
 pub mod store;
 
 pub use config::{Config, ConfigError};

@@ -7,10 +7,14 @@ mod netdev;
 mod netlink;
 mod status;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use neighbors::Neighbors;
+use sluice_control::api::Api;
 use sluice_control::config::Config;
+use sluice_control::persist::{self, Persister};
+use sluice_control::server::{load_token, Server};
+use sluice_control::store::Store;
 use sluice_dataplane::state::{RouteTable, Snapshot, StateHub};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,26 +82,59 @@ fn main() {
 }
 
 fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
-    if cfg.interfaces.is_empty() {
-        bail!("config has no [[interface]]: nothing to serve");
-    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
+    let api_only = cfg.interfaces.is_empty();
+    if api_only {
+        tracing::warn!("no [[interface]] configured: serving the control API only, no datapath");
+    }
+    let token = match &cfg.api.token_file {
+        Some(path) => Some(load_token(path)?),
+        None => {
+            tracing::warn!("no api.token_file: the control API is read-only");
+            None
+        }
+    };
 
-    let (ports, ifindex_to_port) = datapath::probe_interfaces(&cfg)?;
+    let (ports, ifindex_to_port) = if api_only {
+        Default::default()
+    } else {
+        datapath::probe_interfaces(&cfg)?
+    };
     let routes = RouteTable::new(cfg.checked_routes()?);
     let steer = cfg.checked_steer()?;
-    let mut neighbors = Neighbors::start(ifindex_to_port.clone(), &routes, &steer);
-    let hub = StateHub::new(Snapshot {
+    let mut neighbors =
+        (!api_only).then(|| Neighbors::start(ifindex_to_port.clone(), &routes, &steer));
+    let hub = Arc::new(StateHub::new(Snapshot {
         ports: Arc::new(ports),
         routes: Arc::new(routes),
         ..Snapshot::default()
-    });
-    hub.set_neighbors(neighbors.table());
+    }));
+    if let Some(n) = &neighbors {
+        hub.set_neighbors(n.table());
+    }
+    // The last applied cluster state, before any packet or syncer arrives.
+    let store = restore_state(&cfg)?;
+    hub.set_cluster(store.tables());
 
-    let mut dp = datapath::start(&cfg, &steer, &hub, &mut neighbors, &stop)?;
+    let mut dp = match neighbors.as_mut() {
+        Some(n) => Some(datapath::start(&cfg, &steer, &hub, n, &stop)?),
+        None => None,
+    };
+    let worker_stats = dp.as_ref().map(|d| d.stats.clone()).unwrap_or_default();
+    let status = Arc::new(status::DaemonStatus::new(worker_stats.clone()));
+    let api = Arc::new(Api {
+        store: std::sync::Mutex::new(store),
+        hub: hub.clone(),
+        persister: Persister::start(cfg.api.state_dir.clone()),
+        token,
+        status: status.clone(),
+        max_body: cfg.api.max_body_bytes,
+        appliance: cfg.appliance.name.clone(),
+    });
+    let server = Server::start(api.clone(), &cfg.api.listen, &cfg.api.socket)?;
 
     let stats_path = stats_file.unwrap_or_else(|| cfg.appliance.runtime_dir.join("stats.json"));
     if let Some(dir) = stats_path.parent() {
@@ -106,19 +143,28 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
     let reporter = status::Reporter {
         appliance: cfg.appliance.name.clone(),
         started: Instant::now(),
-        zero_copy: dp.zero_copy.clone(),
+        zero_copy: dp.as_ref().map(|d| d.zero_copy.clone()).unwrap_or_default(),
     };
+    let report = |dp: &Option<datapath::Datapath>| -> Result<()> {
+        let doc = reporter.document(&hub, dp.as_ref().map(|d| &d.steering), &worker_stats)?;
+        reporter.write(&stats_path, &doc)?;
+        status.set(doc);
+        Ok(())
+    };
+    report(&dp)?;
     tracing::info!(
         appliance = %cfg.appliance.name,
         stats = %stats_path.display(),
+        api = ?server.tcp_addr,
+        socket = %cfg.api.socket.display(),
         "sluiced ready: {} interface(s), {} worker(s)",
         cfg.interfaces.len(),
-        cfg.dataplane.queues
+        if api_only { 0 } else { cfg.dataplane.queues }
     );
 
-    // Control loop: interfaces still there, neighbours, the stats file.
+    // Control loop: interfaces still there, neighbours, counters.
     let stats_every = Duration::from_millis(cfg.appliance.stats_interval_ms);
-    let mut last_stats = Instant::now() - stats_every;
+    let mut last_stats = Instant::now();
     let mut exit_error = None;
     while !stop.load(Ordering::Relaxed) {
         // An interface that vanished (deleted, or its namespace torn down) cannot come back
@@ -130,23 +176,31 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
             exit_error = Some(anyhow::anyhow!("interface {name:?} disappeared; stopping"));
             break;
         }
-        neighbors.tick(&hub);
+        if let Some(n) = neighbors.as_mut() {
+            n.tick(&hub);
+        }
         if last_stats.elapsed() >= stats_every {
             last_stats = Instant::now();
-            if let Err(e) = reporter.write(&stats_path, &hub, &dp.steering, &dp.stats) {
-                tracing::warn!("writing {}: {e:#}", stats_path.display());
+            if let Err(e) = report(&dp) {
+                tracing::warn!("counters: {e:#}");
             }
         }
         std::thread::sleep(CONTROL_TICK);
     }
 
-    tracing::info!("stopping: workers first, then XDP (the kernel path takes over)");
+    tracing::info!("stopping: API, workers, then XDP (the kernel path takes over)");
     stop.store(true, Ordering::Relaxed);
-    for h in dp.workers.drain(..) {
-        let _ = h.join();
+    server.stop();
+    api.persister.finish();
+    if let Some(d) = dp.as_mut() {
+        for h in d.workers.drain(..) {
+            let _ = h.join();
+        }
     }
-    reporter.write(&stats_path, &hub, &dp.steering, &dp.stats)?;
-    dp.steering.detach_all();
+    report(&dp)?;
+    if let Some(d) = dp.as_mut() {
+        d.steering.detach_all();
+    }
     match exit_error {
         Some(e) => Err(e),
         None => {
@@ -154,4 +208,30 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The store as it was last applied, from `api.state_dir`. A file that cannot be used is set
+/// aside (state.json.bad) with an error in the log, and sluiced starts empty: the syncer resends.
+fn restore_state(cfg: &Config) -> Result<Store> {
+    let mut store = Store::new(cfg.node_addresses()?);
+    let dir = &cfg.api.state_dir;
+    match persist::load(dir) {
+        Ok(None) => tracing::info!(dir = %dir.display(), "no saved state: starting empty"),
+        Ok(Some(items)) => match store.replace_all(items) {
+            Ok(n) => {
+                tracing::info!(objects = n, dir = %dir.display(), "restored the last applied state")
+            }
+            Err(e) => {
+                tracing::error!("saved state rejected ({e}); setting it aside and starting empty");
+                persist::set_aside(dir)
+                    .with_context(|| format!("moving the state in {} aside", dir.display()))?;
+            }
+        },
+        Err(e) => {
+            tracing::error!("saved state unusable ({e}); setting it aside and starting empty");
+            persist::set_aside(dir)
+                .with_context(|| format!("moving the state in {} aside", dir.display()))?;
+        }
+    }
+    Ok(store)
 }

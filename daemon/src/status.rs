@@ -1,16 +1,17 @@
-//! The counters as JSON, rewritten atomically every stats interval (temp file + rename), for the
-//! `sluice stats` command, the demo and the integration tests. The control API serves the same
-//! document once it exists.
+//! The counters as JSON: rewritten atomically every stats interval (temp file + rename) for
+//! `sluice stats --file` and as a record after a crash, and served by the control API in
+//! `GET /v1/status` (the `counters` member).
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use sluice_control::api::StatusSource;
 use sluice_dataplane::state::StateHub;
 use sluice_dataplane::stats::{WorkerStats, WorkerStatsSnapshot};
 use sluice_dataplane::wire::ethernet::format_mac;
 use sluice_xdp::Steering;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub struct Reporter {
@@ -55,18 +56,60 @@ struct Status {
     totals: Totals,
 }
 
+/// What the API reads: the latest document and live worker generations.
+pub struct DaemonStatus {
+    latest: Mutex<serde_json::Value>,
+    workers: Vec<Arc<WorkerStats>>,
+}
+
+impl DaemonStatus {
+    pub fn new(workers: Vec<Arc<WorkerStats>>) -> Self {
+        DaemonStatus {
+            latest: Mutex::new(serde_json::json!({})),
+            workers,
+        }
+    }
+    pub fn set(&self, doc: serde_json::Value) {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = doc;
+    }
+}
+
+impl StatusSource for DaemonStatus {
+    fn counters(&self) -> serde_json::Value {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    fn worker_generations(&self) -> Vec<u64> {
+        self.workers.iter().map(|w| w.generation.get()).collect()
+    }
+}
+
 impl Reporter {
-    pub fn write(
+    /// Writes `doc` to `path` atomically.
+    pub fn write(&self, path: &Path, doc: &serde_json::Value) -> Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(doc)?;
+        std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    }
+
+    /// The counters document.
+    pub fn document(
         &self,
-        path: &Path,
         hub: &StateHub,
-        steering: &Steering,
+        steering: Option<&Steering>,
         workers: &[Arc<WorkerStats>],
-    ) -> Result<()> {
+    ) -> Result<serde_json::Value> {
         let snap = hub.current();
         let mut interfaces = Vec::new();
-        for (name, ifindex, mode) in steering.interfaces() {
-            let c = steering.counters(name)?;
+        for (name, ifindex, mode) in steering.into_iter().flat_map(|s| s.interfaces()) {
+            let c = steering
+                .map(|s| s.counters(name))
+                .transpose()?
+                .unwrap_or_default();
             let mac = snap
                 .ports
                 .iter()
@@ -116,10 +159,6 @@ impl Reporter {
             zero_copy: self.zero_copy.clone(),
             totals,
         };
-        let tmp = path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(&status)?;
-        std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-        Ok(())
+        Ok(serde_json::to_value(&status)?)
     }
 }

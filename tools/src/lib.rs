@@ -1,5 +1,8 @@
 //! Library side of the `sluice` CLI (kept testable without a terminal).
 
+pub mod client;
+pub mod resources;
+
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sluice_control::Config;

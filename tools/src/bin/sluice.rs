@@ -2,12 +2,32 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice_cli::client::{Client, Endpoint};
+use sluice_cli::resources::{
+    apply_or_delete, read_manifests, render, render_status, resource_paths,
+};
 use sluice_cli::{replay, stats_table};
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Operate a sluice appliance")]
 struct Cli {
+    /// The daemon's API: unix:/path/to/api.sock or http://HOST:PORT.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_SERVER",
+        default_value = "unix:/run/sluice/api.sock"
+    )]
+    server: String,
+    /// File holding the bearer token for changes (apply, delete).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_TOKEN_FILE",
+        default_value = "/etc/sluice/token"
+    )]
+    token_file: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -20,7 +40,31 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Show what the appliance counted: XDP steering per interface, worker rx/tx, drops by reason.
+    /// The daemon's state: snapshot generation, workers, objects, counters.
+    Status {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// List objects: services, endpoints, pods, nodes, namespaces, policies.
+    Get {
+        resource: String,
+        /// Only this namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Create or update the objects in FILE, DIR or - (stdin): Kubernetes YAML or JSON.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Delete the objects named in FILE, DIR or -.
+    Delete {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Show what the appliance counted, from its stats file (works with the API down).
     Stats {
         /// The daemon's stats file.
         #[arg(long, default_value = "/run/sluice/stats.json")]
@@ -50,10 +94,73 @@ fn main() {
     }
 }
 
+fn client(cli: &Cli, need_token: bool) -> Result<Client> {
+    let endpoint = Endpoint::parse(&cli.server)?;
+    let token = match std::fs::read_to_string(&cli.token_file) {
+        Ok(t) => Some(t.trim().to_string()),
+        Err(e) if need_token => bail!(
+            "reading the token file {} ({e}): changes need the daemon's api.token_file (--token-file)",
+            cli.token_file.display()
+        ),
+        Err(_) => None,
+    };
+    Ok(Client { endpoint, token })
+}
+
 fn run(cli: Cli) -> Result<()> {
-    match cli.cmd {
+    match &cli.cmd {
+        Cmd::Status { output } => {
+            let v = client(&cli, false)?.get("/v1/status")?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => print!("{}", render_status(&v)),
+            }
+        }
+        Cmd::Get {
+            resource,
+            namespace,
+            output,
+        } => {
+            let c = client(&cli, false)?;
+            let mut all = Vec::new();
+            for plural in resource_paths(resource)? {
+                let path = match namespace {
+                    Some(ns) => format!("/v1/{plural}/{ns}"),
+                    None => format!("/v1/{plural}"),
+                };
+                let list = c.get(&path)?;
+                let items = list
+                    .get("items")
+                    .and_then(|i| i.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                if *output == Output::Table {
+                    print!("{}", render(plural, &items));
+                }
+                all.extend(items);
+            }
+            if *output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": all})
+                    )?
+                );
+            }
+        }
+        Cmd::Apply { files } | Cmd::Delete { files } => {
+            let mut objects = Vec::new();
+            for f in files {
+                objects.extend(read_manifests(f)?);
+            }
+            apply_or_delete(
+                &client(&cli, true)?,
+                &objects,
+                matches!(cli.cmd, Cmd::Delete { .. }),
+            )?;
+        }
         Cmd::Stats { file, output } => {
-            let text = std::fs::read_to_string(&file).with_context(|| {
+            let text = std::fs::read_to_string(file).with_context(|| {
                 format!(
                     "reading {} (is sluiced running? its stats file is <runtime_dir>/stats.json)",
                     file.display()
@@ -72,7 +179,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             interface,
         } => {
-            let cfg = sluice_control::Config::load(&config)
+            let cfg = sluice_control::Config::load(config)
                 .map_err(|e| anyhow::anyhow!("config error: {e}"))?;
             let port = match &interface {
                 None => 0,
@@ -83,7 +190,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 },
             };
-            let r = replay(&cfg, port, &input, &output)?;
+            let r = replay(&cfg, port, input, output)?;
             println!(
                 "replayed {} packets: {} transmitted, {} dropped, {} oversized",
                 r.received, r.transmitted, r.dropped, r.oversized

@@ -1,0 +1,526 @@
+//! The REST API (axum; see docs/decisions/005-control-api-axum.md).
+//!
+//! Routes:
+//!   GET  /healthz /readyz /openapi.json
+//!   GET  /v1/status                      generation, per-worker generation, counters
+//!   GET  /v1/state   PUT /v1/state       every object, as a Kubernetes List; full replace
+//!   GET  /v1/{kind}                      objects of a kind (plural, as kubectl: services, nodes, ...)
+//!   GET  /v1/{kind}/{ns}                 namespaced kinds: objects of one namespace
+//!   GET|PUT|DELETE /v1/{kind}/{name}     cluster-scoped kinds (namespaces, nodes)
+//!   GET|PUT|DELETE /v1/{kind}/{ns}/{name}
+//! Bodies are JSON, or YAML with a YAML content type. Mutations need `Authorization: Bearer`.
+//! A mutation answers once the change is published; `?wait=true` answers once every worker runs it.
+
+use crate::model::{Invalid, Kind, ObjectKey};
+use crate::persist::Persister;
+use crate::store::{Outcome, Store};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sluice_dataplane::state::StateHub;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the daemon tells the API about the running datapath.
+pub trait StatusSource: Send + Sync {
+    /// Counters and interfaces (the stats document).
+    fn counters(&self) -> Value;
+    /// The snapshot generation each worker last ran.
+    fn worker_generations(&self) -> Vec<u64>;
+}
+
+/// Longest `?wait=true` before answering anyway (with `"converged": false`).
+const WAIT_LIMIT: Duration = Duration::from_secs(5);
+/// Poll interval while waiting for the workers: they report within one batch or one wakeup.
+const WAIT_POLL: Duration = Duration::from_micros(200);
+
+pub struct Api {
+    pub store: Mutex<Store>,
+    pub hub: Arc<StateHub>,
+    pub persister: Persister,
+    pub token: Option<String>,
+    pub status: Arc<dyn StatusSource>,
+    pub max_body: usize,
+    pub appliance: String,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    api: Arc<Api>,
+    /// Reads need no token on this listener (loopback TCP, or the unix socket).
+    open_reads: bool,
+}
+
+/// The router for one listener.
+pub fn router(api: Arc<Api>, open_reads: bool) -> Router {
+    let max_body = api.max_body;
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/status", get(status))
+        .route("/v1/state", get(get_state).put(put_state))
+        .route("/v1/{kind}", get(list_kind))
+        .route(
+            "/v1/{kind}/{a}",
+            get(get_one_or_ns).put(put_cluster).delete(delete_cluster),
+        )
+        .route(
+            "/v1/{kind}/{ns}/{name}",
+            get(get_namespaced)
+                .put(put_namespaced)
+                .delete(delete_namespaced),
+        )
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(Ctx { api, open_reads })
+}
+
+/// An error answer: JSON naming what was wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: json!({"error": msg.into()}),
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({"error": e.to_string(), "object": e.object, "field": e.field, "reason": e.reason}),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn bearer_ok(expected: &str, headers: &HeaderMap) -> bool {
+    let Some(got) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(got) = got.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // constant time in the token's length: no early exit on the first differing byte
+    got.len() == expected.len()
+        && got
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn authorize(ctx: &Ctx, headers: &HeaderMap, mutating: bool) -> Result<(), ApiError> {
+    if !mutating && ctx.open_reads {
+        return Ok(());
+    }
+    match &ctx.api.token {
+        None if mutating => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this API is read-only: sluiced has no api.token_file configured",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reads on this listener need a token, and none is configured",
+        )),
+        Some(t) if bearer_ok(t, headers) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <contents of api.token_file>)",
+        )),
+    }
+}
+
+fn kind_of(s: &str) -> Result<Kind, ApiError> {
+    Kind::from_plural(s).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown kind {s:?}; one of {}",
+                Kind::ALL.map(|k| k.plural()).join(", ")
+            ),
+        )
+    })
+}
+
+/// Parses a body as JSON, or YAML when the content type says so.
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let ct = ct.split(';').next().unwrap_or("").trim();
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty body: send the object as JSON or YAML",
+        ));
+    }
+    match ct {
+        "application/json" | "" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed YAML: {e}"))),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {other:?}: send application/json or application/yaml"),
+        )),
+    }
+}
+
+fn body_or_error(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError::new(e.status(), format!("request body: {}", e.body_text())))
+}
+
+#[derive(Deserialize, Default)]
+struct WaitQuery {
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+impl WaitQuery {
+    fn wanted(&self) -> bool {
+        matches!(self.wait.as_deref(), Some("true" | "1" | ""))
+    }
+}
+
+/// Publishes the store's tables after a change, schedules the state write, optionally waits for
+/// the workers; builds the answer.
+async fn published(ctx: &Ctx, generation: u64, wait: bool, mut body: Value) -> Response {
+    let mut converged = converged_now(ctx, generation);
+    if wait && !converged {
+        let start = Instant::now();
+        while !converged && start.elapsed() < WAIT_LIMIT {
+            tokio::time::sleep(WAIT_POLL).await;
+            converged = converged_now(ctx, generation);
+        }
+    }
+    body["generation"] = json!(generation);
+    body["converged"] = json!(converged);
+    Json(body).into_response()
+}
+
+fn converged_now(ctx: &Ctx, generation: u64) -> bool {
+    ctx.api
+        .status
+        .worker_generations()
+        .iter()
+        .all(|g| *g >= generation)
+}
+
+/// Runs a store mutation off the async runtime (compiling 10,000 services takes a while) and
+/// publishes its result.
+async fn mutate<T: Send + 'static>(
+    ctx: &Ctx,
+    f: impl FnOnce(&mut Store) -> Result<(T, bool), ApiError> + Send + 'static,
+) -> Result<(T, u64), ApiError> {
+    let api = ctx.api.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = api.store.lock().unwrap_or_else(|p| p.into_inner());
+        let (out, changed) = f(&mut store)?;
+        let generation = if changed {
+            let g = api.hub.set_cluster(store.tables());
+            api.persister.schedule(store.snapshot_objects());
+            g
+        } else {
+            api.hub.generation()
+        };
+        Ok((out, generation))
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("apply task failed: {e}"),
+        )
+    })?
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> ApiResult {
+    authorize(&ctx, &headers, false)?;
+    let generation = ctx.api.hub.generation();
+    let workers = ctx.api.status.worker_generations();
+    let (counts, services, backends) = {
+        let store = ctx.api.store.lock().unwrap_or_else(|p| p.into_inner());
+        let counts: serde_json::Map<String, Value> = Kind::ALL
+            .iter()
+            .map(|k| (k.plural().to_string(), json!(store.count(*k))))
+            .collect();
+        let t = ctx.api.hub.current();
+        (counts, t.cluster.services.len(), t.cluster.backend_count())
+    };
+    Ok(Json(json!({
+        "appliance": ctx.api.appliance,
+        "generation": generation,
+        "workers": workers.iter().enumerate().map(|(i, g)| json!({"worker": i, "generation": g})).collect::<Vec<_>>(),
+        "converged": workers.iter().all(|g| *g >= generation),
+        "objects": counts,
+        "frontends": services,
+        "backends": backends,
+        "persistence": {"writes": ctx.api.persister.writes(), "last_error": ctx.api.persister.last_error()},
+        "counters": ctx.api.status.counters(),
+    }))
+    .into_response())
+}
+
+fn list_doc(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+async fn get_state(State(ctx): State<Ctx>, headers: HeaderMap) -> ApiResult {
+    authorize(&ctx, &headers, false)?;
+    let objects = ctx
+        .api
+        .store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .snapshot_objects();
+    Ok(Json(list_doc(objects.iter().map(|o| (**o).clone()).collect())).into_response())
+}
+
+async fn put_state(
+    State(ctx): State<Ctx>,
+    Query(q): Query<WaitQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    authorize(&ctx, &headers, true)?;
+    let body = body_or_error(body)?;
+    let doc = parse_body(&headers, &body)?;
+    let items = match doc {
+        Value::Array(items) => items,
+        Value::Object(mut o) => match o.remove("items") {
+            Some(Value::Array(items)) => items,
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "items: must be a list of objects",
+                ))
+            }
+        },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "send a List ({\"items\": [...]}) or a JSON array of objects",
+            ))
+        }
+    };
+    let (n, generation) = mutate(&ctx, move |s| Ok((s.replace_all(items)?, true))).await?;
+    Ok(published(
+        &ctx,
+        generation,
+        q.wanted(),
+        json!({"result": "replaced", "objects": n}),
+    )
+    .await)
+}
+
+async fn list_kind(
+    State(ctx): State<Ctx>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    authorize(&ctx, &headers, false)?;
+    let kind = kind_of(&kind)?;
+    let store = ctx.api.store.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(Json(list_doc(
+        store
+            .list(Some(kind), None)
+            .map(|(_, v)| (**v).clone())
+            .collect(),
+    ))
+    .into_response())
+}
+
+fn key(kind: Kind, ns: &str, name: &str) -> Result<ObjectKey, ApiError> {
+    match (kind.namespaced(), ns.is_empty()) {
+        (true, true) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{} is namespaced: use /v1/{}/NAMESPACE/NAME",
+                kind.name(),
+                kind.plural()
+            ),
+        )),
+        (false, false) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{} is cluster-scoped: use /v1/{}/NAME",
+                kind.name(),
+                kind.plural()
+            ),
+        )),
+        _ => Ok(ObjectKey {
+            kind,
+            namespace: ns.into(),
+            name: name.into(),
+        }),
+    }
+}
+
+fn get_object(ctx: &Ctx, key: &ObjectKey) -> ApiResult {
+    let store = ctx.api.store.lock().unwrap_or_else(|p| p.into_inner());
+    match store.get(key) {
+        Some(v) => Ok(Json((**v).clone()).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{key} not found"),
+        )),
+    }
+}
+
+async fn get_one_or_ns(
+    State(ctx): State<Ctx>,
+    Path((kind, a)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    authorize(&ctx, &headers, false)?;
+    let kind = kind_of(&kind)?;
+    if kind.namespaced() {
+        let store = ctx.api.store.lock().unwrap_or_else(|p| p.into_inner());
+        let items = store
+            .list(Some(kind), Some(&a))
+            .map(|(_, v)| (**v).clone())
+            .collect();
+        return Ok(Json(list_doc(items)).into_response());
+    }
+    get_object(&ctx, &key(kind, "", &a)?)
+}
+
+async fn get_namespaced(
+    State(ctx): State<Ctx>,
+    Path((kind, ns, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    authorize(&ctx, &headers, false)?;
+    get_object(&ctx, &key(kind_of(&kind)?, &ns, &name)?)
+}
+
+async fn put_object(
+    ctx: Ctx,
+    key: ObjectKey,
+    q: WaitQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    authorize(&ctx, &headers, true)?;
+    let body = body_or_error(body)?;
+    let v = parse_body(&headers, &body)?;
+    let ((k, outcome), generation) = mutate(&ctx, move |s| {
+        let (k, o) = s.put(v, Some(&key))?;
+        Ok(((k, o), o != Outcome::Unchanged))
+    })
+    .await?;
+    let status = if outcome == Outcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = published(
+        &ctx,
+        generation,
+        q.wanted(),
+        json!({"object": k.to_string(), "result": outcome}),
+    )
+    .await;
+    *resp.status_mut() = status;
+    Ok(resp)
+}
+
+async fn delete_object(ctx: Ctx, key: ObjectKey, q: WaitQuery, headers: HeaderMap) -> ApiResult {
+    authorize(&ctx, &headers, true)?;
+    let k2 = key.clone();
+    let (outcome, generation) = mutate(&ctx, move |s| match s.delete(&k2) {
+        Some(o) => Ok((o, true)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{k2} not found"),
+        )),
+    })
+    .await?;
+    Ok(published(
+        &ctx,
+        generation,
+        q.wanted(),
+        json!({"object": key.to_string(), "result": outcome}),
+    )
+    .await)
+}
+
+async fn put_cluster(
+    State(ctx): State<Ctx>,
+    Path((kind, name)): Path<(String, String)>,
+    q: Query<WaitQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let key = key(kind_of(&kind)?, "", &name)?;
+    put_object(ctx, key, q.0, headers, body).await
+}
+
+async fn put_namespaced(
+    State(ctx): State<Ctx>,
+    Path((kind, ns, name)): Path<(String, String, String)>,
+    q: Query<WaitQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let key = key(kind_of(&kind)?, &ns, &name)?;
+    put_object(ctx, key, q.0, headers, body).await
+}
+
+async fn delete_cluster(
+    State(ctx): State<Ctx>,
+    Path((kind, name)): Path<(String, String)>,
+    q: Query<WaitQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let key = key(kind_of(&kind)?, "", &name)?;
+    delete_object(ctx, key, q.0, headers).await
+}
+
+async fn delete_namespaced(
+    State(ctx): State<Ctx>,
+    Path((kind, ns, name)): Path<(String, String, String)>,
+    q: Query<WaitQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let key = key(kind_of(&kind)?, &ns, &name)?;
+    delete_object(ctx, key, q.0, headers).await
+}

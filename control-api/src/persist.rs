@@ -1,0 +1,217 @@
+//! The last applied state on disk: written atomically (temp file, fsync, rename, fsync of the
+//! directory) by a background thread, so an API change never waits for the disk. Changes are
+//! coalesced: a burst of changes costs one write of the latest state, ~50 ms after the burst.
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Layout version of the state file; a file of another version is set aside, not misread.
+pub const STATE_VERSION: u64 = 1;
+/// Coalescing window: changes arriving within it are written together.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+pub fn state_file(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new file, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+pub fn encode(objects: &[Arc<Value>]) -> Vec<u8> {
+    let doc = json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": {"sluiceStateVersion": STATE_VERSION},
+        "items": objects.iter().map(|o| &**o).collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+/// Reads the state file: Ok(None) if there is none; Err with the reason if it cannot be used (the
+/// caller sets it aside and starts empty).
+pub fn load(dir: &Path) -> Result<Option<Vec<Value>>, String> {
+    let path = state_file(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let doc: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+    let version = doc
+        .pointer("/metadata/sluiceStateVersion")
+        .and_then(Value::as_u64);
+    if version != Some(STATE_VERSION) {
+        return Err(format!(
+            "{} has layout version {version:?}, this sluiced reads {STATE_VERSION}",
+            path.display()
+        ));
+    }
+    match doc.get("items") {
+        Some(Value::Array(items)) => Ok(Some(items.clone())),
+        _ => Err(format!("{} has no items list", path.display())),
+    }
+}
+
+/// Moves an unusable state file aside (state.json.bad) so it can be inspected.
+pub fn set_aside(dir: &Path) -> std::io::Result<PathBuf> {
+    let from = state_file(dir);
+    let to = dir.join("state.json.bad");
+    std::fs::rename(&from, &to)?;
+    Ok(to)
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Option<Vec<Arc<Value>>>,
+    writing: bool,
+    stop: bool,
+    last_error: Option<String>,
+    writes: u64,
+}
+
+/// Background writer of the state file.
+pub struct Persister {
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Persister {
+    pub fn start(dir: PathBuf) -> Persister {
+        let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-persist".into())
+            .spawn(move || writer(&dir, &s2))
+            .ok();
+        Persister {
+            shared,
+            thread: Mutex::new(thread),
+        }
+    }
+
+    /// Queues `objects` (the whole state) to be written; a newer call replaces an older pending one.
+    pub fn schedule(&self, objects: Vec<Arc<Value>>) {
+        let (m, c) = &*self.shared;
+        let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+        s.pending = Some(objects);
+        c.notify_all();
+    }
+
+    /// The last write error, if the last write failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error
+            .clone()
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .writes
+    }
+
+    /// Waits until everything scheduled is on disk, then stops the writer.
+    pub fn finish(&self) {
+        {
+            let (m, c) = &*self.shared;
+            let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+            s.stop = true;
+            c.notify_all();
+        }
+        let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer(dir: &Path, shared: &(Mutex<Shared>, Condvar)) {
+    let (m, c) = shared;
+    loop {
+        let objects = {
+            let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+            while s.pending.is_none() && !s.stop {
+                s = c.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if s.pending.is_none() && s.stop {
+                return;
+            }
+            if !s.stop {
+                drop(s);
+                std::thread::sleep(DEBOUNCE);
+                s = m.lock().unwrap_or_else(|p| p.into_inner());
+            }
+            s.writing = true;
+            s.pending.take().unwrap_or_default()
+        };
+        let r = write_atomic(&state_file(dir), &encode(&objects));
+        let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+        s.writing = false;
+        s.writes += 1;
+        s.last_error = match r {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!("writing the state to {}: {e}", dir.display());
+                Some(e.to_string())
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let dir = std::env::temp_dir().join(format!("sluice-persist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(load(&dir), Ok(None));
+        let p = Persister::start(dir.clone());
+        p.schedule(vec![Arc::new(
+            json!({"kind": "Namespace", "metadata": {"name": "a"}}),
+        )]);
+        p.schedule(vec![Arc::new(
+            json!({"kind": "Namespace", "metadata": {"name": "b"}}),
+        )]);
+        p.finish();
+        let items = load(&dir).unwrap().unwrap();
+        assert_eq!(
+            items,
+            vec![json!({"kind": "Namespace", "metadata": {"name": "b"}})]
+        );
+
+        write_atomic(
+            &state_file(&dir),
+            br#"{"kind":"List","metadata":{"sluiceStateVersion":99},"items":[]}"#,
+        )
+        .unwrap();
+        assert!(load(&dir).unwrap_err().contains("layout version"));
+        write_atomic(&state_file(&dir), b"{not json").unwrap();
+        assert!(load(&dir).unwrap_err().contains("not valid JSON"));
+        let aside = set_aside(&dir).unwrap();
+        assert!(aside.exists());
+        assert_eq!(load(&dir), Ok(None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
