@@ -337,6 +337,15 @@ pub fn compile_service(
     if svc.type_ == "ExternalName" {
         return out;
     }
+    // A NodePort listens in the service's IP families only (those of its cluster IPs; a
+    // headless service has none and takes every family).
+    let node_addrs: Vec<IpAddr> = node_addresses
+        .iter()
+        .filter(|a| {
+            svc.cluster_ips.is_empty() || svc.cluster_ips.iter().any(|c| c.is_ipv6() == a.is_ipv6())
+        })
+        .copied()
+        .collect();
     for p in &svc.ports {
         let mut backends = Vec::new();
         for s in slices {
@@ -393,7 +402,7 @@ pub fn compile_service(
             p.node_port,
             svc.type_ == "NodePort" || svc.type_ == "LoadBalancer",
         ) {
-            add(node_addresses, np, FrontendKind::NodePort);
+            add(&node_addrs, np, FrontendKind::NodePort);
         }
     }
     out
@@ -441,6 +450,22 @@ mod tests {
                 FrontendKind::NodePort
             );
         }
+    }
+
+    #[test]
+    fn node_ports_follow_the_service_ip_families() {
+        let mut s = Store::new(vec![
+            "192.0.2.1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ]);
+        s.put(svc("web", "10.96.0.10"), None).unwrap();
+        assert!(s.tables.services.contains_key(&fe("192.0.2.1", 30080)));
+        assert!(!s.tables.services.contains_key(&fe("2001:db8::1", 30080)));
+        let mut dual = svc("dual", "10.96.0.11");
+        dual["spec"]["clusterIPs"] = json!(["10.96.0.11", "fd00::11"]);
+        dual["spec"]["ports"][0]["nodePort"] = json!(30081);
+        s.put(dual, None).unwrap();
+        assert!(s.tables.services.contains_key(&fe("2001:db8::1", 30081)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{iface, lab_config, u, Lab, SERIAL};
+use common::{api, iface, lab_config, u, Lab, SERIAL};
 use std::net::SocketAddr;
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -129,6 +129,22 @@ fn two_queues_are_served_by_two_workers() {
         );
     }
     assert!(lab.curl("http://10.20.0.11/").is_some());
+
+    // A change through the API is live on both workers when `?wait=true` answers.
+    let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "web", "namespace": "lab"},
+        "spec": {"clusterIP": "10.96.0.80", "ports": [{"port": 80}]}});
+    let a = api(&lab)
+        .request("PUT", "/v1/services/lab/web?wait=true", Some(&svc))
+        .expect("API");
+    assert_eq!(a.status, 201, "{}", a.error_text());
+    let body = a.json().unwrap();
+    assert_eq!(body["converged"], true, "{body}");
+    let g = body["generation"].as_u64().unwrap();
+    let st = api(&lab).get("/v1/status").unwrap();
+    for w in st["workers"].as_array().unwrap() {
+        assert!(w["generation"].as_u64().unwrap() >= g, "{st}");
+    }
+    assert_eq!(st["frontends"], 1);
 }
 
 #[test]

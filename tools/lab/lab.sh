@@ -116,6 +116,11 @@ up() {
             sleep 0.1
         done
     done
+    # the control API's token (configs/lab.toml: api.token_file), if there is none yet
+    if [ ! -s /run/sluice/token ]; then
+        mkdir -p /run/sluice
+        (umask 077; head -c 24 /dev/urandom | base64 > /run/sluice/token)
+    fi
     trap - ERR
     echo "lab $P up: client 10.10.0.2, appliance $P-app (eth-cli, eth-srv), backends 10.20.0.11 10.20.0.12"
 }

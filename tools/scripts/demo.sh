@@ -41,6 +41,7 @@ bash $LAB up $P 1
 bold "starting sluiced in $P-app with configs/lab.toml"
 mkdir -p $RUNDIR
 rm -f $STATS
+rm -rf $RUNDIR/state   # the demo starts from an empty cluster state
 # not through ns(): $! must be the pid of sluiced itself (ip netns exec execs it)
 ip netns exec "$P-app" $BIN/sluiced --config configs/lab.toml --stats-file $STATS >"$LOG" 2>&1 &
 pid=$!
@@ -82,12 +83,27 @@ $BIN/sluice stats --file $STATS
 steered=$(python3 -c "import json; print(sum(i['xdp_steered'] for i in json.load(open('$STATS'))['interfaces']))")
 if [ "$steered" -gt 0 ]; then echo "  ok    $steered packets steered into AF_XDP"; else echo "  FAIL  nothing was steered into AF_XDP"; fail=1; fi
 
+bold "control API: cluster state in Kubernetes' own shapes (sluice apply -f configs/lab-cluster.yaml)"
+export SLUICE_SERVER=unix:$RUNDIR/api.sock SLUICE_TOKEN_FILE=$RUNDIR/token
+if $BIN/sluice apply -f configs/lab-cluster.yaml; then echo "  ok    applied"; else echo "  FAIL  apply"; fail=1; fi
+$BIN/sluice get services
+$BIN/sluice get endpoints
+echo
+$BIN/sluice status | head -4
+bold "a bad object is refused, naming the field, and changes nothing"
+sed 's/port: 80, nodePort: 30080/port: 70000, nodePort: 30080/' configs/lab-cluster.yaml | $BIN/sluice apply -f - 2>&1 | grep -i error || true
+if $BIN/sluice status -o json | python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if s['frontends']==2 and s['converged'] else 1)"; then
+    echo "  ok    state unchanged: 2 frontends, all workers current"
+else
+    echo "  FAIL  state changed after a rejected apply"; fail=1
+fi
+
 if [ $fail -ne 0 ]; then
-    echo; echo "demo traffic FAILED; sluiced log:"; cat "$LOG"
+    echo; echo "demo FAILED; sluiced log:"; cat "$LOG"
     exit 1
 fi
 
-bold "demo traffic passed. sluiced keeps running: stats in $STATS, 'sluice stats --file $STATS'"
+bold "demo passed. sluiced keeps running; try: sluice status, sluice get services, sluice stats --file $STATS"
 if [ -n "$RUN_SECONDS" ]; then
     echo "stopping after ${RUN_SECONDS}s (RUN_SECONDS)"
     end=$((SECONDS + RUN_SECONDS))

@@ -40,7 +40,7 @@ pub fn skip_reason() -> Option<String> {
 
 pub struct Lab {
     pub prefix: String,
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
 impl Lab {
@@ -97,8 +97,17 @@ impl Lab {
             .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
-    /// Starts sluiced in the appliance namespace with `config` (TOML text).
+    /// Starts sluiced in the appliance namespace with `config` (TOML text); /run/sluice paths
+    /// in it (API socket, token, state) are moved to this test's own directory.
     pub fn start_sluiced(&self, config: &str) -> Daemon {
+        let mine = format!("{}/", self.dir.display());
+        let config = config.replace("/run/sluice/", &mine);
+        let token = self.dir.join("token");
+        if !token.exists() {
+            std::fs::write(&token, "lab-test-token\n").expect("token");
+            std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+        }
         let cfg_path = self.dir.join("sluiced.toml");
         let stats = self.dir.join("stats.json");
         let log = self.dir.join("sluiced.log");
@@ -334,6 +343,14 @@ pub fn lab_config(queues: u32, extra: &str) -> String {
         "queues = 1\n",
         &format!("queues = {queues}\ncores = [{}]\n", cores.join(", ")),
     ) + extra
+}
+
+/// The control API of a lab daemon, through its unix socket, with the test token.
+pub fn api(lab: &Lab) -> sluice_cli::client::Client {
+    sluice_cli::client::Client {
+        endpoint: sluice_cli::client::Endpoint::Unix(lab.dir.join("api.sock")),
+        token: Some("lab-test-token".into()),
+    }
 }
 
 pub fn u(v: &serde_json::Value, path: &[&str]) -> u64 {
