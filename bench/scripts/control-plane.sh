@@ -27,5 +27,5 @@ sed "s|/run/sluice/|$DIR/|g" configs/lab.toml > "$DIR/sluiced.toml"
 ip netns exec "$P-app" $BIN/sluiced --config "$DIR/sluiced.toml" --stats-file "$DIR/stats.json" >"$DIR/sluiced.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do [ -S "$DIR/api.sock" ] && break; sleep 0.1; done
-$BIN/sluice-control-bench --server "unix:$DIR/api.sock" --token-file "$DIR/token" --services "$N" --endpoints "$E" \
+$BIN/sluice-control-bench --server "unix:$DIR/api.sock" --token-file "$DIR/token" --services "$N" --endpoints "$E" --changes "${CHANGES:-50}" \
     | python3 -c "import json,sys; r=json.load(sys.stdin); json.dump(r, open('$OUT','w'), indent=2); print(json.dumps(r, indent=2))"
