@@ -2,119 +2,12 @@
 //! changes nothing; restart restores the state from disk; tokens are enforced. sluiced runs in
 //! API-only mode (no interfaces), so these tests need no root.
 
+mod apid;
+
+use apid::Daemon;
 use serde_json::{json, Value};
-use sluice_cli::client::{Answer, Client, Endpoint};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-struct Daemon {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "sluice-api-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn config(dir: &std::path::Path, token: bool, extra: &str) -> PathBuf {
-        let token_line = if token {
-            format!("token_file = \"{}/token\"\n", dir.display())
-        } else {
-            String::new()
-        };
-        let text = format!(
-            "[appliance]\nname = \"apitest\"\nruntime_dir = \"{d}\"\nnode_addresses = [\"192.0.2.10\"]\nstats_interval_ms = 100\n\
-             [api]\nlisten = \"\"\nsocket = \"{d}/api.sock\"\nstate_dir = \"{d}/state\"\nmax_body_bytes = 65536\n{token_line}{extra}",
-            d = dir.display()
-        );
-        let p = dir.join("sluiced.toml");
-        std::fs::write(&p, text).unwrap();
-        if token && !dir.join("token").exists() {
-            std::fs::write(dir.join("token"), "test-token-0123456789\n").unwrap();
-            std::fs::set_permissions(dir.join("token"), std::fs::Permissions::from_mode(0o600))
-                .unwrap();
-        }
-        p
-    }
-
-    fn start_in(dir: PathBuf, token: bool) -> Daemon {
-        let cfg = Self::config(&dir, token, "");
-        let log = std::fs::File::create(dir.join("sluiced.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluiced"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            dir,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if d.client(false).request("GET", "/healthz", None).is_ok() {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("sluiced API did not come up:\n{}", d.log());
-    }
-
-    fn start(token: bool) -> Daemon {
-        Self::start_in(Self::dir(), token)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("sluiced.log")).unwrap_or_default()
-    }
-
-    fn client(&self, token: bool) -> Client {
-        Client {
-            endpoint: Endpoint::Unix(self.dir.join("api.sock")),
-            token: token.then(|| "test-token-0123456789".to_string()),
-        }
-    }
-
-    fn req(&self, method: &str, path: &str, body: Option<&Value>) -> Answer {
-        self.client(true).request(method, path, body).unwrap()
-    }
-
-    fn state(&self) -> Value {
-        self.client(false).get("/v1/state").unwrap()
-    }
-
-    /// SIGTERM and wait: exit code.
-    fn stop(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        c.wait().ok()?.code()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use std::process::Command;
 
 fn service(port: u64) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",

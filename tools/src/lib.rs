@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod resources;
+pub mod sync;
 
 use anyhow::{Context, Result};
 use serde_json::Value;

@@ -42,8 +42,13 @@ fn slice(i: u32, endpoints: u32) -> Value {
 
 fn main() {
     let a = Args::parse();
-    let token = std::fs::read_to_string(&a.token_file).ok().map(|t| t.trim().to_string());
-    let client = Client { endpoint: Endpoint::parse(&a.server).expect("--server"), token };
+    let token = std::fs::read_to_string(&a.token_file)
+        .ok()
+        .map(|t| t.trim().to_string());
+    let client = Client {
+        endpoint: Endpoint::parse(&a.server).expect("--server"),
+        token,
+    };
     let mut items = Vec::with_capacity(2 * a.services as usize);
     for i in 0..a.services {
         items.push(service(i, 80));
@@ -53,7 +58,9 @@ fn main() {
     let bytes = serde_json::to_vec(&doc).expect("json").len();
 
     let t = Instant::now();
-    let r = client.request("PUT", "/v1/state?wait=true", Some(&doc)).expect("full apply");
+    let r = client
+        .request("PUT", "/v1/state?wait=true", Some(&doc))
+        .expect("full apply");
     let full_s = t.elapsed().as_secs_f64();
     assert!(r.ok(), "full apply failed: {}", r.error_text());
     let body = r.json().expect("json");
@@ -63,9 +70,18 @@ fn main() {
     for k in 0..a.changes {
         let i = (k * 7919) % a.services;
         let v = service(i, 81 + k % 2);
-        let ns = v["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let ns = v["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let t = Instant::now();
-        let r = client.request("PUT", &format!("/v1/services/{ns}/svc-{i}?wait=true"), Some(&v)).expect("change");
+        let r = client
+            .request(
+                "PUT",
+                &format!("/v1/services/{ns}/svc-{i}?wait=true"),
+                Some(&v),
+            )
+            .expect("change");
         let us = t.elapsed().as_secs_f64() * 1e6;
         assert!(r.ok(), "change failed: {}", r.error_text());
         assert_eq!(r.json().expect("json")["converged"], true);
