@@ -32,7 +32,12 @@ fn service(i: u32, port: u32) -> Value {
 
 fn slice(i: u32, endpoints: u32) -> Value {
     let eps: Vec<Value> = (0..endpoints)
-        .map(|e| json!({"addresses": [format!("10.{}.{}.{}", 100 + i / 62500, (i / 250) % 250, (i % 250) * 0 + e + 1)], "conditions": {"ready": true}}))
+        .map(|e| {
+            // distinct pod addresses: 10.x.y.z from the endpoint's global index
+            let n = i * endpoints + e + 1;
+            let addr = format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255);
+            json!({"addresses": [addr], "conditions": {"ready": true}})
+        })
         .collect();
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
            "metadata": {"name": format!("svc-{i}-x"), "namespace": format!("ns-{}", i % 100),
