@@ -339,6 +339,22 @@ fn proto(at: &At, v: &Value, path: &str) -> VResult<Proto> {
     }
 }
 
+/// name, protocol and port of a port entry (Service or EndpointSlice), errors under `prefix`.
+fn port_fields(at: &At, p: &Value, prefix: &str) -> VResult<(String, Proto, u16)> {
+    let f = |k: &str| format!("{prefix}.{k}");
+    let port = at
+        .opt_int(p, "port", 1..=65535)
+        .map_err(|e| at.bad(f("port"), e.reason))?
+        .ok_or_else(|| at.bad(f("port"), "is required"))? as u16;
+    let proto = proto(at, p, "protocol").map_err(|e| at.bad(f("protocol"), e.reason))?;
+    let name = at
+        .opt_str(p, "name")
+        .map_err(|e| at.bad(f("name"), e.reason))?
+        .unwrap_or("")
+        .to_string();
+    Ok((name, proto, port))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
     pub name: String,
@@ -414,21 +430,12 @@ pub fn service(key: &ObjectKey, v: &Value) -> VResult<ServiceView> {
     let mut ports = Vec::new();
     for (i, p) in at.opt_array(v, "spec.ports")?.iter().enumerate() {
         let f = |k: &str| format!("spec.ports[{i}].{k}");
-        let port = at
-            .opt_int(p, "port", 1..=65535)
-            .map_err(|e| at.bad(f("port"), e.reason))?
-            .ok_or_else(|| at.bad(f("port"), "is required"))? as u16;
+        let (name, proto, port) = port_fields(&at, p, &format!("spec.ports[{i}]"))?;
         let node_port = at
             .opt_int(p, "nodePort", 0..=65535)
             .map_err(|e| at.bad(f("nodePort"), e.reason))?
             .filter(|n| *n > 0)
             .map(|n| n as u16);
-        let proto = proto(&at, p, "protocol").map_err(|e| at.bad(f("protocol"), e.reason))?;
-        let name = at
-            .opt_str(p, "name")
-            .map_err(|e| at.bad(f("name"), e.reason))?
-            .unwrap_or("")
-            .to_string();
         if ports
             .iter()
             .any(|q: &ServicePort| q.port == port && q.proto == proto)
@@ -566,17 +573,7 @@ pub fn endpoint_slice(key: &ObjectKey, v: &Value) -> VResult<EndpointSliceView> 
     }
     let mut ports = Vec::new();
     for (i, p) in at.opt_array(v, "ports")?.iter().enumerate() {
-        let f = |k: &str| format!("ports[{i}].{k}");
-        let port = at
-            .opt_int(p, "port", 1..=65535)
-            .map_err(|e| at.bad(f("port"), e.reason))?
-            .ok_or_else(|| at.bad(f("port"), "is required"))? as u16;
-        let proto = proto(&at, p, "protocol").map_err(|e| at.bad(f("protocol"), e.reason))?;
-        let name = at
-            .opt_str(p, "name")
-            .map_err(|e| at.bad(f("name"), e.reason))?
-            .unwrap_or("")
-            .to_string();
+        let (name, proto, port) = port_fields(&at, p, &format!("ports[{i}]"))?;
         ports.push(SlicePort { name, proto, port });
     }
     Ok(EndpointSliceView {

@@ -52,6 +52,26 @@ pub fn load_token(path: &Path) -> Result<String, ServeError> {
     Ok(token)
 }
 
+/// Serves `app` on `listener` until `stop` fires, finishing requests in flight.
+fn spawn_serve<L>(
+    listener: L,
+    app: axum::Router,
+    stop: &tokio::sync::broadcast::Sender<()>,
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let mut stop = stop.subscribe();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.recv().await;
+            })
+            .await;
+    })
+}
+
 pub struct Server {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -117,32 +137,18 @@ impl Server {
                     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
                     if let Some(l) = tcp {
                         match tokio::net::TcpListener::from_std(l) {
-                            Ok(l) => {
-                                let app = router(api.clone(), open_tcp_reads);
-                                let mut stop = stop_tx.subscribe();
-                                tasks.push(tokio::spawn(async move {
-                                    let _ = axum::serve(l, app)
-                                        .with_graceful_shutdown(async move {
-                                            let _ = stop.recv().await;
-                                        })
-                                        .await;
-                                }));
-                            }
+                            Ok(l) => tasks.push(spawn_serve(
+                                l,
+                                router(api.clone(), open_tcp_reads),
+                                &stop_tx,
+                            )),
                             Err(e) => tracing::error!("API TCP listener: {e}"),
                         }
                     }
                     if let Some(l) = unix {
                         match tokio::net::UnixListener::from_std(l) {
                             Ok(l) => {
-                                let app = router(api.clone(), true);
-                                let mut stop = stop_tx.subscribe();
-                                tasks.push(tokio::spawn(async move {
-                                    let _ = axum::serve(l, app)
-                                        .with_graceful_shutdown(async move {
-                                            let _ = stop.recv().await;
-                                        })
-                                        .await;
-                                }));
+                                tasks.push(spawn_serve(l, router(api.clone(), true), &stop_tx))
                             }
                             Err(e) => tracing::error!("API unix listener: {e}"),
                         }

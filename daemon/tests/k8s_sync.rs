@@ -30,6 +30,26 @@ fn slice(addrs: &[&str]) -> Value {
            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
 }
 
+/// Runs the syncer library on its own runtime, from the fake cluster to the daemon.
+fn start_syncer(d: &Daemon, k: &FakeKube) -> tokio::runtime::Runtime {
+    let opts = sluice_cli::sync::Options {
+        kubeconfig: Some(k.kubeconfig(&d.dir)),
+        server: Endpoint::Unix(d.dir.join("api.sock")),
+        token: Some(TOKEN.into()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.spawn(async move {
+        if let Err(e) = sluice_cli::sync::run(opts).await {
+            eprintln!("syncer stopped: {e:#}");
+        }
+    });
+    rt
+}
+
 /// Waits until `check` holds for sluiced's state (a List), or fails with what it had.
 fn wait_for(d: &Daemon, what: &str, check: impl Fn(&[Value]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -84,21 +104,7 @@ fn cluster_objects_flow_to_sluiced_and_are_deleted_again() {
         "spec": {"endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"fromEntities": ["world"]}]}})]);
 
     // the syncer, in-process, against the fake cluster and the real daemon
-    let opts = sluice_cli::sync::Options {
-        kubeconfig: Some(k.kubeconfig(&d.dir)),
-        server: Endpoint::Unix(d.dir.join("api.sock")),
-        token: Some(TOKEN.into()),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.spawn(async move {
-        if let Err(e) = sluice_cli::sync::run(opts).await {
-            eprintln!("syncer stopped: {e:#}");
-        }
-    });
+    let rt = start_syncer(&d, &k);
 
     // 1. the initial lists, CiliumNetworkPolicy included, managedFields dropped
     wait_for(&d, "the initial state", |items| items.len() == 6);
@@ -188,19 +194,7 @@ fn a_cluster_without_the_cilium_crd_still_syncs() {
     }
     k.resource(SVC, "ServiceList", vec![svc("web", "10.96.0.10", 80)]);
     k.absent("/apis/cilium.io/v2/ciliumnetworkpolicies");
-    let opts = sluice_cli::sync::Options {
-        kubeconfig: Some(k.kubeconfig(&d.dir)),
-        server: Endpoint::Unix(d.dir.join("api.sock")),
-        token: Some(TOKEN.into()),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.spawn(async move {
-        let _ = sluice_cli::sync::run(opts).await;
-    });
+    let rt = start_syncer(&d, &k);
     wait_for(&d, "web without the CRD", |items| {
         find(items, "Service", "web").is_some()
     });
