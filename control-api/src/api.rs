@@ -63,8 +63,6 @@ pub fn router(api: Arc<Api>, open_reads: bool) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         // The server starts only after the saved state is restored and the datapath is up, so
         // answering at all means ready.
-        // The server starts only after the saved state is restored and the datapath is up, so
-        // answering at all means ready.
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/openapi.json", get(openapi))
         .route("/v1/status", get(status))
