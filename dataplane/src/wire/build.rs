@@ -114,27 +114,7 @@ impl PacketSpec {
 
 /// One's-complement sum of the pseudo-header and the L4 segment (not inverted).
 pub fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> u16 {
-    let mut ph = Vec::with_capacity(40 + l4.len());
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            ph.extend_from_slice(&s.octets());
-            ph.extend_from_slice(&d.octets());
-            ph.extend_from_slice(&[0, proto]);
-            ph.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-        }
-        _ => {
-            let o = |a: IpAddr| match a {
-                IpAddr::V6(v) => v.octets(),
-                IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
-            };
-            ph.extend_from_slice(&o(src));
-            ph.extend_from_slice(&o(dst));
-            ph.extend_from_slice(&(l4.len() as u32).to_be_bytes());
-            ph.extend_from_slice(&[0, 0, 0, proto]);
-        }
-    }
-    ph.extend_from_slice(l4);
-    checksum::sum(&ph)
+    checksum::pseudo_header_sum(src, dst, proto, l4)
 }
 
 #[cfg(test)]

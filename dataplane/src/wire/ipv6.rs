@@ -64,9 +64,120 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     }
 }
 
+/// Extension headers walked before a packet counts as malformed: RFC 8200 recommends a limit, and
+/// no legitimate packet stacks more than a handful.
+pub const MAX_EXTENSION_HEADERS: usize = 8;
+
+pub mod next_header {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AUTH: u8 = 51;
+    pub const DEST_OPTS: u8 = 60;
+}
+
+/// The upper-layer protocol after the extension headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpperLayer {
+    pub protocol: u8,
+    /// Offset of the upper-layer header from the start of the IPv6 header.
+    pub offset: usize,
+    /// A fragment header was seen.
+    pub fragment: bool,
+    /// A non-first fragment: no upper-layer header is present.
+    pub later_fragment: bool,
+}
+
+/// Walks the extension headers of an IPv6 packet (`packet` starts at the IPv6 header and was
+/// checked by `Ipv6Packet::new_checked`).
+pub fn walk_extensions(packet: &[u8]) -> WireResult<UpperLayer> {
+    use next_header::*;
+    let mut nh = packet
+        .get(field::NEXT_HEADER)
+        .copied()
+        .ok_or(WireError::Truncated)?;
+    let mut off = field::HEADER_LEN;
+    let mut out = UpperLayer {
+        protocol: nh,
+        offset: off,
+        fragment: false,
+        later_fragment: false,
+    };
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        let len = match nh {
+            HOP_BY_HOP | ROUTING | DEST_OPTS => {
+                let b = packet.get(off..off + 2).ok_or(WireError::Truncated)?;
+                (usize::from(b[1]) + 1) * 8
+            }
+            AUTH => {
+                let b = packet.get(off..off + 2).ok_or(WireError::Truncated)?;
+                (usize::from(b[1]) + 2) * 4
+            }
+            FRAGMENT => {
+                let b = packet.get(off..off + 8).ok_or(WireError::Truncated)?;
+                out.fragment = true;
+                out.later_fragment = be16(b, 2) & 0xfff8 != 0;
+                8
+            }
+            upper => {
+                out.protocol = upper;
+                out.offset = off;
+                return Ok(out);
+            }
+        };
+        if packet.len() < off + len {
+            return Err(WireError::Truncated);
+        }
+        nh = packet[off];
+        off += len;
+    }
+    Err(WireError::Malformed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_ext(chain: &[(u8, Vec<u8>)], upper: u8) -> Vec<u8> {
+        // chain: (this header's type, its bytes with byte 0 = next header filled in here)
+        let mut h = vec![0u8; 40];
+        h[0] = 0x60;
+        h[6] = chain.first().map(|c| c.0).unwrap_or(upper);
+        for (i, (_, bytes)) in chain.iter().enumerate() {
+            let mut b = bytes.clone();
+            b[0] = chain.get(i + 1).map(|c| c.0).unwrap_or(upper);
+            h.extend_from_slice(&b);
+        }
+        h.extend_from_slice(&[0u8; 8]);
+        let pl = (h.len() - 40) as u16;
+        h[4..6].copy_from_slice(&pl.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn extension_headers_are_walked() {
+        let hbh = vec![0u8, 0, 0, 0, 0, 0, 0, 0];
+        let dst = vec![0u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let frag_first = vec![0u8, 0, 0x00, 0x01, 0, 0, 0, 1];
+        let p = with_ext(&[(0, hbh.clone()), (60, dst), (44, frag_first)], 17);
+        let u = walk_extensions(&p).unwrap();
+        assert_eq!(
+            (u.protocol, u.offset, u.fragment, u.later_fragment),
+            (17, 40 + 8 + 16 + 8, true, false)
+        );
+        let frag_later = vec![0u8, 0, 0x05, 0x00, 0, 0, 0, 1];
+        let u = walk_extensions(&with_ext(&[(44, frag_later)], 6)).unwrap();
+        assert!(u.later_fragment);
+        // a chain longer than the limit, and a header running past the packet
+        let many: Vec<(u8, Vec<u8>)> = (0..9).map(|_| (60u8, hbh.clone())).collect();
+        assert_eq!(
+            walk_extensions(&with_ext(&many, 17)),
+            Err(WireError::Malformed)
+        );
+        let mut cut = with_ext(&[(0, hbh)], 17);
+        cut[41] = 10; // hop-by-hop claims 88 bytes
+        assert_eq!(walk_extensions(&cut), Err(WireError::Truncated));
+    }
 
     #[test]
     fn parse_and_limits() {

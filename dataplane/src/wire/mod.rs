@@ -5,8 +5,14 @@
 pub mod build;
 pub mod checksum;
 pub mod ethernet;
+pub mod geneve;
+pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
+pub mod parse;
+pub mod tcp;
+pub mod udp;
+pub mod vxlan;
 
 /// A packet too short or inconsistent for the view asked of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
