@@ -228,7 +228,7 @@ pub struct RouteCfg {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SteerCfg {
-    /// Destination address the appliance owns.
+    /// Destination address the appliance owns, or a prefix ("10.30.0.0/24": every address in it).
     pub ip: String,
     /// "tcp", "udp" or "any" (default).
     #[serde(default = "any")]
@@ -263,6 +263,8 @@ pub struct CheckedSteer {
     pub ip: IpAddr,
     pub proto: u8,
     pub port: u16,
+    /// Some(len) for a prefix entry.
+    pub prefix_len: Option<u8>,
 }
 
 impl Config {
@@ -438,12 +440,18 @@ impl Config {
     pub fn checked_steer(&self) -> Result<Vec<CheckedSteer>, ConfigError> {
         let mut out = Vec::new();
         for (i, s) in self.steer.iter().enumerate() {
-            let ip: IpAddr = s.ip.parse().map_err(|_| {
-                bad(
-                    format!("steer[{i}].ip"),
-                    format!("{:?} is not an IP address", s.ip),
-                )
-            })?;
+            let (ip, prefix_len) = if s.ip.contains('/') {
+                let (a, l) = parse_cidr(&s.ip).map_err(|p| bad(format!("steer[{i}].ip"), p))?;
+                (a, Some(l))
+            } else {
+                let a: IpAddr = s.ip.parse().map_err(|_| {
+                    bad(
+                        format!("steer[{i}].ip"),
+                        format!("{:?} is not an IP address or a CIDR", s.ip),
+                    )
+                })?;
+                (a, None)
+            };
             let proto = match s.proto.as_str() {
                 "any" => 0,
                 "tcp" => 6,
@@ -461,10 +469,17 @@ impl Config {
                     "a port needs proto \"tcp\" or \"udp\"",
                 ));
             }
+            if prefix_len.is_some() && (proto != 0 || s.port != 0) {
+                return Err(bad(
+                    format!("steer[{i}].ip"),
+                    "a prefix is owned whole: leave proto and port out",
+                ));
+            }
             out.push(CheckedSteer {
                 ip,
                 proto,
                 port: s.port,
+                prefix_len,
             });
         }
         Ok(out)
@@ -559,6 +574,14 @@ port = 80
         assert!(e.problem.contains("host bits"));
         let e = err_of(&GOOD.replace("cores = [0, 1]", "cores = [0]"));
         assert_eq!(e.field, "dataplane.cores");
+        let e = err_of(&GOOD.replace(
+            "ip = \"10.20.0.11\"",
+            "ip = \"10.20.0.0/16\"\nport = 5\nproto = \"udp\"",
+        ));
+        assert_eq!(e.field, "steer[0].ip");
+        let ok = Config::from_toml(&GOOD.replace("ip = \"10.20.0.11\"", "ip = \"10.20.0.0/16\""))
+            .unwrap();
+        assert_eq!(ok.checked_steer().unwrap()[0].prefix_len, Some(16));
         let e = err_of(&GOOD.replace("proto = \"tcp\"", "proto = \"sctp\""));
         assert_eq!(e.field, "steer[1].proto");
         let e = err_of(&GOOD.replace("02:00:00:00:00:01", "02:00:00:00:01"));

@@ -56,7 +56,10 @@ pub fn start(
         tracing::info!(interface = %name, mode = m.as_str(), "XDP steering program attached");
     }
     for s in steer {
-        steering.own(&OwnedKey::service(s.ip, s.proto, s.port))?;
+        match s.prefix_len {
+            Some(len) => steering.own_prefix(s.ip, len)?,
+            None => steering.own(&OwnedKey::service(s.ip, s.proto, s.port))?,
+        }
     }
 
     let xsk_cfg = AfXdpConfig {

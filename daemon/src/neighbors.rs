@@ -148,7 +148,7 @@ fn wanted_next_hops(routes: &RouteTable, steer: &[CheckedSteer]) -> Vec<(u16, Ip
         .iter()
         .filter_map(|r| r.via.filter(|_| r.mac.is_none()).map(|v| (r.port, v)))
         .collect();
-    for s in steer {
+    for s in steer.iter().filter(|s| s.prefix_len.is_none()) {
         if let Some(r) = routes.lookup(s.ip) {
             if r.mac.is_none() {
                 out.push((r.port, r.via.unwrap_or(s.ip)));

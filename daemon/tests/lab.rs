@@ -153,14 +153,20 @@ fn ttl_and_no_route_drops_are_counted_with_their_reason() {
     let Some(lab) = Lab::up("dr", 1) else { return };
     // Own an address the appliance has no route for: the client's default route sends it here.
     // busy-poll mode here, adaptive everywhere else
-    let cfg = lab_config(1, "\n[[steer]]\nip = \"10.99.0.1\"\n")
-        .replace("poll_mode = \"adaptive\"", "poll_mode = \"busy\"");
+    // 10.98.0.0/16 is owned as a prefix (the XDP program's LPM trie)
+    let cfg = lab_config(
+        1,
+        "\n[[steer]]\nip = \"10.99.0.1\"\n\n[[steer]]\nip = \"10.98.0.0/16\"\n",
+    )
+    .replace("poll_mode = \"adaptive\"", "poll_mode = \"busy\"");
     assert!(cfg.contains("poll_mode = \"busy\""));
     let d = lab.start_sluiced(&cfg);
     let got = lab.udp_burst("be1", "10.20.0.11:9004".parse().unwrap(), 200, 2, Some(1));
     assert_eq!(got, 0, "TTL-1 datagrams must not be forwarded");
     // nobody listens at 10.99.0.1; the receiver helper binds in the client's own namespace
     let none = lab.udp_burst("cli", "10.99.0.1:9005".parse().unwrap(), 100, 1, None);
+    assert_eq!(none, 0);
+    let none = lab.udp_burst("cli", "10.98.7.7:9006".parse().unwrap(), 50, 1, None);
     assert_eq!(none, 0);
     let s = d.stats();
     assert_eq!(u(&s, &["totals", "drops", "TTL_EXCEEDED"]), 200, "{s}");

@@ -10,6 +10,7 @@
  *   2. wildcard port (dst IP, L4 protocol, port 0)  -- every port of one protocol on an IP
  *   3. wildcard IP   (dst IP, proto 0, port 0)      -- everything to an IP (routed prefixes, node IPs)
  *   4. any IP        (::, UDP, port)                -- tunnel UDP ports (VXLAN 8472/4789, Geneve 6081)
+ *   5. prefix        (longest match on dst IP)      -- routed prefixes, remote pod CIDRs
  * IPv4 addresses are stored as IPv4-mapped IPv6 (::ffff:a.b.c.d), so one map serves both families.
  *
  * If no socket is bound for the receiving queue the packet is passed to the kernel and counted
@@ -69,6 +70,22 @@ struct {
 	__type(value, __u32); /* reserved for flags; presence means owned */
 } owned SEC(".maps");
 
+/* Prefixes owned as a whole: routed networks and remote nodes' pod CIDRs (encapsulated). */
+#define MAX_OWNED_PREFIXES 16384
+
+struct prefix_key {
+	__u32 prefixlen; /* bits of addr that count, IPv4 as mapped IPv6: /24 is 96 + 24 */
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_OWNED_PREFIXES);
+	__type(key, struct prefix_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
+} owned_prefixes SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);
@@ -92,8 +109,11 @@ static __always_inline int pass(void)
 
 static __always_inline int is_owned(struct owned_key *k)
 {
+	struct prefix_key pk = { .prefixlen = 128 };
 	__be16 port = k->port;
 	__u8 proto = k->proto;
+
+	__builtin_memcpy(pk.addr, k->addr, 16);
 
 	if (bpf_map_lookup_elem(&owned, k))
 		return 1;
@@ -103,12 +123,14 @@ static __always_inline int is_owned(struct owned_key *k)
 	k->proto = 0;
 	if (bpf_map_lookup_elem(&owned, k))
 		return 1;
-	if (proto != IPPROTO_UDP)
-		return 0;
-	__builtin_memset(k->addr, 0, sizeof(k->addr));
-	k->proto = IPPROTO_UDP;
-	k->port = port;
-	return bpf_map_lookup_elem(&owned, k) != 0;
+	if (proto == IPPROTO_UDP) {
+		__builtin_memset(k->addr, 0, sizeof(k->addr));
+		k->proto = IPPROTO_UDP;
+		k->port = port;
+		if (bpf_map_lookup_elem(&owned, k))
+			return 1;
+	}
+	return bpf_map_lookup_elem(&owned_prefixes, &pk) != 0;
 }
 
 SEC("xdp")

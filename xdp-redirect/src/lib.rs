@@ -14,6 +14,7 @@ pub use owned::{OwnedKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use std::{
     ffi::CString,
+    net::IpAddr,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
@@ -98,6 +99,8 @@ struct Attached {
 pub struct Steering {
     /// The `owned` map of the first instance; later instances reuse its fd.
     owned: Option<MapHandle>,
+    /// The `owned_prefixes` LPM trie, shared the same way.
+    prefixes: Option<MapHandle>,
     attached: Vec<Attached>,
 }
 
@@ -111,6 +114,7 @@ impl Steering {
     pub fn new() -> Self {
         Steering {
             owned: None,
+            prefixes: None,
             attached: Vec::new(),
         }
     }
@@ -156,6 +160,7 @@ impl Steering {
         let counters = map_handle(&obj, "counters")?;
         if self.owned.is_none() {
             self.owned = Some(map_handle(&obj, "owned")?);
+            self.prefixes = Some(map_handle(&obj, "owned_prefixes")?);
         }
         self.attached.push(Attached {
             ifname: ifname.into(),
@@ -173,13 +178,14 @@ impl Steering {
         let mut open = ObjectBuilder::default()
             .open_memory(STEER_OBJ)
             .map_err(|e| XdpError::Load(e.to_string()))?;
-        if let Some(owned) = &self.owned {
+        for (name, shared) in [("owned", &self.owned), ("owned_prefixes", &self.prefixes)] {
+            let Some(shared) = shared else { continue };
             let mut m = open
                 .maps_mut()
-                .find(|m| m.name() == "owned")
-                .ok_or_else(|| XdpError::Load("map owned missing from object".into()))?;
-            m.reuse_fd(owned.as_fd())
-                .map_err(|e| XdpError::Load(format!("sharing the owned map: {e}")))?;
+                .find(|m| m.name() == name)
+                .ok_or_else(|| XdpError::Load(format!("map {name} missing from object")))?;
+            m.reuse_fd(shared.as_fd())
+                .map_err(|e| XdpError::Load(format!("sharing the {name} map: {e}")))?;
         }
         open.load().map_err(|e| XdpError::Load(e.to_string()))
     }
@@ -244,6 +250,38 @@ impl Steering {
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(XdpError::Map {
                 map: "owned",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Owns every destination in `addr/len` (longest match after the exact entries).
+    pub fn own_prefix(&self, addr: IpAddr, len: u8) -> Result<()> {
+        let m = self.prefixes.as_ref().ok_or(XdpError::Map {
+            map: "owned_prefixes",
+            reason: "no program loaded yet".into(),
+        })?;
+        m.update(
+            &owned::prefix_key(addr, len),
+            &0u32.to_ne_bytes(),
+            MapFlags::ANY,
+        )
+        .map_err(|e| XdpError::Map {
+            map: "owned_prefixes",
+            reason: e.to_string(),
+        })
+    }
+
+    /// Stops owning a prefix; a missing entry is not an error.
+    pub fn disown_prefix(&self, addr: IpAddr, len: u8) -> Result<()> {
+        let Some(m) = &self.prefixes else {
+            return Ok(());
+        };
+        match m.delete(&owned::prefix_key(addr, len)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(XdpError::Map {
+                map: "owned_prefixes",
                 reason: e.to_string(),
             }),
         }

@@ -55,6 +55,19 @@ impl OwnedKey {
     }
 }
 
+/// The 20 bytes of `struct prefix_key`: prefixlen (host order, as LPM tries take it) and the
+/// address; IPv4 prefixes are IPv4-mapped, so /24 becomes /120.
+pub fn prefix_key(addr: IpAddr, len: u8) -> [u8; 20] {
+    let bits = match addr {
+        IpAddr::V4(_) => 96 + u32::from(len.min(32)),
+        IpAddr::V6(_) => u32::from(len.min(128)),
+    };
+    let mut b = [0u8; 20];
+    b[..4].copy_from_slice(&bits.to_ne_bytes());
+    b[4..].copy_from_slice(&mapped(addr).octets());
+    b
+}
+
 fn mapped(addr: IpAddr) -> Ipv6Addr {
     match addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
@@ -75,6 +88,15 @@ mod tests {
         assert_eq!(b[16], 6);
         assert_eq!(b[17], 0);
         assert_eq!(&b[18..], &8080u16.to_be_bytes());
+    }
+
+    #[test]
+    fn prefix_keys_map_ipv4_into_ipv6() {
+        let k = prefix_key("10.20.0.0".parse().unwrap(), 24);
+        assert_eq!(u32::from_ne_bytes(k[..4].try_into().unwrap()), 120);
+        assert_eq!(&k[14..20], &[0xff, 0xff, 10, 20, 0, 0]);
+        let k6 = prefix_key("fd00:20::".parse().unwrap(), 64);
+        assert_eq!(u32::from_ne_bytes(k6[..4].try_into().unwrap()), 64);
     }
 
     #[test]
