@@ -587,7 +587,11 @@ pub fn endpoint_slice(key: &ObjectKey, v: &Value) -> VResult<EndpointSliceView> 
 pub struct NodeView {
     pub addrs: Vec<IpAddr>,
     pub pod_cidrs: Vec<(IpAddr, u8)>,
+    pub vtep_mac: Option<[u8; 6]>,
 }
+
+/// Node annotation with the MAC of the node's tunnel device (like flannel's VtepMAC).
+pub const VTEP_MAC_ANNOTATION: &str = "sluice.io/vtep-mac";
 
 pub fn node(key: &ObjectKey, v: &Value) -> VResult<NodeView> {
     let object = key.to_string();
@@ -617,7 +621,31 @@ pub fn node(key: &ObjectKey, v: &Value) -> VResult<NodeView> {
             pod_cidrs.push(c);
         }
     }
-    Ok(NodeView { addrs, pod_cidrs })
+    let vtep_mac = match v.pointer(&format!(
+        "/metadata/annotations/{}",
+        VTEP_MAC_ANNOTATION.replace('/', "~1")
+    )) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) => Some(sluice_dataplane::wire::ethernet::parse_mac(m).ok_or_else(
+            || {
+                at.bad(
+                    format!("metadata.annotations[{VTEP_MAC_ANNOTATION}]"),
+                    format!("{m:?} is not a MAC address like 02:00:00:00:00:01"),
+                )
+            },
+        )?),
+        Some(_) => {
+            return Err(at.bad(
+                format!("metadata.annotations[{VTEP_MAC_ANNOTATION}]"),
+                "must be a string",
+            ))
+        }
+    };
+    Ok(NodeView {
+        addrs,
+        pod_cidrs,
+        vtep_mac,
+    })
 }
 
 pub fn pod(key: &ObjectKey, v: &Value) -> VResult<Vec<IpAddr>> {

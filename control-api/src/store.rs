@@ -37,6 +37,8 @@ pub struct Store {
     tables: ClusterTables,
     /// Addresses NodePort services are exposed on (the appliance's own node addresses).
     node_addresses: Vec<IpAddr>,
+    /// This appliance's own Node name: its pod CIDR is local, not an overlay destination.
+    local_node: Option<String>,
 }
 
 impl Store {
@@ -47,7 +49,14 @@ impl Store {
             frontends_of: HashMap::new(),
             tables: ClusterTables::default(),
             node_addresses,
+            local_node: None,
         }
+    }
+
+    /// Names this appliance's own Node object (its pod CIDR is not encapsulated to).
+    pub fn with_local_node(mut self, name: Option<String>) -> Self {
+        self.local_node = name;
+        self
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Arc<Value>> {
@@ -137,7 +146,8 @@ impl Store {
 
     /// Replaces everything with `items`, atomically: on any error nothing changes.
     pub fn replace_all(&mut self, items: Vec<Value>) -> Result<usize, Invalid> {
-        let mut fresh = Store::new(self.node_addresses.clone());
+        let mut fresh =
+            Store::new(self.node_addresses.clone()).with_local_node(self.local_node.clone());
         let mut seen = BTreeSet::new();
         for (i, v) in items.into_iter().enumerate() {
             let (key, _) = fresh.put(v, None).map_err(|mut e| {
@@ -309,9 +319,30 @@ impl Store {
                     name: k.name.as_str().into(),
                     addrs: n.addrs,
                     pod_cidrs: n.pod_cidrs,
+                    vtep_mac: n.vtep_mac,
                 })
             })
             .collect();
+        self.tables.node_ips = self
+            .tables
+            .nodes
+            .iter()
+            .flat_map(|n| n.addrs.iter().copied())
+            .collect();
+        let mut pods = sluice_dataplane::state::PrefixTable::default();
+        for n in &self.tables.nodes {
+            if Some(&*n.name) == self.local_node.as_deref() || n.addrs.is_empty() {
+                continue;
+            }
+            let remote = Arc::new(sluice_dataplane::state::RemoteNode {
+                addrs: n.addrs.clone(),
+                vtep_mac: n.vtep_mac,
+            });
+            for (a, len) in &n.pod_cidrs {
+                pods.insert(*a, *len, remote.clone());
+            }
+        }
+        self.tables.pod_cidrs = pods;
     }
 }
 
@@ -530,6 +561,43 @@ mod tests {
         assert!(s.replace_all(dup).unwrap_err().reason.contains("twice"));
         assert_eq!(s.replace_all(vec![svc("a", "10.96.0.1")]).unwrap(), 1);
         assert!(!s.tables.services.contains_key(&fe("10.96.0.10", 80)));
+    }
+
+    #[test]
+    fn remote_pod_cidrs_lead_to_their_node_and_the_local_node_is_left_out() {
+        let node = |name: &str, ip: &str, cidr: &str| {
+            json!({"kind": "Node", "metadata": {"name": name}, "spec": {"podCIDR": cidr},
+                   "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+        };
+        let mut s = Store::new(vec![]).with_local_node(Some("me".into()));
+        s.put(node("me", "192.168.1.1", "10.0.1.0/24"), None)
+            .unwrap();
+        s.put(node("n2", "192.168.1.2", "10.0.2.0/24"), None)
+            .unwrap();
+        let t = &s.tables;
+        assert_eq!(
+            t.pod_cidrs
+                .lookup("10.0.2.77".parse().unwrap())
+                .map(|n| n.addrs[0]),
+            Some("192.168.1.2".parse().unwrap())
+        );
+        assert!(t.pod_cidrs.lookup("10.0.1.5".parse().unwrap()).is_none());
+        assert!(
+            t.node_ips.contains(&"192.168.1.1".parse().unwrap())
+                && t.node_ips.contains(&"192.168.1.2".parse().unwrap())
+        );
+        s.replace_all(vec![node("n3", "192.168.1.3", "10.0.3.0/24")])
+            .unwrap();
+        assert!(s
+            .tables
+            .pod_cidrs
+            .lookup("10.0.2.77".parse().unwrap())
+            .is_none());
+        assert!(s
+            .tables
+            .pod_cidrs
+            .lookup("10.0.3.1".parse().unwrap())
+            .is_some());
     }
 
     #[test]

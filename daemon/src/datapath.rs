@@ -5,10 +5,12 @@ use anyhow::{Context, Result};
 use sluice_control::config::{CheckedSteer, Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
 use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
 use sluice_dataplane::pipeline::Pipeline;
-use sluice_dataplane::state::{HashMap, PortInfo, StateHub};
+use sluice_dataplane::state::{ClusterTables, HashMap, OverlayMode, PortInfo, StateHub};
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::worker::{PollMode, Worker};
 use sluice_xdp::{OwnedKey, Steering, XdpMode};
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -35,6 +37,45 @@ pub struct Datapath {
     pub workers: Vec<std::thread::JoinHandle<()>>,
     pub stats: Vec<Arc<WorkerStats>>,
     pub zero_copy: Vec<bool>,
+    /// Remote pod CIDRs currently steered (the XDP prefix map), and the cluster tables they came from.
+    pod_cidrs: HashSet<(IpAddr, u8)>,
+    cluster_seen: Option<Arc<ClusterTables>>,
+    overlay_on: bool,
+}
+
+impl Datapath {
+    /// Steers the pod CIDRs of remote nodes (traffic to them is encapsulated or natively routed),
+    /// following the cluster's Node objects. Cheap when nothing changed (a pointer compare).
+    pub fn sync_pod_cidrs(&mut self, cluster: &Arc<ClusterTables>) {
+        if !self.overlay_on
+            || self
+                .cluster_seen
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, cluster))
+        {
+            return;
+        }
+        self.cluster_seen = Some(cluster.clone());
+        let wanted: HashSet<(IpAddr, u8)> = cluster
+            .nodes
+            .iter()
+            .filter(|n| !n.addrs.is_empty())
+            .flat_map(|n| n.pod_cidrs.iter().copied())
+            .filter(|(a, _)| cluster.pod_cidrs.lookup(*a).is_some())
+            .collect();
+        for (a, l) in self.pod_cidrs.difference(&wanted) {
+            if let Err(e) = self.steering.disown_prefix(*a, *l) {
+                tracing::warn!("unsteering pod CIDR {a}/{l}: {e}");
+            }
+        }
+        for (a, l) in wanted.difference(&self.pod_cidrs) {
+            if let Err(e) = self.steering.own_prefix(*a, *l) {
+                tracing::warn!("steering pod CIDR {a}/{l}: {e}");
+            }
+        }
+        tracing::info!(pod_cidrs = wanted.len(), "remote pod CIDRs steered");
+        self.pod_cidrs = wanted;
+    }
 }
 
 /// Attaches XDP everywhere, owns the configured traffic, starts the workers.
@@ -54,6 +95,11 @@ pub fn start(
     for name in &ifnames {
         let m = steering.attach(name, mode, cfg.dataplane.xdp_fallback_generic)?;
         tracing::info!(interface = %name, mode = m.as_str(), "XDP steering program attached");
+    }
+    let overlay = cfg.overlay()?;
+    if matches!(overlay.mode, OverlayMode::Vxlan | OverlayMode::Geneve) {
+        steering.own(&OwnedKey::udp_port_any_ip(overlay.port))?;
+        tracing::info!(port = overlay.port, mode = ?overlay.mode, "tunnel port steered");
     }
     for s in steer {
         match s.prefix_len {
@@ -78,6 +124,9 @@ pub fn start(
         workers: Vec::new(),
         stats: Vec::new(),
         zero_copy: Vec::new(),
+        pod_cidrs: HashSet::new(),
+        cluster_seen: None,
+        overlay_on: overlay.mode != OverlayMode::Off,
     };
     for q in 0..cfg.dataplane.queues {
         let io = AfXdpIo::open(&ifnames, q, &xsk_cfg)?;

@@ -110,6 +110,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
     let hub = Arc::new(StateHub::new(Snapshot {
         ports: Arc::new(ports),
         routes: Arc::new(routes),
+        overlay: Arc::new(cfg.overlay()?),
         ..Snapshot::default()
     }));
     if let Some(n) = &neighbors {
@@ -179,6 +180,9 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         if let Some(n) = neighbors.as_mut() {
             n.tick(&hub);
         }
+        if let Some(d) = dp.as_mut() {
+            d.sync_pod_cidrs(&hub.current().cluster);
+        }
         if last_stats.elapsed() >= stats_every {
             last_stats = Instant::now();
             if let Err(e) = report(&dp) {
@@ -213,7 +217,8 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
 /// The store as it was last applied, from `api.state_dir`. A file that cannot be used is set
 /// aside (state.json.bad) with an error in the log, and sluiced starts empty: the syncer resends.
 fn restore_state(cfg: &Config) -> Result<Store> {
-    let mut store = Store::new(cfg.node_addresses()?);
+    let mut store =
+        Store::new(cfg.node_addresses()?).with_local_node(cfg.overlay.local_node.clone());
     let dir = &cfg.api.state_dir;
     match persist::load(dir) {
         Ok(None) => tracing::info!(dir = %dir.display(), "no saved state: starting empty"),

@@ -1,7 +1,8 @@
 //! Drop reasons: stable numbers and names, used as metric labels and in flow events.
 //!
 //! Where Cilium has a code for the same thing we use its number (`bpf/lib/common.h`, as a positive
-//! value) and Hubble's name (`flow.proto` `DropReason`), so operators recognise them. sluice's own
+//! value) and Hubble's name (`flow.proto` `DropReason`; Cilium's constant where the names differ),
+//! so operators recognise them. sluice's own
 //! reasons start at 1000, clear of Cilium's range.
 
 macro_rules! drop_reasons {
@@ -31,10 +32,20 @@ macro_rules! drop_reasons {
 drop_reasons! {
     /// Truncated or inconsistent headers (Cilium DROP_INVALID).
     Malformed = 134, "INVALID_PACKET_DROPPED";
+    /// Would not fit the underlay MTU once encapsulated; an ICMP error went back (DROP_FRAG_NEEDED).
+    FragNeeded = 136, "FRAG_NEEDED";
     /// Not IPv4 or IPv6 (Cilium DROP_UNKNOWN_L3).
     UnsupportedL3 = 139, "UNSUPPORTED_L3_PROTOCOL";
+    /// A Geneve option marked critical that sluice does not know (RFC 8926: must drop).
+    InvalidGeneveOption = 149, "INVALID_GENEVE_OPTION";
+    /// The remote node has no address in the underlay's family (DROP_NO_TUNNEL_ENDPOINT).
+    NoTunnelEndpoint = 160, "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT";
     /// No route to the destination (Cilium DROP_NO_FIB).
     NoRoute = 169, "FIB_LOOKUP_FAILED";
+    /// Tunnel traffic from an address that is not a known node (DROP_UNKNOWN_SENDER).
+    UnknownSender = 172, "UNKNOWN_SENDER";
+    /// A VNI that is not a valid identity (DROP_INVALID_VNI).
+    InvalidVni = 183, "INVALID_VNI";
     /// TTL or hop limit would reach zero (Cilium DROP_TTL_EXCEEDED).
     TtlExceeded = 196, "TTL_EXCEEDED";
     /// The next hop's MAC address is not known yet; resolution was requested from the kernel.
@@ -43,6 +54,8 @@ drop_reasons! {
     TxRingFull = 1002, "TX_RING_FULL";
     /// The route points at an interface this worker does not serve.
     NoEgressPort = 1003, "NO_EGRESS_PORT";
+    /// The frame's buffer has no headroom left for the encapsulation headers.
+    NoHeadroom = 1004, "NO_HEADROOM";
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 pub mod drop;
 pub mod io;
+pub mod overlay;
 pub mod packet;
 pub mod pipeline;
 pub mod region;
@@ -19,4 +20,4 @@ pub mod wire;
 pub mod worker;
 
 pub use drop::DropReason;
-pub use packet::{Batch, Frame, Port, Verdict, MAX_BATCH};
+pub use packet::{Batch, Frame, Meta, Port, Verdict, MAX_BATCH};

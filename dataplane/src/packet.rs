@@ -30,10 +30,20 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// What the stages learn about a packet on the way, beyond its bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Security identity of the sender (from the tunnel VNI; 0 = not known yet).
+    pub src_identity: u32,
+    /// The packet arrived encapsulated and was decapsulated here.
+    pub decapsulated: bool,
+}
+
 /// A vector of frames with one verdict each.
 pub struct Batch {
     frames: ArrayVec<Frame, MAX_BATCH>,
     verdicts: [Verdict; MAX_BATCH],
+    meta: [Meta; MAX_BATCH],
     /// The batch size a backend fills up to (<= MAX_BATCH), from the config.
     limit: usize,
 }
@@ -43,6 +53,7 @@ impl Batch {
         Batch {
             frames: ArrayVec::new(),
             verdicts: [Verdict::Continue; MAX_BATCH],
+            meta: [Meta::default(); MAX_BATCH],
             limit: limit.clamp(1, MAX_BATCH),
         }
     }
@@ -62,6 +73,7 @@ impl Batch {
             return false;
         }
         self.verdicts[self.frames.len()] = Verdict::Continue;
+        self.meta[self.frames.len()] = Meta::default();
         self.frames.push(f);
         true
     }
@@ -77,6 +89,12 @@ impl Batch {
     pub fn set_verdict(&mut self, i: usize, v: Verdict) {
         self.verdicts[i] = v;
     }
+    pub fn meta(&self, i: usize) -> Meta {
+        self.meta[i]
+    }
+    pub fn meta_mut(&mut self, i: usize) -> &mut Meta {
+        &mut self.meta[i]
+    }
     pub fn iter(&self) -> impl Iterator<Item = (Frame, Verdict)> + '_ {
         self.frames
             .iter()
@@ -91,6 +109,7 @@ impl Batch {
             if keep(f, v) {
                 self.frames[w] = f;
                 self.verdicts[w] = v;
+                self.meta[w] = self.meta[r];
                 w += 1;
             }
         }

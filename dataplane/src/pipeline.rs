@@ -22,6 +22,28 @@ impl NeighborRequests for NoNeighborRequests {
     fn request(&mut self, _: u16, _: IpAddr) {}
 }
 
+/// The MAC of the next hop toward `dst` on `route`: the route's static MAC, or the kernel's
+/// neighbour entry (asking for resolution when there is none).
+#[inline]
+pub fn next_hop_mac(
+    snap: &Snapshot,
+    route: &crate::state::Route,
+    dst: IpAddr,
+    neigh: &mut impl NeighborRequests,
+) -> Result<crate::wire::ethernet::MacAddr, DropReason> {
+    if let Some(m) = route.mac {
+        return Ok(m);
+    }
+    let next_hop = route.via.unwrap_or(dst);
+    match snap.neighbors.get(&(route.port, next_hop)) {
+        Some(m) => Ok(*m),
+        None => {
+            neigh.request(route.port, next_hop);
+            Err(DropReason::NoNeighbor)
+        }
+    }
+}
+
 /// Route stage: parse L2/L3, look the destination up, rewrite MACs, decrement TTL/hop limit.
 ///
 /// Precedence of outcomes, first that applies:
@@ -56,16 +78,9 @@ fn route_one(snap: &Snapshot, pkt: &mut [u8], neigh: &mut impl NeighborRequests)
     let Some(route) = snap.routes.lookup(dst) else {
         return Verdict::Drop(DropReason::NoRoute);
     };
-    let next_hop = route.via.unwrap_or(dst);
-    let dmac = match route.mac {
-        Some(m) => m,
-        None => match snap.neighbors.get(&(route.port, next_hop)) {
-            Some(m) => *m,
-            None => {
-                neigh.request(route.port, next_hop);
-                return Verdict::Drop(DropReason::NoNeighbor);
-            }
-        },
+    let dmac = match next_hop_mac(snap, route, dst, neigh) {
+        Ok(m) => m,
+        Err(r) => return Verdict::Drop(r),
     };
     let Some(smac) = snap.port_mac(route.port) else {
         return Verdict::Drop(DropReason::NoEgressPort);
@@ -99,15 +114,19 @@ impl Pipeline {
         Pipeline {}
     }
 
-    /// Runs every stage over the batch. Frames whose bytes are not addressable in `region` (a
-    /// corrupt descriptor) are dropped as malformed.
+    /// Runs every stage over the batch: decapsulation, encapsulation (or native routing) toward
+    /// remote pods, then routing. Frames whose bytes are not addressable in `region` (a corrupt
+    /// descriptor) are dropped as malformed.
     pub fn run(
         &mut self,
         snap: &Snapshot,
         region: &mut Region,
         batch: &mut Batch,
+        stats: &crate::stats::WorkerStats,
         neigh: &mut impl NeighborRequests,
     ) {
+        crate::overlay::decap(snap, region, batch, stats);
+        crate::overlay::encap(snap, region, batch, stats, neigh);
         for i in 0..batch.len() {
             if batch.verdict(i) != Verdict::Continue {
                 continue;

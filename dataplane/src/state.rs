@@ -124,6 +124,99 @@ pub struct NodeEntry {
     pub name: Arc<str>,
     pub addrs: Vec<IpAddr>,
     pub pod_cidrs: Vec<(IpAddr, u8)>,
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// Longest-prefix match by exact lookups per prefix length, longest first: the cost grows with
+/// the number of distinct lengths (one or two for pod CIDRs), not with the number of prefixes.
+#[derive(Debug, Clone)]
+pub struct PrefixTable<V> {
+    v4: Vec<(u8, HashMap<u32, V>)>,
+    v6: Vec<(u8, HashMap<u128, V>)>,
+}
+
+impl<V> Default for PrefixTable<V> {
+    fn default() -> Self {
+        PrefixTable {
+            v4: Vec::new(),
+            v6: Vec::new(),
+        }
+    }
+}
+
+impl<V> PrefixTable<V> {
+    pub fn insert(&mut self, addr: IpAddr, len: u8, v: V) {
+        match addr {
+            IpAddr::V4(a) => {
+                let len = len.min(32);
+                let key = u32::from(a) & mask32(len);
+                insert_len(&mut self.v4, len, key, v);
+            }
+            IpAddr::V6(a) => {
+                let len = len.min(128);
+                let key = u128::from(a) & mask(len);
+                insert_len(&mut self.v6, len, key, v);
+            }
+        }
+    }
+    #[inline]
+    pub fn lookup(&self, addr: IpAddr) -> Option<&V> {
+        match addr {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4
+                    .iter()
+                    .find_map(|(len, m)| m.get(&(a & mask32(*len))))
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.v6.iter().find_map(|(len, m)| m.get(&(a & mask(*len))))
+            }
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.v4.iter().map(|(_, m)| m.len()).sum::<usize>()
+            + self.v6.iter().map(|(_, m)| m.len()).sum::<usize>()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn mask32(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+fn insert_len<K: std::hash::Hash + Eq, V>(
+    levels: &mut Vec<(u8, HashMap<K, V>)>,
+    len: u8,
+    key: K,
+    v: V,
+) {
+    match levels.iter_mut().find(|(l, _)| *l == len) {
+        Some((_, m)) => {
+            m.insert(key, v);
+        }
+        None => {
+            let mut m = HashMap::new();
+            m.insert(key, v);
+            levels.push((len, m));
+            levels.sort_by_key(|(l, _)| std::cmp::Reverse(*l));
+        }
+    }
+}
+
+/// A remote node as the overlay needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteNode {
+    pub addrs: Vec<IpAddr>,
+    /// The MAC of the node's tunnel device, for peers that deliver decapsulated frames by L2 (a
+    /// kernel vxlan/geneve device): the inner destination MAC. None: inner MACs are kept.
+    pub vtep_mac: Option<MacAddr>,
 }
 
 /// Cluster state compiled by the control plane for the datapath.
@@ -131,6 +224,38 @@ pub struct NodeEntry {
 pub struct ClusterTables {
     pub services: HashMap<Frontend, Arc<ServiceEntry>>,
     pub nodes: Vec<NodeEntry>,
+    /// Pod CIDR of every node but this one -> that node (overlay destination).
+    pub pod_cidrs: PrefixTable<Arc<RemoteNode>>,
+    /// Addresses of every node: the only senders whose tunnel traffic is accepted.
+    pub node_ips: std::collections::HashSet<IpAddr>,
+}
+
+/// How pod traffic to other nodes leaves (Cilium's routing modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverlayMode {
+    /// No overlay: only the static routes.
+    #[default]
+    Off,
+    Vxlan,
+    Geneve,
+    /// Native routing: forwarded to the node's address as next hop, unencapsulated.
+    Native,
+}
+
+/// Overlay settings of this appliance.
+#[derive(Debug, Clone, Default)]
+pub struct Overlay {
+    pub mode: OverlayMode,
+    /// Tunnel UDP port.
+    pub port: u16,
+    /// This node's underlay address: outer source, and the destination of tunnel traffic to us.
+    pub local_ip: Option<IpAddr>,
+    /// Underlay MTU: the outer IP packet must fit.
+    pub mtu: u16,
+    /// Identity carried for traffic that enters from outside the cluster (Cilium's world = 2).
+    pub world_identity: u32,
+    /// Geneve: also carry the identity in sluice's TLV option.
+    pub geneve_identity_option: bool,
 }
 
 impl ClusterTables {
@@ -151,6 +276,7 @@ pub struct Snapshot {
     /// Resolved neighbours: (port, next hop) -> MAC.
     pub neighbors: Arc<NeighborTable>,
     pub cluster: Arc<ClusterTables>,
+    pub overlay: Arc<Overlay>,
 }
 
 impl Snapshot {
@@ -301,6 +427,7 @@ mod tests {
             name: "n1".into(),
             addrs: vec![],
             pod_cidrs: vec![],
+            vtep_mac: None,
         });
         assert_eq!(hub.set_cluster(Arc::new(c)), 2);
         // the second publish kept the first part

@@ -46,7 +46,7 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
     let snap = publisher.load();
     stats.generation.set(snap.generation);
     stats.batches.add(1);
-    pipeline.run(&snap, io.region_mut(), batch, neigh);
+    pipeline.run(&snap, io.region_mut(), batch, stats, neigh);
     io.tx_burst(batch, stats);
     // What is left was dropped by a stage or found its tx ring full.
     for (_, v) in batch.iter() {

@@ -37,6 +37,10 @@ pub fn offline_snapshot(cfg: &Config) -> Result<Snapshot> {
         generation: 0,
         ports: Arc::new(ports),
         routes: Arc::new(RouteTable::new(routes)),
+        overlay: Arc::new(
+            cfg.overlay()
+                .map_err(|e| anyhow::anyhow!("config error: {e}"))?,
+        ),
         ..Snapshot::default()
     })
 }

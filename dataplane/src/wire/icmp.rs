@@ -77,6 +77,14 @@ pub fn emit_too_big(
     let quote = offending.len().min(buf.len() - field::HEADER_LEN);
     buf[field::HEADER_LEN..field::HEADER_LEN + quote].copy_from_slice(&offending[..quote]);
     let len = field::HEADER_LEN + quote;
+    write_too_big_header(&mut buf[..len], mtu, v6);
+    Ok(len)
+}
+
+/// Fills the ICMP header of a "too big" error whose quote already sits at `buf[8..]`; the message
+/// is all of `buf` (at least the 8-byte header).
+pub fn write_too_big_header(buf: &mut [u8], mtu: u32, v6: Option<(IpAddr, IpAddr)>) {
+    let len = buf.len();
     match v6 {
         None => {
             buf[field::TYPE] = V4_DEST_UNREACHABLE;
@@ -96,7 +104,6 @@ pub fn emit_too_big(
         Some((s, d)) => !checksum::pseudo_header_sum(s, d, PROTOCOL_V6, &buf[..len]),
     };
     set_be16(buf, field::CHECKSUM, c);
-    Ok(len)
 }
 
 #[cfg(test)]

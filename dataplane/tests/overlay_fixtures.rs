@@ -1,0 +1,433 @@
+//! Overlay fixtures on the `mem` backend: what encapsulation emits (read back with the wire
+//! parser), decapsulation of frames as a kernel vxlan/geneve device sends them, each decap drop
+//! reason, native routing, and the MTU path answering ICMP.
+
+use sluice_dataplane::io::mem::{MemIo, TxSink};
+use sluice_dataplane::pipeline::{NeighborRequests, Pipeline};
+use sluice_dataplane::state::{
+    ClusterTables, HashMap, Overlay, OverlayMode, PortInfo, PrefixTable, Publisher, RemoteNode,
+    Route, RouteTable, Snapshot,
+};
+use sluice_dataplane::stats::WorkerStats;
+use sluice_dataplane::wire::build::PacketSpec;
+use sluice_dataplane::wire::icmp::IcmpPacket;
+use sluice_dataplane::wire::parse::{parse, TunnelKind, TunnelPorts};
+use sluice_dataplane::wire::{checksum, udp::UdpPacket};
+use sluice_dataplane::worker::process_batch;
+use sluice_dataplane::{Batch, DropReason};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+const MAC_CLI_PORT: [u8; 6] = [2, 0, 0, 0, 1, 0];
+const MAC_UNDERLAY_PORT: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const MAC_NODE2: [u8; 6] = [2, 0, 0, 0, 0x20, 0x21];
+const MAC_CLIENT: [u8; 6] = [2, 0, 0, 0, 0x10, 0x02];
+const VTEP2: [u8; 6] = [2, 0, 0, 0, 0xee, 0x02];
+
+struct NoReq;
+impl NeighborRequests for NoReq {
+    fn request(&mut self, _: u16, _: IpAddr) {}
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn snapshot(
+    mode: OverlayMode,
+    local: &str,
+    mtu: u16,
+    node_addrs: &[&str],
+    vtep: Option<[u8; 6]>,
+) -> Snapshot {
+    let mut cluster = ClusterTables::default();
+    let mut pods = PrefixTable::default();
+    let remote = Arc::new(RemoteNode {
+        addrs: node_addrs.iter().map(|a| ip(a)).collect(),
+        vtep_mac: vtep,
+    });
+    pods.insert(ip("10.244.2.0"), 24, remote);
+    cluster.pod_cidrs = pods;
+    cluster.node_ips = node_addrs.iter().map(|a| ip(a)).collect();
+    let mut neighbors = HashMap::new();
+    for a in node_addrs {
+        neighbors.insert((1u16, ip(a)), MAC_NODE2);
+    }
+    neighbors.insert((0u16, ip("10.10.0.2")), MAC_CLIENT);
+    let route = |p: &str, len, port| Route {
+        prefix: ip(p),
+        prefix_len: len,
+        port,
+        via: None,
+        mac: None,
+    };
+    Snapshot {
+        generation: 1,
+        ports: Arc::new(vec![
+            PortInfo {
+                name: "eth-cli".into(),
+                mac: MAC_CLI_PORT,
+            },
+            PortInfo {
+                name: "eth-srv".into(),
+                mac: MAC_UNDERLAY_PORT,
+            },
+        ]),
+        routes: Arc::new(RouteTable::new(vec![
+            route("10.10.0.0", 24, 0),
+            route("10.20.0.0", 24, 1),
+            route("fd00:20::", 64, 1),
+        ])),
+        neighbors: Arc::new(neighbors),
+        cluster: Arc::new(cluster),
+        overlay: Arc::new(Overlay {
+            mode,
+            port: if mode == OverlayMode::Geneve {
+                6081
+            } else {
+                8472
+            },
+            local_ip: Some(ip(local)),
+            mtu,
+            world_identity: 2,
+            geneve_identity_option: mode == OverlayMode::Geneve,
+        }),
+    }
+}
+
+/// Runs one packet through the pipeline: (sent packets, stats).
+fn run(snap: Snapshot, port: u16, pkt: &[u8]) -> (Vec<(u16, Vec<u8>)>, WorkerStats) {
+    let publisher = Publisher::new(snap);
+    let mut io = MemIo::new(8, 4096, TxSink::Capture);
+    let stats = WorkerStats::default();
+    assert!(io.inject(port, pkt));
+    let mut batch = Batch::new(64);
+    process_batch(
+        &mut io,
+        &mut Pipeline::new(),
+        &publisher,
+        &mut batch,
+        &stats,
+        &mut NoReq,
+    );
+    assert_eq!(io.free_frames(), 8, "frame leaked");
+    (io.take_sent(), stats)
+}
+
+fn client_to_pod(size: usize) -> Vec<u8> {
+    let mut s = PacketSpec::udp("10.10.0.2", "10.244.2.5", 40000, 9000, &vec![7u8; size]);
+    s.src_mac = MAC_CLIENT;
+    s.dst_mac = MAC_CLI_PORT;
+    s.build()
+}
+
+#[test]
+fn vxlan_encap_over_ipv4_is_what_a_kernel_peer_expects() {
+    let input = client_to_pod(100);
+    let (sent, stats) = run(
+        snapshot(
+            OverlayMode::Vxlan,
+            "10.20.0.1",
+            1500,
+            &["10.20.0.21"],
+            Some(VTEP2),
+        ),
+        0,
+        &input,
+    );
+    assert_eq!(sent.len(), 1, "{:?}", stats.snapshot(0));
+    let (port, out) = &sent[0];
+    assert_eq!(*port, 1);
+    let p = parse(out, TunnelPorts::DEFAULT).unwrap();
+    assert_eq!(
+        (p.src, p.dst, p.ttl, p.dst_port),
+        (ip("10.20.0.1"), ip("10.20.0.21"), 64, 8472)
+    );
+    assert!((49152..=65535).contains(&p.src_port));
+    assert_eq!(&out[0..6], &MAC_NODE2);
+    assert_eq!(&out[6..12], &MAC_UNDERLAY_PORT);
+    assert_eq!(checksum::sum(&out[14..34]), 0xffff, "outer IPv4 checksum");
+    assert_eq!(out[14 + 6] & 0x40, 0x40, "DF set on the outer header");
+    let t = p.tunnel.unwrap();
+    assert_eq!(
+        (t.kind, t.vni),
+        (TunnelKind::Vxlan, 2),
+        "VNI carries the world identity"
+    );
+    let inner = &out[t.inner..];
+    assert_eq!(
+        &inner[0..6],
+        &VTEP2,
+        "inner destination MAC is the peer's VTEP"
+    );
+    assert_eq!(inner.len(), input.len());
+    let ip_in = parse(inner, TunnelPorts::NONE).unwrap();
+    assert_eq!(
+        (ip_in.src, ip_in.dst, ip_in.ttl),
+        (ip("10.10.0.2"), ip("10.244.2.5"), 63)
+    );
+    assert_eq!(
+        checksum::sum(&inner[14..34]),
+        0xffff,
+        "inner checksum after TTL-1"
+    );
+    assert_eq!(&inner[34..], &input[34..], "inner payload untouched");
+    assert_eq!(stats.encapsulated.get(), 1);
+}
+
+#[test]
+fn geneve_encap_over_ipv6_with_identity_option_and_checksum() {
+    let (sent, _) = run(
+        snapshot(
+            OverlayMode::Geneve,
+            "fd00:20::1",
+            1500,
+            &["10.20.0.21", "fd00:20::21"],
+            None,
+        ),
+        0,
+        &client_to_pod(64),
+    );
+    let (_, out) = &sent[0];
+    let p = parse(out, TunnelPorts::DEFAULT).unwrap();
+    assert_eq!(
+        (p.src, p.dst, p.dst_port),
+        (ip("fd00:20::1"), ip("fd00:20::21"), 6081)
+    );
+    let t = p.tunnel.unwrap();
+    assert_eq!(
+        (t.kind, t.vni, t.identity),
+        (TunnelKind::Geneve, 2, Some(2))
+    );
+    let u = UdpPacket::new_checked(&out[p.l4.unwrap()..]).unwrap();
+    assert!(
+        u.checksum() != 0 && u.verify_checksum(p.src, p.dst),
+        "IPv6 UDP checksum must be valid"
+    );
+    assert_eq!(
+        &out[t.inner..t.inner + 6],
+        &MAC_CLI_PORT,
+        "without a VTEP MAC the inner MACs are kept"
+    );
+}
+
+/// A frame as the remote node's kernel vxlan device sends it back: pod -> client.
+fn from_node(src: &str, vni: u32, tunnel_port: u16, geneve_opt: Option<[u8; 8]>) -> Vec<u8> {
+    let mut inner = PacketSpec::udp("10.244.2.5", "10.10.0.2", 9000, 40000, b"reply");
+    inner.src_mac = VTEP2;
+    inner.dst_mac = [2, 0, 0, 0, 0, 9];
+    let inner = inner.build();
+    let mut payload = if tunnel_port == 6081 {
+        let extra = geneve_opt.map(|_| 2u8).unwrap_or(0);
+        let mut g = vec![
+            extra,
+            0,
+            0x65,
+            0x58,
+            (vni >> 16) as u8,
+            (vni >> 8) as u8,
+            vni as u8,
+            0,
+        ];
+        if let Some(o) = geneve_opt {
+            g.extend_from_slice(&o);
+        }
+        g
+    } else {
+        vec![
+            0x08,
+            0,
+            0,
+            0,
+            (vni >> 16) as u8,
+            (vni >> 8) as u8,
+            vni as u8,
+            0,
+        ]
+    };
+    payload.extend_from_slice(&inner);
+    let mut outer = PacketSpec::udp(src, "10.20.0.1", 51234, tunnel_port, &payload);
+    outer.dst_mac = MAC_UNDERLAY_PORT;
+    outer.build()
+}
+
+#[test]
+fn decap_from_a_known_node_routes_the_inner_packet() {
+    let (sent, stats) = run(
+        snapshot(OverlayMode::Vxlan, "10.20.0.1", 1500, &["10.20.0.21"], None),
+        1,
+        &from_node("10.20.0.21", 5001, 8472, None),
+    );
+    assert_eq!(sent.len(), 1, "{:?}", stats.snapshot(0));
+    let (port, out) = &sent[0];
+    assert_eq!(*port, 0);
+    assert_eq!(&out[0..6], &MAC_CLIENT);
+    let p = parse(out, TunnelPorts::DEFAULT).unwrap();
+    assert_eq!(
+        (p.src, p.dst, p.dst_port, p.ttl),
+        (ip("10.244.2.5"), ip("10.10.0.2"), 40000, 63)
+    );
+    assert_eq!(stats.decapsulated.get(), 1);
+}
+
+#[test]
+fn decap_drops_say_why() {
+    let vx = || snapshot(OverlayMode::Vxlan, "10.20.0.1", 1500, &["10.20.0.21"], None);
+    let gn = || {
+        snapshot(
+            OverlayMode::Geneve,
+            "10.20.0.1",
+            1500,
+            &["10.20.0.21"],
+            None,
+        )
+    };
+    let cases: Vec<(Snapshot, Vec<u8>, DropReason)> = vec![
+        (
+            vx(),
+            from_node("10.20.0.99", 5001, 8472, None),
+            DropReason::UnknownSender,
+        ),
+        (
+            vx(),
+            from_node("10.20.0.21", 0, 8472, None),
+            DropReason::InvalidVni,
+        ),
+        // critical option of an unknown class
+        (
+            gn(),
+            from_node(
+                "10.20.0.21",
+                5001,
+                6081,
+                Some([0x01, 0x02, 0x80, 0x01, 0, 0, 0, 0]),
+            ),
+            DropReason::InvalidGeneveOption,
+        ),
+        // VXLAN without the I flag
+        (
+            vx(),
+            {
+                let mut f = from_node("10.20.0.21", 5001, 8472, None);
+                f[42] = 0;
+                f
+            },
+            DropReason::Malformed,
+        ),
+    ];
+    for (snap, pkt, reason) in cases {
+        let (sent, stats) = run(snap, 1, &pkt);
+        assert!(sent.is_empty());
+        assert_eq!(
+            stats.drops(reason),
+            1,
+            "expected {reason:?}: {:?}",
+            stats.snapshot(0)
+        );
+    }
+    // a non-critical unknown option is skipped, the packet delivered
+    let (sent, _) = run(
+        gn(),
+        1,
+        &from_node(
+            "10.20.0.21",
+            5001,
+            6081,
+            Some([0x01, 0x02, 0x00, 0x01, 0, 0, 0, 0]),
+        ),
+    );
+    assert_eq!(sent.len(), 1);
+}
+
+#[test]
+fn native_routing_forwards_unencapsulated_to_the_node() {
+    let input = client_to_pod(10);
+    let (sent, _) = run(
+        snapshot(
+            OverlayMode::Native,
+            "10.20.0.1",
+            1500,
+            &["10.20.0.21"],
+            None,
+        ),
+        0,
+        &input,
+    );
+    let (port, out) = &sent[0];
+    assert_eq!((*port, out.len()), (1, input.len()));
+    assert_eq!(&out[0..6], &MAC_NODE2);
+    assert_eq!(parse(out, TunnelPorts::DEFAULT).unwrap().ttl, 63);
+}
+
+#[test]
+fn too_big_for_the_underlay_answers_icmp_frag_needed() {
+    // 1460 bytes of IP + 50 of VXLAN over IPv4 > 1500
+    let input = client_to_pod(1460 - 28);
+    let (sent, stats) = run(
+        snapshot(OverlayMode::Vxlan, "10.20.0.1", 1500, &["10.20.0.21"], None),
+        0,
+        &input,
+    );
+    assert_eq!(stats.drops(DropReason::FragNeeded), 1);
+    assert_eq!(stats.icmp_errors.get(), 1);
+    let (port, out) = &sent[0];
+    assert_eq!(*port, 0, "the error goes back the way the packet came");
+    assert_eq!(&out[0..6], &MAC_CLIENT);
+    let p = parse(out, TunnelPorts::NONE).unwrap();
+    assert_eq!(
+        (p.src, p.dst, p.protocol),
+        (ip("10.20.0.1"), ip("10.10.0.2"), 1)
+    );
+    let icmp = IcmpPacket::new_checked(&out[p.l4.unwrap()..]).unwrap();
+    assert_eq!(
+        (icmp.msg_type(), icmp.code(), icmp.mtu()),
+        (3, 4, 1500 - 50)
+    );
+    assert!(icmp.verify_checksum(None));
+    assert_eq!(
+        &icmp.payload()[..20],
+        &input[14..34],
+        "quotes the offending IP header"
+    );
+
+    // IPv6 inner: packet too big, MTU minus the 70 bytes of VXLAN over IPv6
+    let mut s = PacketSpec::udp("fd00:10::2", "fd00:244:2::5", 1, 2, &vec![0u8; 1400]);
+    s.src_mac = MAC_CLIENT;
+    let mut snap = snapshot(
+        OverlayMode::Vxlan,
+        "fd00:20::1",
+        1480,
+        &["fd00:20::21"],
+        None,
+    );
+    let mut pods = PrefixTable::default();
+    pods.insert(
+        ip("fd00:244:2::"),
+        64,
+        Arc::new(RemoteNode {
+            addrs: vec![ip("fd00:20::21")],
+            vtep_mac: None,
+        }),
+    );
+    Arc::make_mut(&mut snap.cluster).pod_cidrs = pods;
+    let mut routes = snap.routes.routes().to_vec();
+    routes.push(Route {
+        prefix: ip("fd00:10::"),
+        prefix_len: 64,
+        port: 0,
+        via: None,
+        mac: Some(MAC_CLIENT),
+    });
+    snap.routes = Arc::new(RouteTable::new(routes));
+    let (sent, stats) = run(snap, 0, &s.build());
+    assert_eq!(stats.icmp_errors.get(), 1, "{:?}", stats.snapshot(0));
+    let out = &sent[0].1;
+    let p = parse(out, TunnelPorts::NONE).unwrap();
+    let icmp = IcmpPacket::new_checked(&out[p.l4.unwrap()..p.l3 + p.ip_len]).unwrap();
+    assert_eq!((icmp.msg_type(), icmp.mtu()), (2, 1480 - 70));
+    assert!(icmp.verify_checksum(Some((p.src, p.dst))));
+    assert!(
+        out.len() <= 14 + 1280,
+        "ICMPv6 errors stay within the minimum MTU"
+    );
+}
