@@ -5,7 +5,8 @@
 #   cli0 10.10.0.2/24 fd00:10::2/64 --- eth-cli 10.10.0.1  fd00:10::1
 #                                       eth-srv 10.20.0.1  fd00:20::1  ------------ sw-app ┐
 #                                                                                           br0 ── sw-be1 --- PREFIX-be1 eth0 10.20.0.11 fd00:20::11 (HTTP :80)
-#                                                                                               └─ sw-be2 --- PREFIX-be2 eth0 10.20.0.12 fd00:20::12 (HTTP :80)
+#                                                                                               ├─ sw-be2 --- PREFIX-be2 eth0 10.20.0.12 fd00:20::12 (HTTP :80)
+#                                                                                               └─ sw-n2  --- PREFIX-n2  eth0 10.20.0.21 fd00:20::21 (a second node)
 #
 # The appliance namespace also forwards in the kernel (ip_forward=1), so when sluiced is not
 # running — or was killed — traffic still flows: that is the fallback the XDP bpf_link gives us.
@@ -32,7 +33,7 @@ down() {
             [ -e "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
         done
     fi
-    for n in cli app sw be1 be2; do
+    for n in cli app sw be1 be2 n2; do
         ip netns del "$P-$n" 2>/dev/null || true
     done
     rm -rf "$STATE"
@@ -45,7 +46,7 @@ up() {
     fi
     trap 'echo "lab.sh: setup failed, tearing down" >&2; down' ERR
     mkdir -p "$STATE"
-    for n in cli app sw be1 be2; do
+    for n in cli app sw be1 be2 n2; do
         ip netns add "$P-$n"
         ns "$n" ip link set lo up
         # No duplicate address detection on this private wire: addresses (link-local included)
@@ -59,6 +60,7 @@ up() {
         peer name sw-app netns "$P-sw" numtxqueues "$Q" numrxqueues "$Q"
     ip link add eth0 netns "$P-be1" type veth peer name sw-be1 netns "$P-sw"
     ip link add eth0 netns "$P-be2" type veth peer name sw-be2 netns "$P-sw"
+    ip link add eth0 netns "$P-n2" type veth peer name sw-n2 netns "$P-sw"
 
     # client
     ns cli ip addr add 10.10.0.2/24 dev cli0
@@ -81,7 +83,7 @@ up() {
 
     # switch
     ns sw ip link add br0 type bridge
-    for l in sw-app sw-be1 sw-be2; do
+    for l in sw-app sw-be1 sw-be2 sw-n2; do
         ns sw ip link set "$l" master br0
         ns sw ip link set "$l" up
         nooffload sw "$l"
@@ -102,6 +104,13 @@ up() {
             >"$STATE/http-be$i.log" 2>&1 &
         echo $! > "$STATE/http-be$i.pid"
     done
+
+    # a second cluster node on the server segment: the overlay tests put a kernel vxlan/geneve
+    # device with a pod address on it
+    ns n2 ip addr add 10.20.0.21/24 dev eth0
+    ns n2 ip -6 addr add fd00:20::21/64 dev eth0 nodad
+    ns n2 ip link set eth0 up
+    nooffload n2 eth0
 
     if [ "$Q" -gt 1 ]; then
         for d in eth-cli eth-srv; do ns app ethtool -L "$d" rx "$Q" tx "$Q" >/dev/null 2>&1 || true; done
@@ -126,7 +135,7 @@ up() {
 }
 
 status() {
-    for n in cli app sw be1 be2; do
+    for n in cli app sw be1 be2 n2; do
         echo "== $P-$n"
         ns "$n" ip -br addr 2>/dev/null || echo "(absent)"
     done

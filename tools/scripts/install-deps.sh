@@ -11,7 +11,11 @@ for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
+# scapy: the independent decoder the overlay interop tests check sluice's packets with
+need_scapy=0
+python3 -c "import scapy" 2>/dev/null || need_scapy=1
+
+if [ ${#missing[@]} -eq 0 ] && [ $need_scapy -eq 0 ]; then
     exit 0
 fi
 
@@ -20,7 +24,13 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ $need_scapy -eq 1 ]; then
+    echo "install-deps: installing scapy (PyPI)"
+    python3 -m pip install --quiet --root-user-action=ignore scapy
+fi
