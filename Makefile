@@ -35,7 +35,7 @@ lab-down:
 
 ## Criterion benchmarks (mem-backend pipeline).
 bench: deps
-	$(CARGO) bench -p sluice-bench --bench pipeline
+	$(CARGO) bench -p sluice-bench --bench pipeline --bench overlay
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

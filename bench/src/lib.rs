@@ -1,5 +1,7 @@
 //! `sluice-bench`: benchmarks and traffic templates. The criterion benches live in `benches/`;
-//! the packet generator (`sluice-pktgen`) joins this crate with the benchmarking issue.
+//! the packet generator is `sluice-pktgen`.
+
+pub mod overlay;
 
 use sluice_dataplane::state::HashMap;
 use sluice_dataplane::state::{PortInfo, Route, RouteTable, Snapshot};

@@ -26,8 +26,6 @@ use crate::wire::ethernet::{ethertype, MacAddr};
 use crate::wire::geneve::{
     GenevePacket, GeneveRepr, OPT_CLASS_SLUICE, OPT_TYPE_CRITICAL, PROTO_ETHERNET,
 };
-use crate::wire::ipv4::Ipv4Packet;
-use crate::wire::ipv6::Ipv6Packet;
 use crate::wire::parse::{parse, Parsed, TunnelKind, TunnelPorts};
 use crate::wire::vxlan::VxlanRepr;
 use crate::wire::{checksum, icmp, set_be16, udp};
@@ -70,21 +68,31 @@ pub fn decap(snap: &Snapshot, region: &mut Region, batch: &mut Batch, stats: &Wo
     }
     let Some(local) = ov.local_ip else { return };
     let tp = ports(ov);
+    let mut done = 0;
     for i in 0..batch.len() {
         if batch.verdict(i) != Verdict::Continue {
             continue;
         }
         let mut f = batch.frame(i);
         let Some(pkt) = region.data(&f) else { continue };
-        // Only UDP to our tunnel port counts; everything else is for the later stages.
-        let is_tunnel_port = matches!(parse(pkt, TunnelPorts::NONE), Ok(p) if p.dst == local && p.protocol == udp::PROTOCOL && Some(p.dst_port) == tp.vxlan.or(tp.geneve));
-        if !is_tunnel_port {
-            continue;
-        }
+        let tunnel_port = tp.vxlan.or(tp.geneve);
         let p = match parse(pkt, tp) {
-            Ok(p) => p,
+            Ok(p)
+                if p.dst == local
+                    && p.protocol == udp::PROTOCOL
+                    && Some(p.dst_port) == tunnel_port =>
+            {
+                p
+            }
+            // not tunnel traffic to us: the later stages' business
+            Ok(_) => continue,
             Err(_) => {
-                batch.set_verdict(i, Verdict::Drop(DropReason::Malformed));
+                // rare: a frame that does not parse; if it is addressed to our tunnel port, its
+                // tunnel header is what is wrong, and it must not be routed on
+                let ours = matches!(parse(pkt, TunnelPorts::NONE), Ok(p) if p.dst == local && p.protocol == udp::PROTOCOL && Some(p.dst_port) == tunnel_port);
+                if ours {
+                    batch.set_verdict(i, Verdict::Drop(DropReason::Malformed));
+                }
                 continue;
             }
         };
@@ -116,8 +124,9 @@ pub fn decap(snap: &Snapshot, region: &mut Region, batch: &mut Batch, stats: &Wo
             src_identity: t.vni,
             decapsulated: true,
         };
-        stats.decapsulated.add(1);
+        done += 1;
     }
+    stats.decapsulated.add(done);
 }
 
 fn has_unknown_critical_option(geneve: &[u8]) -> bool {
@@ -129,34 +138,34 @@ fn has_unknown_critical_option(geneve: &[u8]) -> bool {
     }
 }
 
-/// A flow hash of the inner packet for the outer source port (ECMP/RSS entropy, RFC 7348).
+/// A flow hash of the inner packet for the outer source port (ECMP/RSS entropy, RFC 7348): the
+/// same flow always gets the same port. A multiply-xorshift mix of the 5-tuple words.
+#[inline]
 fn flow_hash(p: &Parsed) -> u32 {
-    // FNV-1a over the 5-tuple: cheap, and the same flow always gets the same port.
-    let mut h: u32 = 0x811c_9dc5;
-    let mut eat = |b: &[u8]| {
-        for x in b {
-            h ^= u32::from(*x);
-            h = h.wrapping_mul(0x0100_0193);
+    let fold = |a: IpAddr| -> u64 {
+        match a {
+            IpAddr::V4(v) => u64::from(u32::from(v)),
+            IpAddr::V6(v) => {
+                let x = u128::from(v);
+                (x as u64) ^ ((x >> 64) as u64)
+            }
         }
     };
-    match (p.src, p.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            eat(&s.octets());
-            eat(&d.octets());
-        }
-        (s, d) => {
-            let o = |a: IpAddr| match a {
-                IpAddr::V6(v) => v.octets(),
-                IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
-            };
-            eat(&o(s));
-            eat(&o(d));
-        }
-    }
-    eat(&[p.protocol]);
-    eat(&p.src_port.to_be_bytes());
-    eat(&p.dst_port.to_be_bytes());
-    h
+    let mut h = fold(p.src).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fold(p.dst);
+    h = (h ^ (u64::from(p.src_port) << 32 | u64::from(p.dst_port) << 16 | u64::from(p.protocol)))
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 31;
+    (h ^ (h >> 32)) as u32
+}
+
+/// The egress toward one node, resolved once and reused for the rest of the batch (a batch
+/// usually carries many packets to the same few nodes).
+#[derive(Clone, Copy)]
+struct Egress {
+    node: IpAddr,
+    port: Port,
+    dmac: MacAddr,
+    smac: MacAddr,
 }
 
 /// Encapsulation (or native routing) of traffic to remote pods.
@@ -171,6 +180,8 @@ pub fn encap(
     if ov.mode == OverlayMode::Off || snap.cluster.pod_cidrs.is_empty() {
         return;
     }
+    let mut cache: Option<Egress> = None;
+    let mut encapsulated = 0;
     for i in 0..batch.len() {
         if batch.verdict(i) != Verdict::Continue {
             continue;
@@ -179,15 +190,21 @@ pub fn encap(
         let meta = batch.meta(i);
         let v = match region.data(&f).map(|b| parse(b, TunnelPorts::NONE)) {
             Some(Ok(p)) => match snap.cluster.pod_cidrs.lookup(p.dst) {
-                Some(node) => encap_one(snap, region, &mut f, &p, node, meta, stats, neigh),
+                Some(node) => encap_one(
+                    snap, region, &mut f, &p, node, meta, stats, neigh, &mut cache,
+                ),
                 None => continue,
             },
             // not parseable: the route stage drops it with its reason
             _ => continue,
         };
+        if matches!(v, Verdict::Tx(_)) && snap.overlay.mode != OverlayMode::Native {
+            encapsulated += 1;
+        }
         *batch.frame_mut(i) = f;
         batch.set_verdict(i, v);
     }
+    stats.encapsulated.add(encapsulated);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -200,6 +217,7 @@ fn encap_one(
     meta: Meta,
     stats: &WorkerStats,
     neigh: &mut impl NeighborRequests,
+    cache: &mut Option<Egress>,
 ) -> Verdict {
     let ov = &*snap.overlay;
     if p.ttl <= 1 {
@@ -218,17 +236,30 @@ fn encap_one(
     else {
         return Verdict::Drop(DropReason::NoTunnelEndpoint);
     };
-    let route = match snap.routes.lookup(node) {
-        Some(r) => r,
-        None => return Verdict::Drop(DropReason::NoRoute),
+    let eg = match *cache {
+        Some(e) if e.node == node => e,
+        _ => {
+            let Some(route) = snap.routes.lookup(node) else {
+                return Verdict::Drop(DropReason::NoRoute);
+            };
+            let dmac = match next_hop_mac(snap, route, node, neigh) {
+                Ok(m) => m,
+                Err(r) => return Verdict::Drop(r),
+            };
+            let Some(smac) = snap.port_mac(route.port).copied() else {
+                return Verdict::Drop(DropReason::NoEgressPort);
+            };
+            let e = Egress {
+                node,
+                port: route.port,
+                dmac,
+                smac,
+            };
+            *cache = Some(e);
+            e
+        }
     };
-    let dmac = match next_hop_mac(snap, route, node, neigh) {
-        Ok(m) => m,
-        Err(r) => return Verdict::Drop(r),
-    };
-    let Some(smac) = snap.port_mac(route.port).copied() else {
-        return Verdict::Drop(DropReason::NoEgressPort);
-    };
+    let (dmac, smac) = (eg.dmac, eg.smac);
     let Some(pkt) = region.data_mut(f) else {
         return Verdict::Drop(DropReason::Malformed);
     };
@@ -237,7 +268,7 @@ fn encap_one(
         decrement_ttl(pkt, p);
         pkt[0..6].copy_from_slice(&dmac);
         pkt[6..12].copy_from_slice(&smac);
-        return Verdict::Tx(route.port);
+        return Verdict::Tx(eg.port);
     }
 
     // The inner Ethernet frame travels whole; VLAN tags are not carried across the overlay.
@@ -265,41 +296,37 @@ fn encap_one(
     }
     // forwarded into the tunnel: one hop less (after the MTU check, as Linux does, so an ICMP
     // error quotes the packet as it arrived)
-    match region.data_mut(f) {
-        Some(pkt) => decrement_ttl(pkt, p),
-        None => return Verdict::Drop(DropReason::Malformed),
-    }
-    // drop VLAN tags of the inner frame: move the inner Ethernet addresses next to the IP header
-    if tags != 0 {
-        let Some(pkt) = region.data_mut(f) else {
-            return Verdict::Drop(DropReason::Malformed);
-        };
+    let Some(pkt) = region.data_mut(f) else {
+        return Verdict::Drop(DropReason::Malformed);
+    };
+    decrement_ttl(pkt, p);
+    if tags == 0 {
+        // a kernel tunnel device delivers the inner frame to its stack only if addressed to it
+        if let Some(vtep) = remote.vtep_mac {
+            pkt[0..6].copy_from_slice(&vtep);
+            pkt[6..12].copy_from_slice(&smac);
+        }
+    } else {
+        // VLAN tags do not cross the overlay: move the inner Ethernet header up to the IP header
         let et = if p.ethertype == ethertype::IPV6 {
             ethertype::IPV6
         } else {
             ethertype::IPV4
         };
-        let (d, s): ([u8; 6], [u8; 6]) = (
-            pkt[0..6].try_into().unwrap_or_default(),
-            pkt[6..12].try_into().unwrap_or_default(),
-        );
+        let mut macs = [0u8; 12];
+        macs.copy_from_slice(&pkt[0..12]);
+        if let Some(vtep) = remote.vtep_mac {
+            macs[0..6].copy_from_slice(&vtep);
+            macs[6..12].copy_from_slice(&smac);
+        }
         if !region.pull_head(f, tags as u32) {
             return Verdict::Drop(DropReason::Malformed);
         }
         let Some(pkt) = region.data_mut(f) else {
             return Verdict::Drop(DropReason::Malformed);
         };
-        pkt[0..6].copy_from_slice(&d);
-        pkt[6..12].copy_from_slice(&s);
+        pkt[0..12].copy_from_slice(&macs);
         set_be16(pkt, 12, et);
-    }
-    // a kernel tunnel device delivers the inner frame to its stack only if it is addressed to it
-    if let Some(vtep) = remote.vtep_mac {
-        let Some(pkt) = region.data_mut(f) else {
-            return Verdict::Drop(DropReason::Malformed);
-        };
-        pkt[0..6].copy_from_slice(&vtep);
-        pkt[6..12].copy_from_slice(&smac);
     }
     let push = (ETH + ip_hdr + UDP + tunnel_hdr) as u32;
     if !region.push_head(f, push) {
@@ -325,8 +352,7 @@ fn encap_one(
             geneve_identity: ov.geneve_identity_option,
         },
     );
-    stats.encapsulated.add(1);
-    Verdict::Tx(route.port)
+    Verdict::Tx(eg.port)
 }
 
 struct OuterSpec {
@@ -422,13 +448,23 @@ fn write_outer(out: &mut [u8], o: &OuterSpec) {
     }
 }
 
+/// TTL/hop limit - 1 on a header `parse` already checked (ttl > 1 was checked by the caller).
+#[inline]
 fn decrement_ttl(pkt: &mut [u8], p: &Parsed) {
     if p.ethertype == ethertype::IPV4 {
-        if let Ok(mut ip) = Ipv4Packet::new_checked(&mut pkt[p.l3..]) {
-            ip.decrement_ttl();
-        }
-    } else if let Ok(mut ip) = Ipv6Packet::new_checked(&mut pkt[p.l3..]) {
-        ip.decrement_hop_limit();
+        // TTL shares a 16-bit word with the protocol: RFC 1624 update of the header checksum
+        let at = p.l3 + 8;
+        let old = u16::from_be_bytes([pkt[at], pkt[at + 1]]);
+        pkt[at] = pkt[at].wrapping_sub(1);
+        let new = u16::from_be_bytes([pkt[at], pkt[at + 1]]);
+        let c = checksum::update16(
+            u16::from_be_bytes([pkt[p.l3 + 10], pkt[p.l3 + 11]]),
+            old,
+            new,
+        );
+        set_be16(pkt, p.l3 + 10, c);
+    } else {
+        pkt[p.l3 + 7] = pkt[p.l3 + 7].wrapping_sub(1);
     }
 }
 

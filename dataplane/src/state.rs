@@ -227,7 +227,7 @@ pub struct ClusterTables {
     /// Pod CIDR of every node but this one -> that node (overlay destination).
     pub pod_cidrs: PrefixTable<Arc<RemoteNode>>,
     /// Addresses of every node: the only senders whose tunnel traffic is accepted.
-    pub node_ips: std::collections::HashSet<IpAddr>,
+    pub node_ips: hashbrown::HashSet<IpAddr>,
 }
 
 /// How pod traffic to other nodes leaves (Cilium's routing modes).

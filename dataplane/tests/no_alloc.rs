@@ -1,0 +1,155 @@
+//! The fast path allocates nothing: a counting global allocator around the overlay stages and
+//! the whole batch (rx, decap, encap, route, tx, recycle) on the `mem` backend.
+
+use sluice_dataplane::io::mem::{MemIo, TxSink};
+use sluice_dataplane::io::PacketIo;
+use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
+use sluice_dataplane::state::{
+    ClusterTables, HashMap, Overlay, OverlayMode, PortInfo, PrefixTable, Publisher, RemoteNode,
+    Route, RouteTable, Snapshot,
+};
+use sluice_dataplane::stats::WorkerStats;
+use sluice_dataplane::wire::build::PacketSpec;
+use sluice_dataplane::worker::process_batch;
+use sluice_dataplane::{Batch, MAX_BATCH};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+struct Counting;
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn snapshot() -> Snapshot {
+    let mut cluster = ClusterTables::default();
+    let mut pods = PrefixTable::default();
+    pods.insert(
+        ip("10.244.2.0"),
+        24,
+        Arc::new(RemoteNode {
+            addrs: vec![ip("10.20.0.21")],
+            vtep_mac: Some([2, 0, 0, 0, 0xee, 2]),
+        }),
+    );
+    cluster.pod_cidrs = pods;
+    cluster.node_ips.insert(ip("10.20.0.21"));
+    let mut neighbors = HashMap::new();
+    neighbors.insert((1u16, ip("10.20.0.21")), [2, 0, 0, 0, 0x20, 0x21]);
+    neighbors.insert((0u16, ip("10.10.0.2")), [2, 0, 0, 0, 0x10, 2]);
+    let route = |p: &str, len, port| Route {
+        prefix: ip(p),
+        prefix_len: len,
+        port,
+        via: None,
+        mac: None,
+    };
+    Snapshot {
+        generation: 1,
+        ports: Arc::new(vec![
+            PortInfo {
+                name: "a".into(),
+                mac: [2, 0, 0, 0, 1, 0],
+            },
+            PortInfo {
+                name: "b".into(),
+                mac: [2, 0, 0, 0, 1, 1],
+            },
+        ]),
+        routes: Arc::new(RouteTable::new(vec![
+            route("10.10.0.0", 24, 0),
+            route("10.20.0.0", 24, 1),
+        ])),
+        neighbors: Arc::new(neighbors),
+        cluster: Arc::new(cluster),
+        overlay: Arc::new(Overlay {
+            mode: OverlayMode::Vxlan,
+            port: 8472,
+            local_ip: Some(ip("10.20.0.1")),
+            mtu: 1500,
+            world_identity: 2,
+            geneve_identity_option: false,
+        }),
+    }
+}
+
+#[test]
+fn encap_decap_and_the_whole_batch_allocate_nothing() {
+    let publisher = Publisher::new(snapshot());
+    let to_pod: Vec<Vec<u8>> = (0..16)
+        .map(|f| PacketSpec::udp("10.10.0.2", "10.244.2.5", 1000 + f, 9000, &[0u8; 22]).build())
+        .collect();
+    let from_node: Vec<Vec<u8>> = (0..16)
+        .map(|f| {
+            let inner =
+                PacketSpec::udp("10.244.2.5", "10.10.0.2", 9000, 1000 + f, &[0u8; 22]).build();
+            let mut payload = vec![0x08, 0, 0, 0, 0, 0x13, 0x89, 0];
+            payload.extend_from_slice(&inner);
+            PacketSpec::udp("10.20.0.21", "10.20.0.1", 50000, 8472, &payload).build()
+        })
+        .collect();
+    let mut io = MemIo::new(512, 2048, TxSink::Discard);
+    let stats = WorkerStats::default();
+    let mut batch = Batch::new(MAX_BATCH);
+    let mut pipeline = Pipeline::new();
+    let mut round = |count: bool| {
+        for i in 0..MAX_BATCH {
+            let (port, f) = if i % 2 == 0 {
+                (0, &to_pod[i % 16])
+            } else {
+                (1, &from_node[i % 16])
+            };
+            assert!(io.inject(port, f));
+        }
+        COUNTING.store(count, Ordering::SeqCst);
+        let n = process_batch(
+            &mut io,
+            &mut pipeline,
+            &publisher,
+            &mut batch,
+            &stats,
+            &mut NoNeighborRequests,
+        );
+        COUNTING.store(false, Ordering::SeqCst);
+        assert_eq!(n, MAX_BATCH);
+    };
+    round(false); // warm-up: lazily initialised state is not the fast path
+    ALLOCS.store(0, Ordering::SeqCst);
+    for _ in 0..100 {
+        round(true);
+    }
+    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "the fast path allocated");
+    assert_eq!(stats.encapsulated.get(), 101 * 32);
+    assert_eq!(stats.decapsulated.get(), 101 * 32);
+    assert_eq!(stats.tx_packets.get(), 101 * 64);
+    let _ = io.region_mut();
+}
