@@ -4,7 +4,7 @@ CARGO ?= cargo
 RUN_SECONDS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test deps build release lab-up lab-down bench clippy fmt check-config clean
+.PHONY: run test deps build release lab-up lab-down bench fuzz clippy fmt check-config clean
 
 ## Install the Debian packages the build and the tests need (only what is missing).
 deps:
@@ -36,6 +36,14 @@ lab-down:
 ## Criterion benchmarks (mem-backend pipeline).
 bench: deps
 	$(CARGO) bench -p sluice-bench --bench pipeline --bench overlay
+
+## Fuzz the full parser and pipeline (FUZZ_SECONDS, default 600). cargo-fuzz needs nightly
+## features: RUSTC_BOOTSTRAP=1 lets the installed stable toolchain provide them.
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	mkdir -p fuzz/corpus/parse
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none parse corpus/parse seeds/parse -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -583,8 +583,10 @@ mod tests {
         );
         assert!(t.pod_cidrs.lookup("10.0.1.5".parse().unwrap()).is_none());
         assert!(
-            t.node_ips.contains(&"192.168.1.1".parse::<IpAddr>().unwrap())
-                && t.node_ips.contains(&"192.168.1.2".parse::<IpAddr>().unwrap())
+            t.node_ips
+                .contains(&"192.168.1.1".parse::<IpAddr>().unwrap())
+                && t.node_ips
+                    .contains(&"192.168.1.2".parse::<IpAddr>().unwrap())
         );
         s.replace_all(vec![node("n3", "192.168.1.3", "10.0.3.0/24")])
             .unwrap();
