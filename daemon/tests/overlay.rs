@@ -45,6 +45,19 @@ fn sh(lab: &Lab, host: &str, cmd: &str) {
     );
 }
 
+/// The lab config with its [overlay] set to `kind` from `local`.
+fn overlay_config(kind: &str, local: &str) -> String {
+    let cfg = lab_config(1, "");
+    assert!(
+        cfg.contains("mode = \"vxlan\"\nlocal_ip = \"10.20.0.1\""),
+        "configs/lab.toml's [overlay] changed"
+    );
+    cfg.replace(
+        "mode = \"vxlan\"\nlocal_ip = \"10.20.0.1\"",
+        &format!("mode = \"{kind}\"\nlocal_ip = \"{local}\""),
+    )
+}
+
 /// Whether this kernel can create a geneve device (it may be neither built in nor loadable).
 fn kernel_has_geneve(lab: &Lab) -> bool {
     let o = lab.exec(
@@ -95,13 +108,7 @@ fn interop(kind: &str, v6: bool) {
     sh(&lab, "n2", &format!("ip link set tun0 address {VTEP_MAC} && ip link set tun0 up && ip addr add {POD}/24 dev tun0"));
     sh(&lab, "n2", "ip route add 10.10.0.0/24 dev tun0 && ip neigh add 10.10.0.2 lladdr 02:00:00:00:00:01 dev tun0 nud permanent");
 
-    let cfg = lab_config(
-        1,
-        &format!(
-            "\n[overlay]\nmode = \"{kind}\"\nlocal_ip = \"{local}\"\nlocal_node = \"appliance\"\n"
-        ),
-    );
-    let d = lab.start_sluiced(&cfg);
+    let d = lab.start_sluiced(&overlay_config(kind, local));
     let n2 = json!({"apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "n2", "annotations": {"sluice.io/vtep-mac": VTEP_MAC}},
         "spec": {"podCIDR": "10.244.2.0/24"},
@@ -241,13 +248,7 @@ fn geneve_with_scapy_peer(v6: bool) {
     } else {
         ("10.20.0.1", "10.20.0.21")
     };
-    let cfg = lab_config(
-        1,
-        &format!(
-            "\n[overlay]\nmode = \"geneve\"\nlocal_ip = \"{local}\"\nlocal_node = \"appliance\"\n"
-        ),
-    );
-    let d = lab.start_sluiced(&cfg);
+    let d = lab.start_sluiced(&overlay_config("geneve", local));
     let n2 = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.2.0/24"},
         "status": {"addresses": [{"type": "InternalIP", "address": node}]}});
     assert!(api(&lab)

@@ -90,6 +90,12 @@ $BIN/sluice get services
 $BIN/sluice get endpoints
 echo
 $BIN/sluice status | head -4
+bold "overlay: a pod on node n2 behind a kernel vxlan device, through sluice's VXLAN"
+bash tools/lab/node2-vxlan.sh $P
+sleep 0.5   # the pod CIDR is steered on the control loop's next tick
+check "curl http://10.244.2.5:8080/ (client -> sluice encap -> kernel vxlan -> pod, and back)" \
+    "hello from pod 10.244.2.5 on node n2, through VXLAN" "$(ns cli curl -s -m 5 --retry 2 http://10.244.2.5:8080/ || true)"
+
 bold "a bad object is refused, naming the field, and changes nothing"
 sed 's/port: 80, nodePort: 30080/port: 70000, nodePort: 30080/' configs/lab-cluster.yaml | $BIN/sluice apply -f - 2>&1 | grep -i error || true
 if $BIN/sluice status -o json | python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if s['frontends']==2 and s['converged'] else 1)"; then
