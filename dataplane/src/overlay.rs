@@ -26,7 +26,7 @@ use crate::wire::ethernet::{ethertype, MacAddr};
 use crate::wire::geneve::{
     GenevePacket, GeneveRepr, OPT_CLASS_SLUICE, OPT_TYPE_CRITICAL, PROTO_ETHERNET,
 };
-use crate::wire::parse::{parse, Parsed, TunnelKind, TunnelPorts};
+use crate::wire::parse::{parse, parse_fast, Parsed, TunnelKind, TunnelPorts};
 use crate::wire::vxlan::VxlanRepr;
 use crate::wire::{checksum, icmp, set_be16, udp};
 use std::net::IpAddr;
@@ -188,7 +188,7 @@ pub fn encap(
         }
         let mut f = batch.frame(i);
         let meta = batch.meta(i);
-        let v = match region.data(&f).map(|b| parse(b, TunnelPorts::NONE)) {
+        let v = match region.data(&f).map(|b| parse_fast(b, TunnelPorts::NONE)) {
             Some(Ok(p)) => match snap.cluster.pod_cidrs.lookup(p.dst) {
                 Some(node) => encap_one(
                     snap, region, &mut f, &p, node, meta, stats, neigh, &mut cache,

@@ -10,7 +10,7 @@ use sluice_dataplane::state::{
     ClusterTables, HashMap, Overlay, OverlayMode, PortInfo, PrefixTable, Publisher, RemoteNode, Route, RouteTable, Snapshot,
 };
 use sluice_dataplane::stats::WorkerStats;
-use sluice_dataplane::wire::parse::{parse, TunnelPorts};
+use sluice_dataplane::wire::parse::{parse, parse_fast, TunnelPorts};
 use sluice_dataplane::worker::process_batch;
 use sluice_dataplane::Batch;
 use std::net::IpAddr;
@@ -48,6 +48,9 @@ fn publisher(mode: OverlayMode) -> Publisher {
 }
 
 fuzz_target!(|data: &[u8]| {
+    for ports in [TunnelPorts::DEFAULT, TunnelPorts::NONE] {
+        assert_eq!(parse_fast(data, ports), parse(data, ports), "the fast path disagrees");
+    }
     if let Ok(p) = parse(data, TunnelPorts::DEFAULT) {
         if let Some(t) = p.tunnel {
             let _ = parse(&data[t.inner..], TunnelPorts::DEFAULT);
