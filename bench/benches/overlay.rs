@@ -9,7 +9,7 @@ use sluice_dataplane::io::PacketIo;
 use sluice_dataplane::overlay::{decap, encap};
 use sluice_dataplane::pipeline::NoNeighborRequests;
 use sluice_dataplane::stats::WorkerStats;
-use sluice_dataplane::{Batch, Verdict, MAX_BATCH};
+use sluice_dataplane::{Batch, MAX_BATCH};
 use std::time::{Duration, Instant};
 
 fn stage(c: &mut Criterion, name: &str, frames: Vec<Vec<u8>>, port: u16, decapsulate: bool) {
@@ -60,7 +60,6 @@ fn stage(c: &mut Criterion, name: &str, frames: Vec<Vec<u8>>, port: u16, decapsu
         .sum();
     assert_eq!(dropped, 0);
     assert!(done > 0);
-    let _ = Verdict::Continue;
 }
 
 fn bench(c: &mut Criterion) {

@@ -46,7 +46,13 @@ fn slice(i: u32, endpoints: u32) -> Value {
 }
 
 fn main() {
-    let a = Args::parse();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("sluice-control-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: Args) -> Result<(), String> {
     let token = std::fs::read_to_string(&a.token_file)
         .ok()
         .map(|t| t.trim().to_string());
@@ -60,7 +66,7 @@ fn main() {
         items.push(slice(i, a.endpoints));
     }
     let doc = json!({"kind": "List", "items": items});
-    let bytes = serde_json::to_vec(&doc).expect("json").len();
+    let bytes = serde_json::to_vec(&doc).map_err(|e| e.to_string())?.len();
 
     let t = Instant::now();
     let r = client
@@ -94,7 +100,9 @@ fn main() {
     }
     lat.sort_by(|x, y| x.total_cmp(y));
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
-    let status = client.get("/v1/status").expect("status");
+    let status = client
+        .get("/v1/status")
+        .map_err(|e| format!("status: {e:#}"))?;
     println!(
         "{}",
         json!({
@@ -104,4 +112,5 @@ fn main() {
             "frontends": status["frontends"], "backends": status["backends"], "workers": status["workers"],
         })
     );
+    Ok(())
 }

@@ -66,9 +66,15 @@ fn run(a: &Args) -> Result<(), String> {
         parse_mac(&a.dst_mac).ok_or_else(|| format!("--dst-mac {:?} is not a MAC", a.dst_mac))?;
     let src_mac =
         parse_mac(&a.src_mac).ok_or_else(|| format!("--src-mac {:?} is not a MAC", a.src_mac))?;
+    let mut families = Vec::new();
     for (flag, ip) in [("--src-ip", &a.src_ip), ("--dst-ip", &a.dst_ip)] {
-        ip.parse::<std::net::IpAddr>()
+        let parsed = ip
+            .parse::<std::net::IpAddr>()
             .map_err(|_| format!("{flag} {ip:?} is not an IP address"))?;
+        families.push(parsed.is_ipv6());
+    }
+    if families[0] != families[1] {
+        return Err("--src-ip and --dst-ip must be of the same IP family".into());
     }
     // Ethernet + IPv6/IPv4 + UDP headers
     let overhead = if a.dst_ip.contains(':') { 62 } else { 42 };
