@@ -71,11 +71,15 @@ fn run(a: Args) -> Result<(), String> {
     let t = Instant::now();
     let r = client
         .request("PUT", "/v1/state?wait=true", Some(&doc))
-        .expect("full apply");
+        .map_err(|e| format!("full apply: {e:#}"))?;
     let full_s = t.elapsed().as_secs_f64();
-    assert!(r.ok(), "full apply failed: {}", r.error_text());
-    let body = r.json().expect("json");
-    assert_eq!(body["converged"], true, "workers did not converge: {body}");
+    if !r.ok() {
+        return Err(format!("full apply failed: {}", r.error_text()));
+    }
+    let body = r.json().map_err(|e| e.to_string())?;
+    if body["converged"] != true {
+        return Err(format!("workers did not converge: {body}"));
+    }
 
     let mut lat = Vec::new();
     for k in 0..a.changes {
@@ -92,10 +96,14 @@ fn run(a: Args) -> Result<(), String> {
                 &format!("/v1/services/{ns}/svc-{i}?wait=true"),
                 Some(&v),
             )
-            .expect("change");
+            .map_err(|e| format!("change: {e:#}"))?;
         let us = t.elapsed().as_secs_f64() * 1e6;
-        assert!(r.ok(), "change failed: {}", r.error_text());
-        assert_eq!(r.json().expect("json")["converged"], true);
+        if !r.ok() || r.json().map_err(|e| e.to_string())?["converged"] != true {
+            return Err(format!(
+                "change failed or did not converge: {}",
+                r.error_text()
+            ));
+        }
         lat.push(us);
     }
     lat.sort_by(|x, y| x.total_cmp(y));
