@@ -57,7 +57,7 @@ fn run(a: Args) -> Result<(), String> {
         .ok()
         .map(|t| t.trim().to_string());
     let client = Client {
-        endpoint: Endpoint::parse(&a.server).expect("--server"),
+        endpoint: Endpoint::parse(&a.server).map_err(|e| e.to_string())?,
         token,
     };
     let mut items = Vec::with_capacity(2 * a.services as usize);
