@@ -260,6 +260,9 @@ fn geneve_with_scapy_peer(v6: bool) {
 
     // 1. client -> pod: sluice encapsulates, scapy on n2 decodes and counts
     let _ = lab.udp_burst("cli", format!("{POD}:9099").parse().unwrap(), 5, 1, None); // resolves n2
+    let ready = lab.dir.join("sniffer-ready");
+    let sent = 300;
+    let sent_s = sent.to_string();
     let rx = Command::new("ip")
         .args([
             "netns",
@@ -276,15 +279,23 @@ fn geneve_with_scapy_peer(v6: bool) {
             "2",
             "--pod",
             POD,
+            "--ready",
+            ready.to_str().unwrap(),
+            "--count",
+            &sent_s,
             "--seconds",
-            "6",
+            "25",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("geneve_peer.py receive");
-    std::thread::sleep(Duration::from_millis(2000)); // scapy's sniffer takes a moment to start
-    let sent = 300;
+    // scapy starts slowly: send once its sniffer is capturing
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ready.exists(), "the scapy sniffer did not start");
     // paced at ~500/s: a Python sniffer decodes slowly, and this checks bytes, not speed
     common::in_netns(&lab.ns("cli"), move || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -323,13 +334,22 @@ fn geneve_with_scapy_peer(v6: bool) {
     .to_string();
     let receiver = common::in_netns(&lab.ns("cli"), || {
         let s = std::net::UdpSocket::bind("0.0.0.0:9200").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(1500)))
+        s.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let mut n = 0;
         let mut buf = [0u8; 512];
-        while let Ok((len, from)) = s.recv_from(&mut buf) {
-            if &buf[..len] == b"geneve-reply" && from.ip().to_string() == POD {
-                n += 1;
+        // scapy takes a while to start: wait up to 20 s for the first datagram, then stop after
+        // 1.5 s without one
+        let start = Instant::now();
+        let mut last = None::<Instant>;
+        while start.elapsed() < Duration::from_secs(20)
+            && last.is_none_or(|l| l.elapsed() < Duration::from_millis(1500))
+        {
+            if let Ok((len, from)) = s.recv_from(&mut buf) {
+                if &buf[..len] == b"geneve-reply" && from.ip().to_string() == POD {
+                    n += 1;
+                    last = Some(Instant::now());
+                }
             }
         }
         n

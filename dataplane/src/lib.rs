@@ -9,6 +9,7 @@
 //! No async runtime, no HTTP, no Kubernetes here: the fast path stays small.
 
 pub mod drop;
+pub mod fixtures;
 pub mod io;
 pub mod overlay;
 pub mod packet;

@@ -1,21 +1,17 @@
 //! The fast path allocates nothing: a counting global allocator around the overlay stages and
 //! the whole batch (rx, decap, encap, route, tx, recycle) on the `mem` backend.
 
+use sluice_dataplane::fixtures::overlay_snapshot;
 use sluice_dataplane::io::mem::{MemIo, TxSink};
 use sluice_dataplane::io::PacketIo;
 use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
-use sluice_dataplane::state::{
-    ClusterTables, HashMap, Overlay, OverlayMode, PortInfo, PrefixTable, Publisher, RemoteNode,
-    Route, RouteTable, Snapshot,
-};
+use sluice_dataplane::state::{OverlayMode, Publisher, Snapshot};
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::wire::build::PacketSpec;
 use sluice_dataplane::worker::process_batch;
 use sluice_dataplane::{Batch, MAX_BATCH};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 struct Counting;
 static COUNTING: AtomicBool = AtomicBool::new(false);
@@ -46,60 +42,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
 fn snapshot() -> Snapshot {
-    let mut cluster = ClusterTables::default();
-    let mut pods = PrefixTable::default();
-    pods.insert(
-        ip("10.244.2.0"),
-        24,
-        Arc::new(RemoteNode {
-            addrs: vec![ip("10.20.0.21")],
-            vtep_mac: Some([2, 0, 0, 0, 0xee, 2]),
-        }),
-    );
-    cluster.pod_cidrs = pods;
-    cluster.node_ips.insert(ip("10.20.0.21"));
-    let mut neighbors = HashMap::new();
-    neighbors.insert((1u16, ip("10.20.0.21")), [2, 0, 0, 0, 0x20, 0x21]);
-    neighbors.insert((0u16, ip("10.10.0.2")), [2, 0, 0, 0, 0x10, 2]);
-    let route = |p: &str, len, port| Route {
-        prefix: ip(p),
-        prefix_len: len,
-        port,
-        via: None,
-        mac: None,
-    };
-    Snapshot {
-        generation: 1,
-        ports: Arc::new(vec![
-            PortInfo {
-                name: "a".into(),
-                mac: [2, 0, 0, 0, 1, 0],
-            },
-            PortInfo {
-                name: "b".into(),
-                mac: [2, 0, 0, 0, 1, 1],
-            },
-        ]),
-        routes: Arc::new(RouteTable::new(vec![
-            route("10.10.0.0", 24, 0),
-            route("10.20.0.0", 24, 1),
-        ])),
-        neighbors: Arc::new(neighbors),
-        cluster: Arc::new(cluster),
-        overlay: Arc::new(Overlay {
-            mode: OverlayMode::Vxlan,
-            port: 8472,
-            local_ip: Some(ip("10.20.0.1")),
-            mtu: 1500,
-            world_identity: 2,
-            geneve_identity_option: false,
-        }),
-    }
+    overlay_snapshot(
+        OverlayMode::Vxlan,
+        "10.20.0.1",
+        1500,
+        &["10.20.0.21"],
+        Some([2, 0, 0, 0, 0xee, 2]),
+    )
 }
 
 #[test]

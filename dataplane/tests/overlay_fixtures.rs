@@ -2,11 +2,13 @@
 //! parser), decapsulation of frames as a kernel vxlan/geneve device sends them, each decap drop
 //! reason, native routing, and the MTU path answering ICMP.
 
+use sluice_dataplane::fixtures::{
+    overlay_snapshot, MAC_CLIENT, MAC_CLI_PORT, MAC_NODE2, MAC_UNDERLAY_PORT,
+};
 use sluice_dataplane::io::mem::{MemIo, TxSink};
 use sluice_dataplane::pipeline::{NeighborRequests, Pipeline};
 use sluice_dataplane::state::{
-    ClusterTables, HashMap, Overlay, OverlayMode, PortInfo, PrefixTable, Publisher, RemoteNode,
-    Route, RouteTable, Snapshot,
+    OverlayMode, PrefixTable, Publisher, RemoteNode, Route, RouteTable, Snapshot,
 };
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::wire::build::PacketSpec;
@@ -18,10 +20,6 @@ use sluice_dataplane::{Batch, DropReason};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-const MAC_CLI_PORT: [u8; 6] = [2, 0, 0, 0, 1, 0];
-const MAC_UNDERLAY_PORT: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const MAC_NODE2: [u8; 6] = [2, 0, 0, 0, 0x20, 0x21];
-const MAC_CLIENT: [u8; 6] = [2, 0, 0, 0, 0x10, 0x02];
 const VTEP2: [u8; 6] = [2, 0, 0, 0, 0xee, 0x02];
 
 struct NoReq;
@@ -40,59 +38,7 @@ fn snapshot(
     node_addrs: &[&str],
     vtep: Option<[u8; 6]>,
 ) -> Snapshot {
-    let mut cluster = ClusterTables::default();
-    let mut pods = PrefixTable::default();
-    let remote = Arc::new(RemoteNode {
-        addrs: node_addrs.iter().map(|a| ip(a)).collect(),
-        vtep_mac: vtep,
-    });
-    pods.insert(ip("10.244.2.0"), 24, remote);
-    cluster.pod_cidrs = pods;
-    cluster.node_ips = node_addrs.iter().map(|a| ip(a)).collect();
-    let mut neighbors = HashMap::new();
-    for a in node_addrs {
-        neighbors.insert((1u16, ip(a)), MAC_NODE2);
-    }
-    neighbors.insert((0u16, ip("10.10.0.2")), MAC_CLIENT);
-    let route = |p: &str, len, port| Route {
-        prefix: ip(p),
-        prefix_len: len,
-        port,
-        via: None,
-        mac: None,
-    };
-    Snapshot {
-        generation: 1,
-        ports: Arc::new(vec![
-            PortInfo {
-                name: "eth-cli".into(),
-                mac: MAC_CLI_PORT,
-            },
-            PortInfo {
-                name: "eth-srv".into(),
-                mac: MAC_UNDERLAY_PORT,
-            },
-        ]),
-        routes: Arc::new(RouteTable::new(vec![
-            route("10.10.0.0", 24, 0),
-            route("10.20.0.0", 24, 1),
-            route("fd00:20::", 64, 1),
-        ])),
-        neighbors: Arc::new(neighbors),
-        cluster: Arc::new(cluster),
-        overlay: Arc::new(Overlay {
-            mode,
-            port: if mode == OverlayMode::Geneve {
-                6081
-            } else {
-                8472
-            },
-            local_ip: Some(ip(local)),
-            mtu,
-            world_identity: 2,
-            geneve_identity_option: mode == OverlayMode::Geneve,
-        }),
-    }
+    overlay_snapshot(mode, local, mtu, node_addrs, vtep)
 }
 
 /// Runs one packet through the pipeline: (sent packets, stats).

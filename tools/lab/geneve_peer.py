@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A Geneve peer in scapy, for kernels without the geneve device (no module, not built in).
 
-  geneve_peer.py receive --iface IF --port 6081 --outer-src IP --vni V --pod IP --seconds S
+  geneve_peer.py receive --iface IF --port 6081 --outer-src IP --vni V --pod IP --seconds S [--ready FILE]
       count Geneve packets from OUTER_SRC with VNI V carrying an inner packet to POD, with valid
       checksums; prints {"received": N, "wrong": M}
   geneve_peer.py send --iface IF --dst-mac MAC --src IP --dst IP --port 6081 --vni V
@@ -42,7 +42,11 @@ def receive(a) -> int:
             ok = ok and o.__class__(bytes(fresh))[UDP].chksum == u.chksum
         stats["received" if ok else "wrong"] += 1
 
-    sniff(iface=a.iface, filter=f"udp port {a.port}", prn=check, store=False, timeout=a.seconds)
+    def started():
+        if a.ready:
+            open(a.ready, "w").close()
+
+    sniff(iface=a.iface, filter=f"udp port {a.port}", prn=check, store=False, timeout=a.seconds, started_callback=started, count=a.count)
     print(json.dumps(stats), flush=True)
     return 0
 
@@ -70,6 +74,8 @@ def main() -> int:
     r.add_argument("--vni", type=int, required=True)
     r.add_argument("--pod", required=True)
     r.add_argument("--seconds", type=float, default=5)
+    r.add_argument("--ready", help="file created once the sniffer is capturing")
+    r.add_argument("--count", type=int, default=0, help="stop after this many captured packets (0: run for --seconds)")
     s = sub.add_parser("send")
     s.add_argument("--iface", required=True)
     s.add_argument("--dst-mac", required=True)

@@ -100,7 +100,9 @@ up() {
         nooffload "be$i" eth0
         mkdir -p "$STATE/www$i"
         echo "hello from backend be$i" > "$STATE/www$i/index.html"
-        ns "be$i" python3 -m http.server 80 --bind :: --directory "$STATE/www$i" \
+        # not through ns(): $! must be the server's own pid (ip netns exec execs it), or
+        # `down` would kill a subshell and leave the server running
+        ip netns exec "$P-be$i" python3 -m http.server 80 --bind :: --directory "$STATE/www$i" \
             >"$STATE/http-be$i.log" 2>&1 &
         echo $! > "$STATE/http-be$i.pid"
     done

@@ -15,7 +15,8 @@ ns ip route add 10.10.0.0/24 dev tun0
 ns ip neigh add 10.10.0.2 lladdr 02:00:00:00:00:01 dev tun0 nud permanent
 mkdir -p "$STATE/www-pod"
 echo "hello from pod 10.244.2.5 on node n2, through VXLAN" > "$STATE/www-pod/index.html"
-ns python3 -m http.server 8080 --bind 10.244.2.5 --directory "$STATE/www-pod" >"$STATE/http-pod.log" 2>&1 &
+# not through ns(): $! must be the server's own pid for lab.sh down to stop it
+ip netns exec "$P-n2" python3 -m http.server 8080 --bind 10.244.2.5 --directory "$STATE/www-pod" >"$STATE/http-pod.log" 2>&1 &
 echo $! > "$STATE/http-pod.pid"
 for _ in $(seq 50); do
     ns ss -ltn 2>/dev/null | grep -q '10.244.2.5:8080' && break

@@ -1,0 +1,84 @@
+//! A small appliance state for tests, benchmarks and fuzzing (never used at run time): client
+//! segment 10.10.0.0/24 on port 0, server segment / underlay 10.20.0.0/24 (+ fd00:20::/64) on
+//! port 1, and one remote node owning the pod CIDR 10.244.2.0/24.
+
+use crate::state::{
+    ClusterTables, HashMap, Overlay, OverlayMode, PortInfo, PrefixTable, RemoteNode, Route,
+    RouteTable, Snapshot,
+};
+use crate::wire::ethernet::MacAddr;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub const MAC_CLI_PORT: MacAddr = [2, 0, 0, 0, 1, 0];
+pub const MAC_UNDERLAY_PORT: MacAddr = [2, 0, 0, 0, 1, 1];
+pub const MAC_NODE2: MacAddr = [2, 0, 0, 0, 0x20, 0x21];
+pub const MAC_CLIENT: MacAddr = [2, 0, 0, 0, 0x10, 0x02];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// The overlay lab state: `mode` from `local`, underlay `mtu`, the remote node at `node_addrs`
+/// (its tunnel device MAC `vtep`), neighbours resolved for the node and the client 10.10.0.2.
+pub fn overlay_snapshot(
+    mode: OverlayMode,
+    local: &str,
+    mtu: u16,
+    node_addrs: &[&str],
+    vtep: Option<MacAddr>,
+) -> Snapshot {
+    let mut cluster = ClusterTables::default();
+    let mut pods = PrefixTable::default();
+    let remote = Arc::new(RemoteNode {
+        addrs: node_addrs.iter().map(|a| ip(a)).collect(),
+        vtep_mac: vtep,
+    });
+    pods.insert(ip("10.244.2.0"), 24, remote);
+    cluster.pod_cidrs = pods;
+    cluster.node_ips = node_addrs.iter().map(|a| ip(a)).collect();
+    let mut neighbors = HashMap::new();
+    for a in node_addrs {
+        neighbors.insert((1u16, ip(a)), MAC_NODE2);
+    }
+    neighbors.insert((0u16, ip("10.10.0.2")), MAC_CLIENT);
+    let route = |p: &str, len, port| Route {
+        prefix: ip(p),
+        prefix_len: len,
+        port,
+        via: None,
+        mac: None,
+    };
+    Snapshot {
+        generation: 1,
+        ports: Arc::new(vec![
+            PortInfo {
+                name: "eth-cli".into(),
+                mac: MAC_CLI_PORT,
+            },
+            PortInfo {
+                name: "eth-srv".into(),
+                mac: MAC_UNDERLAY_PORT,
+            },
+        ]),
+        routes: Arc::new(RouteTable::new(vec![
+            route("10.10.0.0", 24, 0),
+            route("10.20.0.0", 24, 1),
+            route("fd00:20::", 64, 1),
+        ])),
+        neighbors: Arc::new(neighbors),
+        cluster: Arc::new(cluster),
+        overlay: Arc::new(Overlay {
+            mode,
+            port: if mode == OverlayMode::Geneve {
+                6081
+            } else {
+                8472
+            },
+            local_ip: Some(ip(local)),
+            mtu,
+            world_identity: 2,
+            geneve_identity_option: mode == OverlayMode::Geneve,
+        }),
+    }
+}
