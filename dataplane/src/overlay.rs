@@ -478,7 +478,8 @@ fn too_big(
     mtu: u32,
     stats: &WorkerStats,
 ) -> Verdict {
-    stats.drop(DropReason::FragNeeded, 1);
+    // The drops below are counted by the worker from their verdict; only the path that sends the
+    // ICMP error (verdict Tx) counts FRAG_NEEDED here.
     let port: Port = f.port;
     let Some(our_mac) = snap.port_mac(port).copied() else {
         return Verdict::Drop(DropReason::FragNeeded);
@@ -567,6 +568,7 @@ fn too_big(
             }
         }
     }
+    stats.drop(DropReason::FragNeeded, 1);
     stats.icmp_errors.add(1);
     Verdict::Tx(port)
 }

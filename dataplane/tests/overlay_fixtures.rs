@@ -377,3 +377,25 @@ fn too_big_for_the_underlay_answers_icmp_frag_needed() {
         "ICMPv6 errors stay within the minimum MTU"
     );
 }
+
+#[test]
+fn too_big_ipv4_without_df_is_dropped_and_counted_once() {
+    let mut input = client_to_pod(1460 - 28);
+    input[14 + 6] &= !0x40; // clear DF
+    let ip_sum = sluice_dataplane::wire::checksum::checksum(&{
+        let mut h = [0u8; 20];
+        h.copy_from_slice(&input[14..34]);
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    input[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    let (sent, stats) = run(
+        snapshot(OverlayMode::Vxlan, "10.20.0.1", 1500, &["10.20.0.21"], None),
+        0,
+        &input,
+    );
+    assert!(sent.is_empty());
+    assert_eq!(stats.drops(DropReason::FragNeeded), 1);
+    assert_eq!(stats.icmp_errors.get(), 0);
+}
