@@ -104,17 +104,12 @@ impl PacketSpec {
         b[2..4].copy_from_slice(&self.dport.to_be_bytes());
         b.extend_from_slice(&self.payload);
         let csum_at = if proto == 17 { 6 } else { 16 };
-        let c = !pseudo_sum(self.src, self.dst, proto, &b);
+        let c = !checksum::pseudo_header_sum(self.src, self.dst, proto, &b);
         // UDP transmits a computed 0 as 0xffff (RFC 768)
         let c = if proto == 17 && c == 0 { 0xffff } else { c };
         b[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
         (proto, b)
     }
-}
-
-/// One's-complement sum of the pseudo-header and the L4 segment (not inverted).
-pub fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> u16 {
-    checksum::pseudo_header_sum(src, dst, proto, l4)
 }
 
 #[cfg(test)]
@@ -129,7 +124,7 @@ mod tests {
         let ip = Ipv4Packet::new_checked(&p[14..]).unwrap();
         assert!(ip.verify_checksum());
         assert_eq!(
-            pseudo_sum(ip.src().into(), ip.dst().into(), 17, &p[34..]),
+            checksum::pseudo_header_sum(ip.src().into(), ip.dst().into(), 17, &p[34..]),
             0xffff
         );
     }
@@ -139,6 +134,9 @@ mod tests {
         let mut s = PacketSpec::udp("fd00::1", "fd00::2", 1, 2, b"x");
         s.l4 = L4::Tcp(0x02);
         let p = s.build();
-        assert_eq!(pseudo_sum(s.src, s.dst, 6, &p[54..]), 0xffff);
+        assert_eq!(
+            checksum::pseudo_header_sum(s.src, s.dst, 6, &p[54..]),
+            0xffff
+        );
     }
 }
