@@ -26,6 +26,8 @@ use crate::wire::ethernet::{ethertype, MacAddr};
 use crate::wire::geneve::{
     GenevePacket, GeneveRepr, OPT_CLASS_SLUICE, OPT_TYPE_CRITICAL, PROTO_ETHERNET,
 };
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::ipv6::Ipv6Packet;
 use crate::wire::parse::{parse, parse_fast, Parsed, TunnelKind, TunnelPorts};
 use crate::wire::vxlan::VxlanRepr;
 use crate::wire::{checksum, icmp, set_be16, udp};
@@ -452,19 +454,9 @@ fn write_outer(out: &mut [u8], o: &OuterSpec) {
 #[inline]
 fn decrement_ttl(pkt: &mut [u8], p: &Parsed) {
     if p.ethertype == ethertype::IPV4 {
-        // TTL shares a 16-bit word with the protocol: RFC 1624 update of the header checksum
-        let at = p.l3 + 8;
-        let old = u16::from_be_bytes([pkt[at], pkt[at + 1]]);
-        pkt[at] = pkt[at].wrapping_sub(1);
-        let new = u16::from_be_bytes([pkt[at], pkt[at + 1]]);
-        let c = checksum::update16(
-            u16::from_be_bytes([pkt[p.l3 + 10], pkt[p.l3 + 11]]),
-            old,
-            new,
-        );
-        set_be16(pkt, p.l3 + 10, c);
+        Ipv4Packet::new_unchecked(&mut pkt[p.l3..]).decrement_ttl();
     } else {
-        pkt[p.l3 + 7] = pkt[p.l3 + 7].wrapping_sub(1);
+        Ipv6Packet::new_unchecked(&mut pkt[p.l3..]).decrement_hop_limit();
     }
 }
 

@@ -85,23 +85,14 @@ fn route_one(snap: &Snapshot, pkt: &mut [u8], neigh: &mut impl NeighborRequests)
     let Some(smac) = snap.port_mac(route.port) else {
         return Verdict::Drop(DropReason::NoEgressPort);
     };
-    // Checked above: both constructors succeed again on the same bytes.
+    // The headers were checked above: rewrite them in place without checking again.
     match et {
-        ethertype::IPV4 => {
-            if let Ok(mut p) = Ipv4Packet::new_checked(&mut *ip) {
-                p.decrement_ttl();
-            }
-        }
-        _ => {
-            if let Ok(mut p) = Ipv6Packet::new_checked(&mut *ip) {
-                p.decrement_hop_limit();
-            }
-        }
+        ethertype::IPV4 => Ipv4Packet::new_unchecked(&mut pkt[l3..]).decrement_ttl(),
+        _ => Ipv6Packet::new_unchecked(&mut pkt[l3..]).decrement_hop_limit(),
     }
-    if let Ok(mut e) = EthernetFrame::new_checked(&mut *pkt) {
-        e.set_dst(&dmac);
-        e.set_src(smac);
-    }
+    let mut e = EthernetFrame::new_unchecked(&mut *pkt);
+    e.set_dst(&dmac);
+    e.set_src(smac);
     Verdict::Tx(route.port)
 }
 

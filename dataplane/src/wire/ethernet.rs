@@ -32,6 +32,11 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
+    /// A view over bytes a `new_checked` of the same buffer already accepted (a later stage
+    /// rewriting what an earlier one parsed); accessors may panic on anything else.
+    pub fn new_unchecked(buffer: T) -> Self {
+        EthernetFrame { buffer }
+    }
     pub fn new_checked(buffer: T) -> WireResult<Self> {
         if buffer.as_ref().len() < field::HEADER_LEN {
             return Err(WireError::Truncated);

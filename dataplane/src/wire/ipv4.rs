@@ -21,6 +21,11 @@ pub struct Ipv4Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
+    /// A view over bytes a `new_checked` of the same buffer already accepted (a later stage
+    /// rewriting what an earlier one parsed); accessors may panic on anything else.
+    pub fn new_unchecked(buffer: T) -> Self {
+        Ipv4Packet { buffer }
+    }
     /// Checks version, header length and total length against the buffer.
     pub fn new_checked(buffer: T) -> WireResult<Self> {
         let b = buffer.as_ref();

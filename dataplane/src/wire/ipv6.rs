@@ -19,6 +19,11 @@ pub struct Ipv6Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
+    /// A view over bytes a `new_checked` of the same buffer already accepted (a later stage
+    /// rewriting what an earlier one parsed); accessors may panic on anything else.
+    pub fn new_unchecked(buffer: T) -> Self {
+        Ipv6Packet { buffer }
+    }
     pub fn new_checked(buffer: T) -> WireResult<Self> {
         let b = buffer.as_ref();
         if b.len() < field::HEADER_LEN {
