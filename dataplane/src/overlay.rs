@@ -28,9 +28,9 @@ use crate::wire::geneve::{
 };
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::ipv6::Ipv6Packet;
-use crate::wire::parse::{parse, parse_fast, Parsed, TunnelKind, TunnelPorts};
+use crate::wire::parse::{parse, Parsed, TunnelKind, TunnelPorts};
 use crate::wire::vxlan::VxlanRepr;
-use crate::wire::{checksum, icmp, set_be16, udp};
+use crate::wire::{be16, checksum, icmp, set_be16, udp};
 use std::net::IpAddr;
 
 /// Outer headers: Ethernet 14 + IPv4 20 / IPv6 40 + UDP 8 (+ the tunnel header).
@@ -62,6 +62,79 @@ fn ports(o: &crate::state::Overlay) -> TunnelPorts {
     }
 }
 
+/// A tunnel packet addressed to us, as the decapsulation needs it.
+#[derive(Debug, PartialEq)]
+struct Outer {
+    src: IpAddr,
+    kind: TunnelKind,
+    vni: u32,
+    /// Offset of the tunnel header (Geneve options are checked from there).
+    tunnel_at: usize,
+    /// Offset of the inner Ethernet frame.
+    inner: usize,
+}
+
+/// What a frame is to the decapsulation.
+#[derive(Debug, PartialEq)]
+enum Classified {
+    /// Not tunnel traffic to us: the later stages' business.
+    NotOurs,
+    Tunnel(Outer),
+    /// Addressed to our tunnel port but the tunnel header is broken: it must not be routed on.
+    Malformed,
+}
+
+/// The common case read in place: VXLAN over a plain IPv4 header (see `plain_ipv4`); a plain
+/// IPv4 frame that is not UDP to our address and port is not ours either. None: ask `parse`.
+#[inline]
+fn classify_plain_vxlan(frame: &[u8], local: u32, port: u16) -> Option<Classified> {
+    let (proto, seg) = plain_ipv4(frame)?;
+    const L4: usize = ETH + IPV4;
+    if proto != udp::PROTOCOL || be16(frame, L4 + 2) != port || be32(frame, ETH + 16) != local {
+        return Some(Classified::NotOurs);
+    }
+    let ulen = usize::from(be16(frame, L4 + 4));
+    let tunnel_at = L4 + UDP;
+    let inner = tunnel_at + VxlanRepr::header_len();
+    if !(inner - L4..=seg).contains(&ulen) || frame[tunnel_at] & 0x08 == 0 {
+        return None; // the slow path names what is wrong
+    }
+    Some(Classified::Tunnel(Outer {
+        src: IpAddr::from(be32(frame, ETH + 12).to_be_bytes()),
+        kind: TunnelKind::Vxlan,
+        vni: be32(frame, tunnel_at + 4) >> 8,
+        tunnel_at,
+        inner,
+    }))
+}
+
+/// Any frame, through the full parser.
+fn classify(frame: &[u8], local: IpAddr, tp: TunnelPorts) -> Classified {
+    let tunnel_port = tp.vxlan.or(tp.geneve);
+    let ours = |p: &Parsed| {
+        p.dst == local && p.protocol == udp::PROTOCOL && Some(p.dst_port) == tunnel_port
+    };
+    match parse(frame, tp) {
+        Ok(p) if ours(&p) => match p.tunnel {
+            Some(t) => Classified::Tunnel(Outer {
+                src: p.src,
+                kind: t.kind,
+                vni: t.vni,
+                tunnel_at: p.l4.unwrap_or(0) + UDP,
+                inner: t.inner,
+            }),
+            None => Classified::Malformed,
+        },
+        Ok(_) => Classified::NotOurs,
+        // rare: a frame that does not parse; if it is addressed to our tunnel port, its tunnel
+        // header is what is wrong
+        Err(_) => match parse(frame, TunnelPorts::NONE) {
+            Ok(p) if ours(&p) => Classified::Malformed,
+            _ => Classified::NotOurs,
+        },
+    }
+}
+
 /// Decapsulation of tunnel traffic addressed to this node.
 pub fn decap(snap: &Snapshot, region: &mut Region, batch: &mut Batch, stats: &WorkerStats) {
     let ov = &*snap.overlay;
@@ -70,6 +143,11 @@ pub fn decap(snap: &Snapshot, region: &mut Region, batch: &mut Batch, stats: &Wo
     }
     let Some(local) = ov.local_ip else { return };
     let tp = ports(ov);
+    // the in-place read covers VXLAN over IPv4 only
+    let fast = match (local, tp.vxlan) {
+        (IpAddr::V4(l), Some(port)) => Some((u32::from(l), port)),
+        _ => None,
+    };
     let mut done = 0;
     for i in 0..batch.len() {
         if batch.verdict(i) != Verdict::Continue {
@@ -77,38 +155,20 @@ pub fn decap(snap: &Snapshot, region: &mut Region, batch: &mut Batch, stats: &Wo
         }
         let mut f = batch.frame(i);
         let Some(pkt) = region.data(&f) else { continue };
-        let tunnel_port = tp.vxlan.or(tp.geneve);
-        let p = match parse(pkt, tp) {
-            Ok(p)
-                if p.dst == local
-                    && p.protocol == udp::PROTOCOL
-                    && Some(p.dst_port) == tunnel_port =>
-            {
-                p
-            }
-            // not tunnel traffic to us: the later stages' business
-            Ok(_) => continue,
-            Err(_) => {
-                // rare: a frame that does not parse; if it is addressed to our tunnel port, its
-                // tunnel header is what is wrong, and it must not be routed on
-                let ours = matches!(parse(pkt, TunnelPorts::NONE), Ok(p) if p.dst == local && p.protocol == udp::PROTOCOL && Some(p.dst_port) == tunnel_port);
-                if ours {
-                    batch.set_verdict(i, Verdict::Drop(DropReason::Malformed));
-                }
+        let quick = fast.and_then(|(l, port)| classify_plain_vxlan(pkt, l, port));
+        let t = match quick.unwrap_or_else(|| classify(pkt, local, tp)) {
+            Classified::NotOurs => continue,
+            Classified::Malformed => {
+                batch.set_verdict(i, Verdict::Drop(DropReason::Malformed));
                 continue;
             }
+            Classified::Tunnel(t) => t,
         };
-        let Some(t) = p.tunnel else {
-            batch.set_verdict(i, Verdict::Drop(DropReason::Malformed));
-            continue;
-        };
-        let verdict = if !snap.cluster.node_ips.contains(&p.src) {
+        let verdict = if !snap.cluster.node_ips.contains(&t.src) {
             Some(DropReason::UnknownSender)
         } else if t.vni == 0 {
             Some(DropReason::InvalidVni)
-        } else if t.kind == TunnelKind::Geneve
-            && has_unknown_critical_option(&pkt[p.l4.unwrap_or(0) + UDP..])
-        {
+        } else if t.kind == TunnelKind::Geneve && has_unknown_critical_option(&pkt[t.tunnel_at..]) {
             Some(DropReason::InvalidGeneveOption)
         } else {
             None
@@ -131,6 +191,26 @@ pub fn decap(snap: &Snapshot, region: &mut Region, batch: &mut Batch, stats: &Wo
     stats.decapsulated.add(done);
 }
 
+/// An untagged IPv4 frame without options, not a fragment, whose total length fits the frame and
+/// leaves room for a UDP header: (protocol, bytes after the IP header).
+#[inline]
+fn plain_ipv4(frame: &[u8]) -> Option<(u8, usize)> {
+    const L3: usize = ETH;
+    if frame.len() < ETH + IPV4 + UDP || frame[12..14] != [0x08, 0x00] || frame[L3] != 0x45 {
+        return None;
+    }
+    let total = usize::from(be16(frame, L3 + 2));
+    if be16(frame, L3 + 6) & 0x3fff != 0 || total < IPV4 || L3 + total > frame.len() {
+        return None;
+    }
+    Some((frame[L3 + 9], total - IPV4))
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 fn has_unknown_critical_option(geneve: &[u8]) -> bool {
     match GenevePacket::new_checked(geneve) {
         Ok(g) => g
@@ -140,34 +220,105 @@ fn has_unknown_critical_option(geneve: &[u8]) -> bool {
     }
 }
 
-/// A flow hash of the inner packet for the outer source port (ECMP/RSS entropy, RFC 7348): the
-/// same flow always gets the same port. A multiply-xorshift mix of the 5-tuple words.
-#[inline]
-fn flow_hash(p: &Parsed) -> u32 {
-    let fold = |a: IpAddr| -> u64 {
-        match a {
-            IpAddr::V4(v) => u64::from(u32::from(v)),
-            IpAddr::V6(v) => {
-                let x = u128::from(v);
-                (x as u64) ^ ((x >> 64) as u64)
+/// What the encapsulation needs of an inner packet: where its IP header is, its family, TTL /
+/// hop limit and flow hash. Read straight from the frame for the common case (plain IPv4 TCP/UDP)
+/// without building a full `Parsed`; everything else goes through `parse`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Inner {
+    l3: usize,
+    v6: bool,
+    ttl: u8,
+    /// Flow hash for the outer source port (ECMP/RSS entropy, RFC 7348): the same flow always
+    /// gets the same port.
+    hash: u32,
+}
+
+impl Inner {
+    fn from_parsed(p: &Parsed) -> Self {
+        let fold = |a: IpAddr| -> u64 {
+            match a {
+                IpAddr::V4(v) => u64::from(u32::from(v)),
+                IpAddr::V6(v) => {
+                    let x = u128::from(v);
+                    (x as u64) ^ ((x >> 64) as u64)
+                }
             }
+        };
+        Inner {
+            l3: p.l3,
+            v6: p.ethertype == ethertype::IPV6,
+            ttl: p.ttl,
+            hash: flow_hash(
+                fold(p.src),
+                fold(p.dst),
+                u64::from(p.src_port) << 32 | u64::from(p.dst_port) << 16 | u64::from(p.protocol),
+            ),
         }
-    };
-    let mut h = fold(p.src).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fold(p.dst);
-    h = (h ^ (u64::from(p.src_port) << 32 | u64::from(p.dst_port) << 16 | u64::from(p.protocol)))
-        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    }
+
+    /// An untagged, unfragmented IPv4 frame without options carrying TCP or UDP whose header
+    /// lengths are sane (the checks `parse` would make): (destination, Inner). None: use `parse`.
+    #[inline]
+    fn plain_ipv4(frame: &[u8]) -> Option<(u32, Inner)> {
+        const L3: usize = ETH;
+        const L4: usize = ETH + IPV4;
+        let (proto, seg) = plain_ipv4(frame)?;
+        let sane = match proto {
+            udp::PROTOCOL => {
+                let ulen = usize::from(be16(frame, L4 + 4));
+                seg >= UDP && (UDP..=seg).contains(&ulen)
+            }
+            crate::wire::tcp::PROTOCOL if seg >= 20 => {
+                (20..=seg).contains(&(usize::from(frame[L4 + 12] >> 4) * 4))
+            }
+            _ => false,
+        };
+        if !sane {
+            return None;
+        }
+        let (src, dst) = (be32(frame, L3 + 12), be32(frame, L3 + 16));
+        let ports = u64::from(be32(frame, L4));
+        Some((
+            dst,
+            Inner {
+                l3: L3,
+                v6: false,
+                ttl: frame[L3 + 8],
+                hash: flow_hash(
+                    u64::from(src),
+                    u64::from(dst),
+                    ports << 16 | u64::from(proto),
+                ),
+            },
+        ))
+    }
+}
+
+/// A multiply-xorshift mix of the 5-tuple words (addresses folded to 64 bits).
+#[inline]
+fn flow_hash(src: u64, dst: u64, ports_proto: u64) -> u32 {
+    let mut h = src.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ dst;
+    h = (h ^ ports_proto).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 31;
     (h ^ (h >> 32)) as u32
 }
 
+/// Longest outer header: Ethernet 14 + IPv6 40 + UDP 8 + Geneve 8 + identity option 8.
+const MAX_OUTER: usize = ETH + IPV6 + UDP + 16;
+
 /// The egress toward one node, resolved once and reused for the rest of the batch (a batch
-/// usually carries many packets to the same few nodes).
-#[derive(Clone, Copy)]
+/// usually carries many packets to the same few nodes), with the node's outer headers prebuilt:
+/// per packet only the lengths, the IPv4 checksum, the source port and the VNI change.
 struct Egress {
-    node: IpAddr,
+    /// The node this entry is for (`Arc::as_ptr` of its table entry: a pointer compare per packet).
+    node: *const crate::state::RemoteNode,
     port: Port,
-    dmac: MacAddr,
     smac: MacAddr,
+    hdr: [u8; MAX_OUTER],
+    hdr_len: usize,
+    /// IPv4 underlay: one's-complement sum of the template's IP header with its total length and
+    /// checksum fields zero; the checksum is then one addition and a fold per packet.
+    ip_sum: u32,
 }
 
 /// Encapsulation (or native routing) of traffic to remote pods.
@@ -190,16 +341,26 @@ pub fn encap(
         }
         let mut f = batch.frame(i);
         let meta = batch.meta(i);
-        let v = match region.data(&f).map(|b| parse_fast(b, TunnelPorts::NONE)) {
-            Some(Ok(p)) => match snap.cluster.pod_cidrs.lookup(p.dst) {
-                Some(node) => encap_one(
-                    snap, region, &mut f, &p, node, meta, stats, neigh, &mut cache,
-                ),
+        let Some(frame) = region.data(&f) else {
+            continue;
+        };
+        let (node, inner) = match Inner::plain_ipv4(frame) {
+            Some((dst, inner)) => match snap.cluster.pod_cidrs.lookup_v4(dst) {
+                Some(node) => (node, inner),
                 None => continue,
             },
-            // not parseable: the route stage drops it with its reason
-            _ => continue,
+            None => match parse(frame, TunnelPorts::NONE) {
+                Ok(p) => match snap.cluster.pod_cidrs.lookup(p.dst) {
+                    Some(node) => (node, Inner::from_parsed(&p)),
+                    None => continue,
+                },
+                // not parseable: the route stage drops it with its reason
+                Err(_) => continue,
+            },
         };
+        let v = encap_one(
+            snap, region, &mut f, inner, node, meta, stats, neigh, &mut cache,
+        );
         if matches!(v, Verdict::Tx(_)) && snap.overlay.mode != OverlayMode::Native {
             encapsulated += 1;
         }
@@ -209,13 +370,85 @@ pub fn encap(
     stats.encapsulated.add(encapsulated);
 }
 
+/// Resolves the egress toward `remote` (route, next-hop MAC, source MAC) and prebuilds its outer
+/// headers.
+fn resolve_egress(
+    snap: &Snapshot,
+    remote: &std::sync::Arc<crate::state::RemoteNode>,
+    underlay_v6: bool,
+    neigh: &mut impl NeighborRequests,
+) -> Result<Egress, DropReason> {
+    let ov = &*snap.overlay;
+    let addr = remote
+        .addrs
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv6() == underlay_v6)
+        .ok_or(DropReason::NoTunnelEndpoint)?;
+    let route = snap.routes.lookup(addr).ok_or(DropReason::NoRoute)?;
+    let dmac = next_hop_mac(snap, route, addr, neigh)?;
+    let smac = snap
+        .port_mac(route.port)
+        .copied()
+        .ok_or(DropReason::NoEgressPort)?;
+    let mut e = Egress {
+        node: std::sync::Arc::as_ptr(remote),
+        port: route.port,
+        smac,
+        hdr: [0; MAX_OUTER],
+        hdr_len: 0,
+        ip_sum: 0,
+    };
+    if ov.mode == OverlayMode::Native {
+        // no outer headers: only the MACs are rewritten
+        e.hdr[0..6].copy_from_slice(&dmac);
+        return Ok(e);
+    }
+    let local = ov.local_ip.ok_or(DropReason::NoTunnelEndpoint)?;
+    let tunnel_hdr = tunnel_header_len(ov);
+    e.hdr_len = ETH + if underlay_v6 { IPV6 } else { IPV4 } + UDP + tunnel_hdr;
+    write_outer(
+        &mut e.hdr[..e.hdr_len],
+        &OuterSpec {
+            dmac,
+            smac,
+            src: local,
+            dst: addr,
+            sport: 0,
+            dport: ov.port,
+            kind: ov.mode,
+            vni: 0,
+            geneve_identity: ov.geneve_identity_option,
+        },
+    );
+    if !underlay_v6 {
+        let ip = &mut e.hdr[ETH..ETH + IPV4];
+        ip[2..4].fill(0);
+        ip[10..12].fill(0);
+        e.ip_sum = u32::from(checksum::sum(ip));
+    }
+    Ok(e)
+}
+
+fn tunnel_header_len(ov: &crate::state::Overlay) -> usize {
+    match ov.mode {
+        OverlayMode::Geneve => GeneveRepr {
+            vni: 0,
+            protocol: PROTO_ETHERNET,
+            identity: ov.geneve_identity_option.then_some(0),
+        }
+        .header_len(),
+        _ => VxlanRepr::header_len(),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn encap_one(
     snap: &Snapshot,
     region: &mut Region,
     f: &mut crate::packet::Frame,
-    p: &Parsed,
-    remote: &crate::state::RemoteNode,
+    p: Inner,
+    remote: &std::sync::Arc<crate::state::RemoteNode>,
     meta: Meta,
     stats: &WorkerStats,
     neigh: &mut impl NeighborRequests,
@@ -226,49 +459,25 @@ fn encap_one(
         return Verdict::Drop(DropReason::TtlExceeded);
     }
     let underlay_v6 = match (ov.mode, ov.local_ip) {
-        (OverlayMode::Native, _) => p.dst.is_ipv6(),
+        (OverlayMode::Native, _) => p.v6,
         (_, Some(l)) => l.is_ipv6(),
         (_, None) => return Verdict::Drop(DropReason::NoTunnelEndpoint),
     };
-    let Some(node) = remote
-        .addrs
-        .iter()
-        .copied()
-        .find(|a| a.is_ipv6() == underlay_v6)
-    else {
-        return Verdict::Drop(DropReason::NoTunnelEndpoint);
+    let eg = match cache {
+        Some(e) if std::ptr::eq(e.node, std::sync::Arc::as_ptr(remote)) => e,
+        _ => match resolve_egress(snap, remote, underlay_v6, neigh) {
+            Ok(e) => cache.insert(e),
+            Err(r) => return Verdict::Drop(r),
+        },
     };
-    let eg = match *cache {
-        Some(e) if e.node == node => e,
-        _ => {
-            let Some(route) = snap.routes.lookup(node) else {
-                return Verdict::Drop(DropReason::NoRoute);
-            };
-            let dmac = match next_hop_mac(snap, route, node, neigh) {
-                Ok(m) => m,
-                Err(r) => return Verdict::Drop(r),
-            };
-            let Some(smac) = snap.port_mac(route.port).copied() else {
-                return Verdict::Drop(DropReason::NoEgressPort);
-            };
-            let e = Egress {
-                node,
-                port: route.port,
-                dmac,
-                smac,
-            };
-            *cache = Some(e);
-            e
-        }
-    };
-    let (dmac, smac) = (eg.dmac, eg.smac);
+    let smac = eg.smac;
     let Some(pkt) = region.data_mut(f) else {
         return Verdict::Drop(DropReason::Malformed);
     };
     if ov.mode == OverlayMode::Native {
         // the inner packet is forwarded: one hop less
-        decrement_ttl(pkt, p);
-        pkt[0..6].copy_from_slice(&dmac);
+        decrement_ttl(pkt, &p);
+        pkt[0..6].copy_from_slice(&eg.hdr[0..6]);
         pkt[6..12].copy_from_slice(&smac);
         return Verdict::Tx(eg.port);
     }
@@ -281,27 +490,14 @@ fn encap_one(
     } else {
         ov.world_identity
     };
-    let tunnel_hdr = match ov.mode {
-        OverlayMode::Geneve => GeneveRepr {
-            vni: identity,
-            protocol: PROTO_ETHERNET,
-            identity: ov.geneve_identity_option.then_some(identity),
-        }
-        .header_len(),
-        _ => VxlanRepr::header_len(),
-    };
-    let ip_hdr = if underlay_v6 { IPV6 } else { IPV4 };
-    let outer_ip_len = ip_hdr + UDP + tunnel_hdr + inner_len;
+    let outer_ip_len = eg.hdr_len - ETH + inner_len;
     if outer_ip_len > usize::from(ov.mtu) {
-        let room = usize::from(ov.mtu).saturating_sub(ip_hdr + UDP + tunnel_hdr + ETH) as u32;
-        return too_big(snap, region, f, p, room, stats);
+        let room = usize::from(ov.mtu).saturating_sub(eg.hdr_len) as u32;
+        return too_big(snap, region, f, room, stats);
     }
     // forwarded into the tunnel: one hop less (after the MTU check, as Linux does, so an ICMP
     // error quotes the packet as it arrived)
-    let Some(pkt) = region.data_mut(f) else {
-        return Verdict::Drop(DropReason::Malformed);
-    };
-    decrement_ttl(pkt, p);
+    decrement_ttl(pkt, &p);
     if tags == 0 {
         // a kernel tunnel device delivers the inner frame to its stack only if addressed to it
         if let Some(vtep) = remote.vtep_mac {
@@ -310,7 +506,7 @@ fn encap_one(
         }
     } else {
         // VLAN tags do not cross the overlay: move the inner Ethernet header up to the IP header
-        let et = if p.ethertype == ethertype::IPV6 {
+        let et = if p.v6 {
             ethertype::IPV6
         } else {
             ethertype::IPV4
@@ -330,31 +526,56 @@ fn encap_one(
         pkt[0..12].copy_from_slice(&macs);
         set_be16(pkt, 12, et);
     }
-    let push = (ETH + ip_hdr + UDP + tunnel_hdr) as u32;
-    if !region.push_head(f, push) {
+    if !region.push_head(f, eg.hdr_len as u32) {
         return Verdict::Drop(DropReason::NoHeadroom);
     }
     let Some(out) = region.data_mut(f) else {
         return Verdict::Drop(DropReason::Malformed);
     };
-    let Some(local) = ov.local_ip else {
-        return Verdict::Drop(DropReason::NoTunnelEndpoint);
-    };
-    write_outer(
-        out,
-        &OuterSpec {
-            dmac,
-            smac,
-            src: local,
-            dst: node,
-            sport: SPORT_BASE + (flow_hash(p) % SPORT_SPAN) as u16,
-            dport: ov.port,
-            kind: ov.mode,
-            vni: identity,
-            geneve_identity: ov.geneve_identity_option,
-        },
-    );
+    let sport = SPORT_BASE + (p.hash % SPORT_SPAN) as u16;
+    stamp_outer(out, eg, sport, identity, underlay_v6);
     Verdict::Tx(eg.port)
+}
+
+/// Writes the egress's prebuilt outer headers in front of the inner frame already in `out`, then
+/// the per-packet fields: lengths, IPv4 checksum (from the template's partial sum) or IPv6 UDP
+/// checksum, source port, VNI (and the Geneve identity option, at the same place in every
+/// template that carries it).
+#[inline]
+fn stamp_outer(out: &mut [u8], eg: &Egress, sport: u16, vni: u32, v6: bool) {
+    let n = eg.hdr_len;
+    out[..n].copy_from_slice(&eg.hdr[..n]);
+    let ip_hdr = if v6 { IPV6 } else { IPV4 };
+    let udp_at = ETH + ip_hdr;
+    let tun_at = udp_at + UDP;
+    let udp_len = out.len() - udp_at;
+    set_be16(out, udp_at, sport);
+    set_be16(out, udp_at + 4, udp_len as u16);
+    out[tun_at + 4..tun_at + 7].copy_from_slice(&vni.to_be_bytes()[1..]);
+    if n - tun_at > GENEVE_BASE {
+        out[tun_at + 12..tun_at + 16].copy_from_slice(&vni.to_be_bytes());
+    }
+    if v6 {
+        set_be16(out, ETH + 4, udp_len as u16);
+        if let (Some(s), Some(d)) = (ip6_at(out, ETH + 8), ip6_at(out, ETH + 24)) {
+            let c = !checksum::pseudo_header_sum(s, d, udp::PROTOCOL, &out[udp_at..]);
+            set_be16(out, udp_at + 6, if c == 0 { 0xffff } else { c });
+        }
+    } else {
+        let total = (IPV4 + udp_len) as u16;
+        set_be16(out, ETH + 2, total);
+        let mut acc = eg.ip_sum + u32::from(total);
+        acc = (acc & 0xffff) + (acc >> 16);
+        set_be16(out, ETH + 10, !(acc as u16));
+    }
+}
+
+/// Geneve base header length: longer templates carry the identity option.
+const GENEVE_BASE: usize = 8;
+
+fn ip6_at(b: &[u8], at: usize) -> Option<IpAddr> {
+    let o: [u8; 16] = b.get(at..at + 16)?.try_into().ok()?;
+    Some(IpAddr::from(o))
 }
 
 struct OuterSpec {
@@ -369,7 +590,8 @@ struct OuterSpec {
     geneve_identity: bool,
 }
 
-/// Writes Ethernet, IP, UDP and the tunnel header in front of the inner frame already in `out`.
+/// Writes Ethernet, IP, UDP and the tunnel header of a template (lengths and checksums are
+/// stamped per packet by `stamp_outer`).
 fn write_outer(out: &mut [u8], o: &OuterSpec) {
     let v6 = o.src.is_ipv6();
     let ip_hdr = if v6 { IPV6 } else { IPV4 };
@@ -423,37 +645,31 @@ fn write_outer(out: &mut [u8], o: &OuterSpec) {
                 0,
                 0,
             ]);
-            set_be16(h, 2, (IPV4 + udp_len) as u16);
             h[12..16].copy_from_slice(&s.octets());
             h[16..20].copy_from_slice(&d.octets());
-            let c = checksum::checksum(h);
-            set_be16(h, 10, c);
             // UDP checksum 0 over IPv4: allowed for tunnels (RFC 7348), what the kernel sends too
         }
         (s, d) => {
             let h = &mut out[ETH..ETH + IPV6];
             h.fill(0);
             h[0] = 0x60;
-            set_be16(h, 4, udp_len as u16);
             h[6] = udp::PROTOCOL;
             h[7] = OUTER_TTL;
             let o6 = |a: IpAddr| match a {
-                IpAddr::V6(v) => v.octets(),
                 IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+                IpAddr::V6(v) => v.octets(),
             };
             h[8..24].copy_from_slice(&o6(s));
             h[24..40].copy_from_slice(&o6(d));
             // IPv6 requires the UDP checksum (a receiver may accept zero only by configuration)
-            let c = !checksum::pseudo_header_sum(s, d, udp::PROTOCOL, &out[udp_at..]);
-            set_be16(out, udp_at + 6, if c == 0 { 0xffff } else { c });
         }
     }
 }
 
 /// TTL/hop limit - 1 on a header `parse` already checked (ttl > 1 was checked by the caller).
 #[inline]
-fn decrement_ttl(pkt: &mut [u8], p: &Parsed) {
-    if p.ethertype == ethertype::IPV4 {
+fn decrement_ttl(pkt: &mut [u8], p: &Inner) {
+    if !p.v6 {
         Ipv4Packet::new_unchecked(&mut pkt[p.l3..]).decrement_ttl();
     } else {
         Ipv6Packet::new_unchecked(&mut pkt[p.l3..]).decrement_hop_limit();
@@ -466,7 +682,6 @@ fn too_big(
     snap: &Snapshot,
     region: &mut Region,
     f: &mut crate::packet::Frame,
-    p: &Parsed,
     mtu: u32,
     stats: &WorkerStats,
 ) -> Verdict {
@@ -474,6 +689,10 @@ fn too_big(
     // ICMP error (verdict Tx) counts FRAG_NEEDED here.
     let port: Port = f.port;
     let Some(our_mac) = snap.port_mac(port).copied() else {
+        return Verdict::Drop(DropReason::FragNeeded);
+    };
+    // rare path: the full parse of the offending packet (it parsed before it got here)
+    let Some(Ok(p)) = region.data(f).map(|b| parse(b, TunnelPorts::NONE)) else {
         return Verdict::Drop(DropReason::FragNeeded);
     };
     let Some(pkt) = region.data_mut(f) else {
@@ -563,4 +782,71 @@ fn too_big(
     stats.drop(DropReason::FragNeeded, 1);
     stats.icmp_errors.add(1);
     Verdict::Tx(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::build::PacketSpec;
+    use proptest::prelude::*;
+
+    /// Frames near the fast paths' shape: a valid frame with a few bytes overwritten.
+    fn mutated(base: Vec<u8>, edits: Vec<(usize, u8)>, cut: usize) -> Vec<u8> {
+        let mut b = base;
+        for (at, v) in edits {
+            let n = b.len();
+            b[at % n] = v;
+        }
+        b.truncate(b.len().saturating_sub(cut % 8));
+        b
+    }
+
+    fn vxlan_frame(vni: u32) -> Vec<u8> {
+        let inner = PacketSpec::udp("10.244.2.5", "10.10.0.2", 9000, 10000, b"hello").build();
+        let mut payload = vec![0x08, 0, 0, 0];
+        payload.extend_from_slice(&(vni << 8).to_be_bytes());
+        payload.extend_from_slice(&inner);
+        PacketSpec::udp("10.20.0.21", "10.20.0.1", 50000, 8472, &payload).build()
+    }
+
+    proptest! {
+        // cheap cases, and most mutations leave the fast path's shape: many of them
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The in-place VXLAN read gives the full parser's answer whenever it answers.
+        #[test]
+        fn plain_vxlan_read_agrees_with_parse(
+            vni in 0u32..1 << 24,
+            edits in proptest::collection::vec((0usize..60, any::<u8>()), 0..3),
+            cut in any::<usize>(),
+        ) {
+            let frame = mutated(vxlan_frame(vni), edits, cut);
+            let local = IpAddr::from([10, 20, 0, 1]);
+            let tp = TunnelPorts { vxlan: Some(8472), geneve: None };
+            if let Some(quick) = classify_plain_vxlan(&frame, u32::from_be_bytes([10, 20, 0, 1]), 8472) {
+                prop_assert_eq!(quick, classify(&frame, local, tp));
+            }
+        }
+
+        /// The in-place read of a plain IPv4 inner packet gives what `parse` gives.
+        #[test]
+        fn plain_ipv4_read_agrees_with_parse(
+            tcp in any::<bool>(),
+            edits in proptest::collection::vec((0usize..60, any::<u8>()), 0..3),
+            cut in any::<usize>(),
+        ) {
+            let mut s = PacketSpec::udp("10.10.0.2", "10.244.2.5", 40000, 9000, &[7u8; 30]);
+            if tcp {
+                s.l4 = crate::wire::build::L4::Tcp(0x18);
+            }
+            let frame = mutated(s.build(), edits, cut);
+            if let Some((dst, quick)) = Inner::plain_ipv4(&frame) {
+                let p = parse(&frame, TunnelPorts::NONE);
+                prop_assert!(p.is_ok(), "fast path took a frame parse rejects: {:?}", p);
+                let p = p.unwrap();
+                prop_assert_eq!(IpAddr::from(dst.to_be_bytes()), p.dst);
+                prop_assert_eq!(quick, Inner::from_parsed(&p));
+            }
+        }
+    }
 }

@@ -162,17 +162,19 @@ impl<V> PrefixTable<V> {
     #[inline]
     pub fn lookup(&self, addr: IpAddr) -> Option<&V> {
         match addr {
-            IpAddr::V4(a) => {
-                let a = u32::from(a);
-                self.v4
-                    .iter()
-                    .find_map(|(len, m)| m.get(&(a & mask32(*len))))
-            }
+            IpAddr::V4(a) => self.lookup_v4(u32::from(a)),
             IpAddr::V6(a) => {
                 let a = u128::from(a);
                 self.v6.iter().find_map(|(len, m)| m.get(&(a & mask(*len))))
             }
         }
+    }
+    /// IPv4 lookup by the address as a host-order integer.
+    #[inline]
+    pub fn lookup_v4(&self, a: u32) -> Option<&V> {
+        self.v4
+            .iter()
+            .find_map(|(len, m)| m.get(&(a & mask32(*len))))
     }
     pub fn len(&self) -> usize {
         self.v4.iter().map(|(_, m)| m.len()).sum::<usize>()

@@ -43,10 +43,17 @@ fn snapshot(
 
 /// Runs one packet through the pipeline: (sent packets, stats).
 fn run(snap: Snapshot, port: u16, pkt: &[u8]) -> (Vec<(u16, Vec<u8>)>, WorkerStats) {
+    run_batch(snap, port, &[pkt.to_vec()])
+}
+
+/// Runs packets through the pipeline as one batch: (sent packets, stats).
+fn run_batch(snap: Snapshot, port: u16, pkts: &[Vec<u8>]) -> (Vec<(u16, Vec<u8>)>, WorkerStats) {
     let publisher = Publisher::new(snap);
     let mut io = MemIo::new(8, 4096, TxSink::Capture);
     let stats = WorkerStats::default();
-    assert!(io.inject(port, pkt));
+    for pkt in pkts {
+        assert!(io.inject(port, pkt));
+    }
     let mut batch = Batch::new(64);
     process_batch(
         &mut io,
@@ -155,6 +162,40 @@ fn geneve_encap_over_ipv6_with_identity_option_and_checksum() {
         &MAC_CLI_PORT,
         "without a VTEP MAC the inner MACs are kept"
     );
+}
+
+/// The outer headers are prebuilt once per node and batch: every packet of a batch still gets its
+/// own lengths, checksums and source port.
+#[test]
+fn one_batch_of_mixed_sizes_gets_per_packet_lengths_and_checksums() {
+    let sizes = [0usize, 1, 100, 555, 1200];
+    let input: Vec<Vec<u8>> = sizes.iter().map(|n| client_to_pod(*n)).collect();
+    for (mode, local) in [
+        (OverlayMode::Vxlan, "10.20.0.1"),
+        (OverlayMode::Geneve, "fd00:20::1"),
+    ] {
+        let snap = snapshot(mode, local, 1500, &["10.20.0.21", "fd00:20::21"], None);
+        let (sent, stats) = run_batch(snap, 0, &input);
+        assert_eq!(sent.len(), sizes.len(), "{:?}", stats.snapshot(0));
+        for ((_, out), inp) in sent.iter().zip(&input) {
+            let p = parse(out, TunnelPorts::DEFAULT).unwrap();
+            let t = p.tunnel.unwrap();
+            assert_eq!(&out[t.inner + 34..], &inp[34..], "inner payload kept");
+            assert_eq!(p.ip_len, out.len() - 14, "outer IP length");
+            let u = UdpPacket::new_checked(&out[p.l4.unwrap()..]).unwrap();
+            assert_eq!(
+                usize::from(u.length()),
+                out.len() - p.l4.unwrap(),
+                "UDP length"
+            );
+            if p.src.is_ipv4() {
+                assert_eq!(checksum::sum(&out[14..34]), 0xffff, "outer IPv4 checksum");
+            } else {
+                assert!(u.verify_checksum(p.src, p.dst), "IPv6 UDP checksum");
+                assert_eq!(t.identity, Some(2));
+            }
+        }
+    }
 }
 
 /// A frame as the remote node's kernel vxlan device sends it back: pod -> client.
