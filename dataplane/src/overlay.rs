@@ -541,10 +541,16 @@ fn encap_one(
 /// the per-packet fields: lengths, IPv4 checksum (from the template's partial sum) or IPv6 UDP
 /// checksum, source port, VNI (and the Geneve identity option, at the same place in every
 /// template that carries it).
-#[inline]
+#[inline(always)]
 fn stamp_outer(out: &mut [u8], eg: &Egress, sport: u16, vni: u32, v6: bool) {
     let n = eg.hdr_len;
-    out[..n].copy_from_slice(&eg.hdr[..n]);
+    const VXLAN4: usize = ETH + IPV4 + UDP + 8;
+    if n == VXLAN4 {
+        // the common template, as a fixed-size copy the compiler unrolls (no memcpy call)
+        out[..VXLAN4].copy_from_slice(&eg.hdr[..VXLAN4]);
+    } else {
+        out[..n].copy_from_slice(&eg.hdr[..n]);
+    }
     let ip_hdr = if v6 { IPV6 } else { IPV4 };
     let udp_at = ETH + ip_hdr;
     let tun_at = udp_at + UDP;
@@ -667,7 +673,7 @@ fn write_outer(out: &mut [u8], o: &OuterSpec) {
 }
 
 /// TTL/hop limit - 1 on a header `parse` already checked (ttl > 1 was checked by the caller).
-#[inline]
+#[inline(always)]
 fn decrement_ttl(pkt: &mut [u8], p: &Inner) {
     if !p.v6 {
         Ipv4Packet::new_unchecked(&mut pkt[p.l3..]).decrement_ttl();
