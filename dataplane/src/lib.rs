@@ -11,6 +11,7 @@
 pub mod drop;
 pub mod fixtures;
 pub mod io;
+pub mod lb;
 pub mod overlay;
 pub mod packet;
 pub mod pipeline;

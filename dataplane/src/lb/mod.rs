@@ -1,0 +1,3 @@
+//! Service load balancing: Maglev tables, connection tracking, NAT.
+
+pub mod maglev;
