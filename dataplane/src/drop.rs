@@ -38,6 +38,10 @@ drop_reasons! {
     UnsupportedL3 = 139, "UNSUPPORTED_L3_PROTOCOL";
     /// A Geneve option marked critical that sluice does not know (RFC 8926: must drop).
     InvalidGeneveOption = 149, "INVALID_GENEVE_OPTION";
+    /// Connection tracking table full and nothing evictable: the new flow is not admitted.
+    CtMapInsertionFailed = 155, "CT_MAP_INSERTION_FAILED";
+    /// A service frontend with no backend that can take a new connection.
+    ServiceBackendNotFound = 158, "SERVICE_BACKEND_NOT_FOUND";
     /// The remote node has no address in the underlay's family (DROP_NO_TUNNEL_ENDPOINT).
     NoTunnelEndpoint = 160, "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT";
     /// No route to the destination (Cilium DROP_NO_FIB).
@@ -56,6 +60,8 @@ drop_reasons! {
     NoEgressPort = 1003, "NO_EGRESS_PORT";
     /// The frame's buffer has no headroom left for the encapsulation headers.
     NoHeadroom = 1004, "NO_HEADROOM";
+    /// Every SNAT source port toward that backend is in use.
+    SnatPortsExhausted = 1005, "SNAT_PORTS_EXHAUSTED";
 }
 
 #[cfg(test)]

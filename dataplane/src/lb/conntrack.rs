@@ -1,0 +1,445 @@
+//! Connection tracking for load-balanced flows: one entry per connection, found from either
+//! direction (the client's original tuple and the tuple the backend's replies carry), with the
+//! NAT it was given. Per worker, no locks (decision 007).
+//!
+//! Memory is allocated once, at creation, for the configured bound; the fast path never grows a
+//! table. IPv4 entries use 4-byte addresses, so a connection costs about 100 bytes (two map
+//! buckets of 20 bytes at hashbrown's load factor, one 40-byte slot); see `bytes_per_entry`.
+
+use crate::wire::tcp;
+use std::hash::Hash;
+
+/// An address in the table: `u32` for IPv4, `[u8; 16]` for IPv6.
+pub trait Addr: Copy + Eq + Hash + Default + std::fmt::Debug {}
+impl Addr for u32 {}
+impl Addr for [u8; 16] {}
+
+/// A 5-tuple as it appears on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Tuple<A> {
+    pub src: A,
+    pub dst: A,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// An address and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Endpoint<A> {
+    pub addr: A,
+    pub port: u16,
+}
+
+/// What the connection was translated to. Original direction: client -> frontend becomes
+/// source -> backend. Reply direction: backend -> source becomes frontend -> client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Nat<A> {
+    pub client: Endpoint<A>,
+    pub frontend: Endpoint<A>,
+    pub backend: Endpoint<A>,
+    /// The source the backend sees: the client itself (DNAT only) or the SNAT address and port.
+    pub source: Endpoint<A>,
+}
+
+impl<A: Addr> Nat<A> {
+    pub fn original(&self, proto: u8) -> Tuple<A> {
+        Tuple {
+            src: self.client.addr,
+            dst: self.frontend.addr,
+            sport: self.client.port,
+            dport: self.frontend.port,
+            proto,
+        }
+    }
+    pub fn reply(&self, proto: u8) -> Tuple<A> {
+        Tuple {
+            src: self.backend.addr,
+            dst: self.source.addr,
+            sport: self.backend.port,
+            dport: self.source.port,
+            proto,
+        }
+    }
+}
+
+/// Connection state (TCP; other protocols are `Open` once created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Only the original direction seen yet: embryonic, first to be evicted when full.
+    Embryonic,
+    /// Both directions seen.
+    Established,
+    /// FIN or RST seen: kept for the closing timeout so the last segments still translate.
+    Closing,
+}
+
+/// Which way a packet travels on its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Original,
+    Reply,
+}
+
+/// Timeouts in seconds, Cilium's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub syn: u32,
+    pub established: u32,
+    pub closing: u32,
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            syn: 60,
+            established: 6 * 3600,
+            closing: 10,
+            other: 60,
+        }
+    }
+}
+
+/// A tracked connection. The NAT is stored as address and port arrays (client, frontend,
+/// backend, source), not as four padded `Endpoint`s: 24 bytes instead of 32 for IPv4.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<A> {
+    addrs: [A; 4],
+    ports: [u16; 4],
+    pub proto: u8,
+    pub state: State,
+    /// Worker clock second at which the entry expires.
+    pub expires: u32,
+}
+
+impl<A: Addr> Entry<A> {
+    #[inline]
+    pub fn nat(&self) -> Nat<A> {
+        let ep = |i: usize| Endpoint {
+            addr: self.addrs[i],
+            port: self.ports[i],
+        };
+        Nat {
+            client: ep(0),
+            frontend: ep(1),
+            backend: ep(2),
+            source: ep(3),
+        }
+    }
+}
+
+/// Why an insert failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// Full, and nothing expired or embryonic within the eviction scan.
+    Full,
+    /// One of the two tuples is already tracked (e.g. the chosen SNAT port was taken meanwhile).
+    Exists,
+}
+
+/// How far an insert into a full table looks for an evictable entry, and how many slots one GC
+/// step examines: small enough to bound the time per packet / per batch.
+pub const SCAN: usize = 64;
+
+/// A bounded connection table.
+pub struct Table<A> {
+    /// Original and reply tuple -> slot index << 1 | direction (1 = reply).
+    map: hashbrown::HashMap<Tuple<A>, u32>,
+    slots: Vec<Option<Entry<A>>>,
+    free: Vec<u32>,
+    max: usize,
+    len: usize,
+    cursor: usize,
+    pub timeouts: Timeouts,
+    /// Entries freed by GC / by eviction, for metrics.
+    pub expired: u64,
+    pub evicted: u64,
+}
+
+impl<A: Addr> Table<A> {
+    /// A table for at most `max` connections; all memory is allocated here.
+    pub fn new(max: usize, timeouts: Timeouts) -> Self {
+        Table {
+            map: hashbrown::HashMap::with_capacity(2 * max),
+            slots: (0..max).map(|_| None).collect(),
+            free: (0..max as u32).rev().collect(),
+            max,
+            len: 0,
+            cursor: 0,
+            timeouts,
+            expired: 0,
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.max
+    }
+
+    /// Approximate memory per tracked connection of this table (allocated bytes / capacity).
+    pub fn bytes_per_entry(&self) -> usize {
+        let bucket = std::mem::size_of::<(Tuple<A>, u32)>() + 1; // + hashbrown's control byte
+        let map = (self.map.capacity() * 8 / 7).next_power_of_two() * bucket;
+        let slots = self.max * (std::mem::size_of::<Option<Entry<A>>>() + 4); // + free list
+        (map + slots) / self.max.max(1)
+    }
+
+    /// The connection a packet belongs to, and its direction.
+    #[inline]
+    pub fn lookup(&self, t: &Tuple<A>) -> Option<(u32, Dir)> {
+        self.map.get(t).map(|&v| {
+            let dir = if v & 1 == 1 {
+                Dir::Reply
+            } else {
+                Dir::Original
+            };
+            (v >> 1, dir)
+        })
+    }
+
+    /// Whether a tuple is tracked (in either direction).
+    #[inline]
+    pub fn contains(&self, t: &Tuple<A>) -> bool {
+        self.map.contains_key(t)
+    }
+
+    pub fn get(&self, slot: u32) -> Option<&Entry<A>> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    /// Tracks a new connection. When full, an expired or embryonic entry near the scan cursor
+    /// makes room; established connections are never evicted.
+    pub fn insert(
+        &mut self,
+        nat: Nat<A>,
+        proto: u8,
+        tcp_flags: u8,
+        now: u32,
+    ) -> Result<u32, InsertError> {
+        let (orig, reply) = (nat.original(proto), nat.reply(proto));
+        if self.map.contains_key(&orig) || self.map.contains_key(&reply) {
+            return Err(InsertError::Exists);
+        }
+        if self.free.is_empty() && !self.evict_one(now) {
+            return Err(InsertError::Full);
+        }
+        let Some(slot) = self.free.pop() else {
+            return Err(InsertError::Full);
+        };
+        let mut e = Entry {
+            addrs: [
+                nat.client.addr,
+                nat.frontend.addr,
+                nat.backend.addr,
+                nat.source.addr,
+            ],
+            ports: [
+                nat.client.port,
+                nat.frontend.port,
+                nat.backend.port,
+                nat.source.port,
+            ],
+            proto,
+            state: State::Embryonic,
+            expires: 0,
+        };
+        advance(&mut e, Dir::Original, tcp_flags, now, &self.timeouts);
+        self.slots[slot as usize] = Some(e);
+        self.map.insert(orig, slot << 1);
+        self.map.insert(reply, slot << 1 | 1);
+        self.len += 1;
+        Ok(slot)
+    }
+
+    /// Records a packet of a tracked connection: state and expiry.
+    #[inline]
+    pub fn seen(&mut self, slot: u32, dir: Dir, tcp_flags: u8, now: u32) -> Option<&Entry<A>> {
+        let t = self.timeouts;
+        let e = self.slots.get_mut(slot as usize)?.as_mut()?;
+        advance(e, dir, tcp_flags, now, &t);
+        Some(e)
+    }
+
+    pub fn remove(&mut self, slot: u32) {
+        if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+            let nat = e.nat();
+            self.map.remove(&nat.original(e.proto));
+            self.map.remove(&nat.reply(e.proto));
+            self.free.push(slot);
+            self.len -= 1;
+        }
+    }
+
+    /// Examines up to `budget` slots from the GC cursor and frees the expired ones. Returns how
+    /// many were freed.
+    pub fn gc_step(&mut self, now: u32, budget: usize) -> usize {
+        let mut freed = 0;
+        for _ in 0..budget.min(self.max) {
+            let slot = self.cursor;
+            self.cursor = (self.cursor + 1) % self.max;
+            if matches!(&self.slots[slot], Some(e) if expired(e, now)) {
+                self.remove(slot as u32);
+                freed += 1;
+            }
+        }
+        self.expired += freed as u64;
+        freed
+    }
+
+    fn evict_one(&mut self, now: u32) -> bool {
+        for _ in 0..SCAN.min(self.max) {
+            let slot = self.cursor;
+            self.cursor = (self.cursor + 1) % self.max;
+            match &self.slots[slot] {
+                Some(e) if expired(e, now) => {
+                    self.remove(slot as u32);
+                    self.expired += 1;
+                    return true;
+                }
+                Some(e) if e.state == State::Embryonic => {
+                    self.remove(slot as u32);
+                    self.evicted += 1;
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+}
+
+#[inline]
+fn expired<A>(e: &Entry<A>, now: u32) -> bool {
+    // wrapping: the clock is seconds since the worker started
+    (now.wrapping_sub(e.expires) as i32) >= 0
+}
+
+/// The state machine: TCP SYN/established/closing, others open while traffic flows.
+#[inline]
+fn advance<A>(e: &mut Entry<A>, dir: Dir, flags: u8, now: u32, t: &Timeouts) {
+    if e.proto != tcp::PROTOCOL {
+        if dir == Dir::Reply {
+            e.state = State::Established;
+        }
+        e.expires = now.wrapping_add(t.other);
+        return;
+    }
+    if flags & (tcp::flags::FIN | tcp::flags::RST) != 0 {
+        e.state = State::Closing;
+    } else if dir == Dir::Reply && e.state == State::Embryonic {
+        e.state = State::Established;
+    }
+    let timeout = match e.state {
+        State::Embryonic => t.syn,
+        State::Established => t.established,
+        State::Closing => t.closing,
+    };
+    e.expires = now.wrapping_add(timeout);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tcp::flags::{ACK, FIN, SYN};
+
+    fn nat(client_port: u16) -> Nat<u32> {
+        Nat {
+            client: Endpoint {
+                addr: 0x0a0a_0002,
+                port: client_port,
+            },
+            frontend: Endpoint {
+                addr: 0x0a60_0050,
+                port: 80,
+            },
+            backend: Endpoint {
+                addr: 0x0a14_000b,
+                port: 8080,
+            },
+            source: Endpoint {
+                addr: 0x0a14_0001,
+                port: 61000 + client_port,
+            },
+        }
+    }
+
+    #[test]
+    fn both_directions_find_the_connection() {
+        let mut t = Table::new(4, Timeouts::default());
+        let n = nat(1000);
+        let s = t.insert(n, 6, SYN, 0).unwrap();
+        assert_eq!(t.lookup(&n.original(6)), Some((s, Dir::Original)));
+        assert_eq!(t.lookup(&n.reply(6)), Some((s, Dir::Reply)));
+        assert_eq!(t.lookup(&n.original(17)), None);
+        assert_eq!(t.insert(n, 6, SYN, 0), Err(InsertError::Exists));
+    }
+
+    #[test]
+    fn tcp_states_and_timeouts() {
+        let to = Timeouts::default();
+        let mut t = Table::new(4, to);
+        let s = t.insert(nat(1), 6, SYN, 100).unwrap();
+        let e = t.get(s).unwrap();
+        assert_eq!((e.state, e.expires), (State::Embryonic, 100 + to.syn));
+        let e = t.seen(s, Dir::Reply, SYN | ACK, 101).unwrap();
+        assert_eq!(
+            (e.state, e.expires),
+            (State::Established, 101 + to.established)
+        );
+        let e = t.seen(s, Dir::Original, FIN | ACK, 200).unwrap();
+        assert_eq!((e.state, e.expires), (State::Closing, 200 + to.closing));
+        // expired after the closing timeout, not before
+        assert_eq!(t.gc_step(200 + to.closing - 1, 4), 0);
+        assert_eq!(t.gc_step(200 + to.closing, 4), 1);
+        assert!(t.is_empty());
+        assert_eq!(t.lookup(&nat(1).original(6)), None);
+        assert_eq!(t.lookup(&nat(1).reply(6)), None);
+    }
+
+    #[test]
+    fn udp_stays_open_while_traffic_flows() {
+        let mut t = Table::new(2, Timeouts::default());
+        let s = t.insert(nat(7), 17, 0, 0).unwrap();
+        t.seen(s, Dir::Reply, 0, 50);
+        assert_eq!(t.gc_step(100, 2), 0, "refreshed at 50: expires at 110");
+        assert_eq!(t.gc_step(110, 2), 1);
+    }
+
+    #[test]
+    fn full_table_evicts_embryonic_never_established() {
+        let mut t = Table::new(4, Timeouts::default());
+        for p in 0..4 {
+            let s = t.insert(nat(p), 6, SYN, 0).unwrap();
+            t.seen(s, Dir::Reply, SYN | ACK, 0);
+        }
+        // all established: a new flow is refused, nothing is touched
+        assert_eq!(t.insert(nat(10), 6, SYN, 1), Err(InsertError::Full));
+        for p in 0..4 {
+            assert!(t.lookup(&nat(p).original(6)).is_some());
+        }
+        // one embryonic among them: it is the one that goes
+        let s3 = t.lookup(&nat(3).original(6)).unwrap().0;
+        t.remove(s3);
+        t.insert(nat(3), 6, SYN, 1).unwrap();
+        t.insert(nat(11), 6, SYN, 2).unwrap();
+        assert!(t.lookup(&nat(3).original(6)).is_none(), "embryonic evicted");
+        assert_eq!(t.evicted, 1);
+        for p in 0..3 {
+            assert!(t.lookup(&nat(p).original(6)).is_some(), "established kept");
+        }
+    }
+
+    #[test]
+    fn memory_per_connection_is_bounded() {
+        let t: Table<u32> = Table::new(1 << 16, Timeouts::default());
+        assert!(t.bytes_per_entry() <= 128, "{} bytes", t.bytes_per_entry());
+    }
+}
