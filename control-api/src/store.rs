@@ -6,6 +6,7 @@
 
 use crate::model::{self, EndpointSliceView, Invalid, Kind, ObjectKey, ServiceView};
 use serde_json::Value;
+use sluice_dataplane::lb::maglev::{self, Member};
 use sluice_dataplane::state::{
     Backend, ClusterTables, Frontend, FrontendKind, HashMap, NodeEntry, ServiceEntry,
 };
@@ -39,6 +40,27 @@ pub struct Store {
     node_addresses: Vec<IpAddr>,
     /// This appliance's own Node name: its pod CIDR is local, not an overlay destination.
     local_node: Option<String>,
+    lb: LbDefaults,
+}
+
+/// The appliance's load-balancing defaults (config `[lb]`); services may override the algorithm
+/// and table size by annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbDefaults {
+    pub algorithm: sluice_dataplane::state::Algorithm,
+    pub maglev_table_size: u32,
+    /// Maglev hash seed: appliances with the same seed and backends build identical tables.
+    pub seed: u64,
+}
+
+impl Default for LbDefaults {
+    fn default() -> Self {
+        LbDefaults {
+            algorithm: Default::default(),
+            maglev_table_size: sluice_dataplane::lb::maglev::DEFAULT_TABLE_SIZE,
+            seed: 0,
+        }
+    }
 }
 
 impl Store {
@@ -50,7 +72,14 @@ impl Store {
             tables: ClusterTables::default(),
             node_addresses,
             local_node: None,
+            lb: LbDefaults::default(),
         }
+    }
+
+    /// Sets the load-balancing defaults.
+    pub fn with_lb(mut self, lb: LbDefaults) -> Self {
+        self.lb = lb;
+        self
     }
 
     /// Names this appliance's own Node object (its pod CIDR is not encapsulated to).
@@ -146,8 +175,9 @@ impl Store {
 
     /// Replaces everything with `items`, atomically: on any error nothing changes.
     pub fn replace_all(&mut self, items: Vec<Value>) -> Result<usize, Invalid> {
-        let mut fresh =
-            Store::new(self.node_addresses.clone()).with_local_node(self.local_node.clone());
+        let mut fresh = Store::new(self.node_addresses.clone())
+            .with_local_node(self.local_node.clone())
+            .with_lb(self.lb);
         let mut seen = BTreeSet::new();
         for (i, v) in items.into_iter().enumerate() {
             let (key, _) = fresh.put(v, None).map_err(|mut e| {
@@ -250,7 +280,11 @@ impl Store {
                 &format!("{}/{}", id.0, id.1),
                 &view,
                 &slices,
-                &self.node_addresses,
+                &Context {
+                    node_addresses: &self.node_addresses,
+                    local_node: self.local_node.as_deref(),
+                    lb: self.lb,
+                },
             );
             for (fe, _) in &compiled {
                 if let Some(owner) = self.tables.services.get(fe) {
@@ -355,13 +389,22 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
+/// What a service compiles against besides its own objects.
+pub struct Context<'a> {
+    /// Addresses NodePorts listen on.
+    pub node_addresses: &'a [IpAddr],
+    /// This appliance's node: externalTrafficPolicy Local keeps only backends on it.
+    pub local_node: Option<&'a str>,
+    pub lb: LbDefaults,
+}
+
 /// One Service with its EndpointSlices -> its frontends, each with the backends of its port.
 /// Backends match a service port by port name and protocol, as kube-proxy matches them.
 pub fn compile_service(
     name: &str,
     svc: &ServiceView,
     slices: &[EndpointSliceView],
-    node_addresses: &[IpAddr],
+    ctx: &Context,
 ) -> Compiled {
     let name: Arc<str> = name.into();
     let mut out = Vec::new();
@@ -370,13 +413,16 @@ pub fn compile_service(
     }
     // A NodePort listens in the service's IP families only (those of its cluster IPs; a
     // headless service has none and takes every family).
-    let node_addrs: Vec<IpAddr> = node_addresses
+    let node_addrs: Vec<IpAddr> = ctx
+        .node_addresses
         .iter()
         .filter(|a| {
             svc.cluster_ips.is_empty() || svc.cluster_ips.iter().any(|c| c.is_ipv6() == a.is_ipv6())
         })
         .copied()
         .collect();
+    let algorithm = svc.algorithm.unwrap_or(ctx.lb.algorithm);
+    let table_size = svc.maglev_table_size.unwrap_or(ctx.lb.maglev_table_size);
     for p in &svc.ports {
         let mut backends = Vec::new();
         for s in slices {
@@ -387,10 +433,15 @@ pub fn compile_service(
             {
                 for ep in &s.endpoints {
                     for addr in &ep.addrs {
+                        let weight = svc
+                            .weights
+                            .iter()
+                            .find(|(a, _)| a == addr)
+                            .map_or(1, |(_, w)| *w);
                         backends.push(Backend {
                             addr: *addr,
                             port: sp.port,
-                            weight: 1,
+                            weight,
                             ready: ep.ready,
                             serving: ep.serving,
                             terminating: ep.terminating,
@@ -400,13 +451,50 @@ pub fn compile_service(
                 }
             }
         }
+        // one Maglev table per port and traffic policy, shared by the frontends that use it
+        // (with no ready backend, serving terminating ones take new connections, as kube-proxy
+        // does since ProxyTerminatingEndpoints)
+        let table = |local_only: bool| -> Arc<[u16]> {
+            let members = |fallback: bool| -> Vec<Member> {
+                backends
+                    .iter()
+                    .map(|b| Member {
+                        addr: b.addr,
+                        port: b.port,
+                        weight: if takes_new_connections(b, local_only, ctx.local_node, fallback) {
+                            b.weight
+                        } else {
+                            0
+                        },
+                    })
+                    .collect()
+            };
+            let mut m = members(false);
+            if m.iter().all(|b| b.weight == 0) {
+                m = members(true);
+            }
+            maglev::build(&m, table_size, ctx.lb.seed).into()
+        };
+        let cluster_table = table(false);
+        let local_table = if svc.local_only {
+            table(true)
+        } else {
+            cluster_table.clone()
+        };
         let entry = |kind| {
+            let local_only = svc.local_only && kind != FrontendKind::ClusterIp;
             Arc::new(ServiceEntry {
                 name: name.clone(),
                 kind,
                 backends: backends.clone(),
+                algorithm,
+                table: if local_only {
+                    local_table.clone()
+                } else {
+                    cluster_table.clone()
+                },
                 affinity_timeout_s: svc.affinity_timeout_s,
-                local_only: svc.local_only && kind != FrontendKind::ClusterIp,
+                local_only,
             })
         };
         let proto = p.proto.number();
@@ -437,6 +525,24 @@ pub fn compile_service(
         }
     }
     out
+}
+
+/// Whether a backend may be given a new connection: ready and not terminating (terminating
+/// backends keep the connections they have, through conntrack), and on this node when the
+/// service's externalTrafficPolicy is Local.
+/// `fallback`: the serving-and-terminating ones instead.
+fn takes_new_connections(
+    b: &Backend,
+    local_only: bool,
+    local_node: Option<&str>,
+    fallback: bool,
+) -> bool {
+    let condition = if fallback {
+        b.serving && b.terminating
+    } else {
+        b.ready && !b.terminating
+    };
+    condition && (!local_only || (b.node.is_some() && b.node.as_deref() == local_node))
 }
 
 #[cfg(test)]
@@ -481,6 +587,70 @@ mod tests {
                 FrontendKind::NodePort
             );
         }
+    }
+
+    /// Slots of each backend address in a frontend's Maglev table.
+    fn slots(s: &Store, f: &Frontend) -> Vec<(String, usize)> {
+        let e = &s.tables.services[f];
+        e.backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let n = e.table.iter().filter(|&&t| usize::from(t) == i).count();
+                (b.addr.to_string(), n)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn weights_conditions_and_traffic_policy_shape_the_maglev_table() {
+        let mut s = Store::new(vec!["192.0.2.1".parse().unwrap()])
+            .with_local_node(Some("me".into()))
+            .with_lb(LbDefaults {
+                maglev_table_size: 1021,
+                ..Default::default()
+            });
+        let mut v = svc("web", "10.96.0.10");
+        v["metadata"]["annotations"] = json!({"sluice.io/backend-weights": "10.0.1.7=2"});
+        v["spec"]["externalTrafficPolicy"] = json!("Local");
+        s.put(v, None).unwrap();
+        let mut sl = slice(
+            "web-1",
+            "web",
+            &["10.0.1.5", "10.0.1.6", "10.0.1.7", "10.0.1.8"],
+        );
+        sl["endpoints"][0]["nodeName"] = json!("me");
+        sl["endpoints"][3]["conditions"] =
+            json!({"ready": false, "serving": true, "terminating": true});
+        s.put(sl, None).unwrap();
+        // cluster-wide: 1:1:2 over the ready backends, the terminating one gets nothing new
+        let c = slots(&s, &fe("10.96.0.10", 80));
+        assert_eq!(c[3], ("10.0.1.8".into(), 0));
+        let total: usize = c.iter().map(|x| x.1).sum();
+        assert_eq!(total, 1021);
+        assert!((c[2].1 as f64 / total as f64 - 0.5).abs() < 0.01, "{c:?}");
+        assert!((c[0].1 as f64 / total as f64 - 0.25).abs() < 0.01, "{c:?}");
+        // NodePort with externalTrafficPolicy Local: only the backend on this node
+        let l = slots(&s, &fe("192.0.2.1", 30080));
+        assert_eq!(
+            l.iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec![1021, 0, 0, 0]
+        );
+        // nothing ready: the serving terminating backend takes new connections
+        s.put(slice("web-1", "web", &[]), None).unwrap();
+        let mut sl = slice("web-1", "web", &["10.0.1.8"]);
+        sl["endpoints"][0]["conditions"] =
+            json!({"ready": false, "serving": true, "terminating": true});
+        s.put(sl, None).unwrap();
+        assert_eq!(
+            slots(&s, &fe("10.96.0.10", 80)),
+            vec![("10.0.1.8".into(), 1021)]
+        );
+        // a bad weight annotation is refused, naming it
+        let mut bad = svc("web", "10.96.0.10");
+        bad["metadata"]["annotations"] = json!({"sluice.io/backend-weights": "10.0.1.7:2"});
+        let e = s.put(bad, None).unwrap_err();
+        assert!(e.field.contains("sluice.io/backend-weights"), "{e:?}");
     }
 
     #[test]

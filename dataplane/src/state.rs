@@ -105,6 +105,16 @@ pub struct Backend {
     pub node: Option<Arc<str>>,
 }
 
+/// How a service picks the backend of a new connection (Cilium's `lb-algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Consistent hashing of the 5-tuple through the service's Maglev table.
+    #[default]
+    Maglev,
+    /// A random slot of the same (weighted) table.
+    Random,
+}
+
 /// A compiled service frontend and its backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceEntry {
@@ -112,6 +122,11 @@ pub struct ServiceEntry {
     pub name: Arc<str>,
     pub kind: FrontendKind,
     pub backends: Vec<Backend>,
+    pub algorithm: Algorithm,
+    /// Maglev lookup table: slot -> index into `backends`. Only backends that may take new
+    /// connections (ready, not terminating, local when the policy says so) have slots; empty when
+    /// there is none.
+    pub table: Arc<[u16]>,
     /// sessionAffinity ClientIP timeout in seconds, if set.
     pub affinity_timeout_s: Option<u32>,
     /// externalTrafficPolicy: Local.

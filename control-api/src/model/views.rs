@@ -67,6 +67,92 @@ pub struct ServiceView {
     pub type_: String,
     pub affinity_timeout_s: Option<u32>,
     pub local_only: bool,
+    /// `service.cilium.io/lb-algorithm` (or `sluice.io/lb-algorithm`): None = the appliance's.
+    pub algorithm: Option<Algorithm>,
+    /// `sluice.io/maglev-table-size`: None = the appliance's.
+    pub maglev_table_size: Option<u32>,
+    /// `sluice.io/backend-weights`: "ADDR=WEIGHT,..."; backends not named weigh 1.
+    pub weights: Vec<(IpAddr, u16)>,
+}
+
+pub use sluice_dataplane::state::Algorithm;
+
+pub const LB_ALGORITHM_ANNOTATIONS: [&str; 2] =
+    ["service.cilium.io/lb-algorithm", "sluice.io/lb-algorithm"];
+pub const MAGLEV_SIZE_ANNOTATION: &str = "sluice.io/maglev-table-size";
+pub const WEIGHTS_ANNOTATION: &str = "sluice.io/backend-weights";
+
+/// An annotation's string value; an annotation that is not a string is an error naming it.
+pub(crate) fn annotation<'v>(at: &At, v: &'v Value, name: &str) -> VResult<Option<&'v str>> {
+    match v.pointer(&format!(
+        "/metadata/annotations/{}",
+        name.replace('/', "~1")
+    )) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(at.bad(format!("metadata.annotations[{name}]"), "must be a string")),
+    }
+}
+
+fn lb_annotations(
+    at: &At,
+    v: &Value,
+) -> VResult<(Option<Algorithm>, Option<u32>, Vec<(IpAddr, u16)>)> {
+    let mut algorithm = None;
+    for name in LB_ALGORITHM_ANNOTATIONS {
+        if let Some(a) = annotation(at, v, name)? {
+            algorithm = Some(match a {
+                "maglev" => Algorithm::Maglev,
+                "random" => Algorithm::Random,
+                o => {
+                    return Err(at.bad(
+                        format!("metadata.annotations[{name}]"),
+                        format!("{o:?} is not \"maglev\" or \"random\""),
+                    ))
+                }
+            });
+        }
+    }
+    let field = || format!("metadata.annotations[{MAGLEV_SIZE_ANNOTATION}]");
+    let size = match annotation(at, v, MAGLEV_SIZE_ANNOTATION)? {
+        None => None,
+        Some(s) => Some(
+            s.parse::<u32>()
+                .ok()
+                .filter(|m| sluice_dataplane::lb::maglev::TABLE_SIZES.contains(m))
+                .ok_or_else(|| {
+                    at.bad(
+                        field(),
+                        format!(
+                            "{s:?} is not one of the Maglev table sizes {:?}",
+                            sluice_dataplane::lb::maglev::TABLE_SIZES
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let mut weights = Vec::new();
+    if let Some(w) = annotation(at, v, WEIGHTS_ANNOTATION)? {
+        let field = format!("metadata.annotations[{WEIGHTS_ANNOTATION}]");
+        for item in w.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let parsed = item.split_once('=').and_then(|(a, n)| {
+                Some((
+                    a.trim().parse::<IpAddr>().ok()?,
+                    n.trim().parse::<u16>().ok()?,
+                ))
+            });
+            match parsed {
+                Some(p) => weights.push(p),
+                None => {
+                    return Err(at.bad(
+                        field,
+                        format!("{item:?} is not ADDRESS=WEIGHT (weight 0-65535)"),
+                    ))
+                }
+            }
+        }
+    }
+    Ok((algorithm, size, weights))
 }
 
 /// Default ClientIP affinity timeout (Kubernetes' default: 3 hours).
@@ -171,6 +257,7 @@ pub fn service(key: &ObjectKey, v: &Value) -> VResult<ServiceView> {
             ))
         }
     };
+    let (algorithm, maglev_table_size, weights) = lb_annotations(&at, v)?;
     Ok(ServiceView {
         cluster_ips,
         external_ips,
@@ -179,6 +266,9 @@ pub fn service(key: &ObjectKey, v: &Value) -> VResult<ServiceView> {
         type_,
         affinity_timeout_s: affinity,
         local_only,
+        algorithm,
+        maglev_table_size,
+        weights,
     })
 }
 
@@ -316,25 +406,16 @@ pub fn node(key: &ObjectKey, v: &Value) -> VResult<NodeView> {
             pod_cidrs.push(c);
         }
     }
-    let vtep_mac = match v.pointer(&format!(
-        "/metadata/annotations/{}",
-        VTEP_MAC_ANNOTATION.replace('/', "~1")
-    )) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(m)) => Some(sluice_dataplane::wire::ethernet::parse_mac(m).ok_or_else(
-            || {
+    let vtep_mac = match annotation(&at, v, VTEP_MAC_ANNOTATION)? {
+        None => None,
+        Some(m) => Some(
+            sluice_dataplane::wire::ethernet::parse_mac(m).ok_or_else(|| {
                 at.bad(
                     format!("metadata.annotations[{VTEP_MAC_ANNOTATION}]"),
                     format!("{m:?} is not a MAC address like 02:00:00:00:00:01"),
                 )
-            },
-        )?),
-        Some(_) => {
-            return Err(at.bad(
-                format!("metadata.annotations[{VTEP_MAC_ANNOTATION}]"),
-                "must be a string",
-            ))
-        }
+            })?,
+        ),
     };
     Ok(NodeView {
         addrs,
