@@ -45,6 +45,8 @@ drop_reasons! {
     /// The remote node has no address in the underlay's family (DROP_NO_TUNNEL_ENDPOINT).
     NoTunnelEndpoint = 160, "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT";
     /// No route to the destination (Cilium DROP_NO_FIB).
+    /// No SNAT address configured for the packet's family.
+    NatNoMapping = 167, "NAT_NO_MAPPING";
     NoRoute = 169, "FIB_LOOKUP_FAILED";
     /// Tunnel traffic from an address that is not a known node (DROP_UNKNOWN_SENDER).
     UnknownSender = 172, "UNKNOWN_SENDER";

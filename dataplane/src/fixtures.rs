@@ -80,5 +80,87 @@ pub fn overlay_snapshot(
             world_identity: 2,
             geneve_identity_option: mode == OverlayMode::Geneve,
         }),
+        lb: Default::default(),
     }
 }
+
+/// The service lab state: the overlay state (VXLAN off) plus service `lab/web` on
+/// 10.96.0.80 and fd00:96::80, TCP 80 and UDP 53, backends .11/.12/.13 on the server segment
+/// with weights 1:1:2, SNAT to 10.20.0.1 / fd00:20::1.
+pub fn service_snapshot(weights: [u16; 3]) -> Snapshot {
+    use crate::lb::maglev::{self, Member};
+    use crate::state::{Algorithm, Backend, Frontend, FrontendKind, ServiceEntry};
+    let mut s = overlay_snapshot(OverlayMode::Off, "10.20.0.1", 1500, &[], None);
+    let mut cluster = (*s.cluster).clone();
+    let mut neighbors = (*s.neighbors).clone();
+    for (fe, family) in [("10.96.0.80", "10.20.0."), ("fd00:96::80", "fd00:20::")] {
+        for (proto, port, bport) in [(6u8, 80u16, 8080u16), (17, 53, 5353)] {
+            let backends: Vec<Backend> = (0..3)
+                .map(|i| Backend {
+                    addr: ip(&format!("{family}{}", 11 + i)),
+                    port: bport,
+                    weight: weights[i],
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node: None,
+                })
+                .collect();
+            let members: Vec<Member> = backends
+                .iter()
+                .map(|b| Member {
+                    addr: b.addr,
+                    port: b.port,
+                    weight: b.weight,
+                })
+                .collect();
+            for b in &backends {
+                neighbors.insert((1u16, b.addr), MAC_BACKEND);
+            }
+            cluster.services.insert(
+                Frontend {
+                    addr: ip(fe),
+                    proto,
+                    port,
+                },
+                Arc::new(ServiceEntry {
+                    name: "lab/web".into(),
+                    kind: FrontendKind::ClusterIp,
+                    table: maglev::build(&members, 1021, 0).into(),
+                    backends,
+                    algorithm: Algorithm::Maglev,
+                    affinity_timeout_s: None,
+                    local_only: false,
+                }),
+            );
+        }
+    }
+    neighbors.insert((0u16, ip("fd00:10::2")), MAC_CLIENT);
+    let mut routes = s.routes.routes().to_vec();
+    routes.push(Route {
+        prefix: ip("fd00:10::"),
+        prefix_len: 64,
+        port: 0,
+        via: None,
+        mac: None,
+    });
+    s.routes = Arc::new(RouteTable::new(routes));
+    s.cluster = Arc::new(cluster);
+    s.neighbors = Arc::new(neighbors);
+    s.lb = Arc::new(crate::lb::LbSettings {
+        snat_v4: Some(
+            "10.20.0.1"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        ),
+        snat_v6: Some(
+            "fd00:20::1"
+                .parse()
+                .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
+        ),
+        ..Default::default()
+    });
+    s
+}
+
+pub const MAC_BACKEND: MacAddr = [2, 0, 0, 0, 0x20, 0x11];

@@ -97,15 +97,24 @@ fn route_one(snap: &Snapshot, pkt: &mut [u8], neigh: &mut impl NeighborRequests)
 }
 
 /// The stages of this build of sluice, in order.
+/// The stages' per-worker state.
 #[derive(Default)]
-pub struct Pipeline {}
+pub struct Pipeline {
+    pub lb: crate::lb::LbState,
+}
 
 impl Pipeline {
+    /// With small conntrack tables (tests, replay, benches).
     pub fn new() -> Self {
-        Pipeline {}
+        Pipeline::default()
     }
 
-    /// Runs every stage over the batch: decapsulation, encapsulation (or native routing) toward
+    /// With the worker's share of the appliance's conntrack.
+    pub fn with_lb(lb: crate::lb::LbState) -> Self {
+        Pipeline { lb }
+    }
+
+    /// Runs every stage over the batch: decapsulation, service load balancing, encapsulation (or native routing) toward
     /// remote pods, then routing. Frames whose bytes are not addressable in `region` (a corrupt
     /// descriptor) are dropped as malformed.
     pub fn run(
@@ -117,6 +126,7 @@ impl Pipeline {
         neigh: &mut impl NeighborRequests,
     ) {
         crate::overlay::decap(snap, region, batch, stats);
+        crate::lb::service(snap, region, batch, stats, &mut self.lb);
         crate::overlay::encap(snap, region, batch, stats, neigh);
         for i in 0..batch.len() {
             if batch.verdict(i) != Verdict::Continue {

@@ -294,6 +294,7 @@ pub struct Snapshot {
     pub neighbors: Arc<NeighborTable>,
     pub cluster: Arc<ClusterTables>,
     pub overlay: Arc<Overlay>,
+    pub lb: Arc<crate::lb::LbSettings>,
 }
 
 impl Snapshot {

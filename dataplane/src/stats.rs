@@ -45,6 +45,10 @@ pub struct WorkerStats {
     pub decapsulated: Counter,
     pub encapsulated: Counter,
     pub icmp_errors: Counter,
+    /// Load-balanced connections started.
+    pub lb_new_connections: Counter,
+    /// Tracked connections now (a gauge).
+    pub ct_entries: Counter,
     /// Kernel-side AF_XDP drops (copied from the sockets now and then, see worker.rs).
     pub xsk_rx_dropped: Counter,
     pub xsk_rx_ring_full: Counter,
@@ -67,6 +71,8 @@ impl Default for WorkerStats {
             decapsulated: Counter::default(),
             encapsulated: Counter::default(),
             icmp_errors: Counter::default(),
+            lb_new_connections: Counter::default(),
+            ct_entries: Counter::default(),
             xsk_rx_dropped: Counter::default(),
             xsk_rx_ring_full: Counter::default(),
             xsk_fill_ring_empty: Counter::default(),

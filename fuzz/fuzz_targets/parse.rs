@@ -44,6 +44,7 @@ fn publisher(mode: OverlayMode) -> Publisher {
             world_identity: 2,
             geneve_identity_option: true,
         }),
+        lb: Default::default(),
     })
 }
 

@@ -94,10 +94,10 @@ pub(crate) fn annotation<'v>(at: &At, v: &'v Value, name: &str) -> VResult<Optio
     }
 }
 
-fn lb_annotations(
-    at: &At,
-    v: &Value,
-) -> VResult<(Option<Algorithm>, Option<u32>, Vec<(IpAddr, u16)>)> {
+/// Backend address -> weight.
+type Weights = Vec<(IpAddr, u16)>;
+
+fn lb_annotations(at: &At, v: &Value) -> VResult<(Option<Algorithm>, Option<u32>, Weights)> {
     let mut algorithm = None;
     for name in LB_ALGORITHM_ANNOTATIONS {
         if let Some(a) = annotation(at, v, name)? {

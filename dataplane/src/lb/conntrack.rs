@@ -8,11 +8,39 @@
 
 use crate::wire::tcp;
 use std::hash::Hash;
+use std::net::IpAddr;
 
 /// An address in the table: `u32` for IPv4, `[u8; 16]` for IPv6.
-pub trait Addr: Copy + Eq + Hash + Default + std::fmt::Debug {}
-impl Addr for u32 {}
-impl Addr for [u8; 16] {}
+pub trait Addr: Copy + Eq + Hash + Default + std::fmt::Debug {
+    fn from_ip(a: IpAddr) -> Option<Self>;
+    fn ip(self) -> IpAddr;
+}
+impl Addr for u32 {
+    #[inline]
+    fn from_ip(a: IpAddr) -> Option<Self> {
+        match a {
+            IpAddr::V4(v) => Some(u32::from(v)),
+            IpAddr::V6(_) => None,
+        }
+    }
+    #[inline]
+    fn ip(self) -> IpAddr {
+        IpAddr::V4(self.into())
+    }
+}
+impl Addr for [u8; 16] {
+    #[inline]
+    fn from_ip(a: IpAddr) -> Option<Self> {
+        match a {
+            IpAddr::V6(v) => Some(v.octets()),
+            IpAddr::V4(_) => None,
+        }
+    }
+    #[inline]
+    fn ip(self) -> IpAddr {
+        IpAddr::V6(self.into())
+    }
+}
 
 /// A 5-tuple as it appears on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

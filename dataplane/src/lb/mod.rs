@@ -1,4 +1,411 @@
-//! Service load balancing: Maglev tables, connection tracking, NAT.
+//! Service load balancing, as Cilium's kube-proxy replacement and Katran do it: a packet to a
+//! service frontend (ClusterIP, NodePort, LoadBalancer, externalIP) starts a tracked connection
+//! to a backend picked from the service's Maglev table; the connection is translated both ways
+//! (DNAT to the backend, SNAT to the appliance so replies come back through it) until it closes,
+//! whatever happens to the service's backends meanwhile.
+//!
+//! Precedence, for TCP/UDP packets that are not fragments:
+//!   1. tracked connection, original direction -> source/destination rewritten to (SNAT, backend)
+//!   2. tracked connection, reply direction    -> rewritten back to (frontend, client)
+//!   3. not a frontend                         -> untouched (routed as is)
+//!   4. frontend without a backend for new connections -> Drop(SERVICE_BACKEND_NOT_FOUND)
+//!   5. no SNAT address of the packet's family -> Drop(NAT_NO_MAPPING)
+//!   6. no free SNAT port toward the backend   -> Drop(SNAT_PORTS_EXHAUSTED)
+//!   7. conntrack full, nothing evictable      -> Drop(CT_MAP_INSERTION_FAILED)
+//!   8. otherwise a new connection: tracked, translated
+//!
+//! For a frontend without backends sluice drops (with Cilium's reason) rather than answering a
+//! TCP RST: the drop is what Cilium does by default, and it is visible in the counters and flows.
 
 pub mod conntrack;
 pub mod maglev;
+
+use crate::drop::DropReason;
+use crate::packet::{Batch, Verdict};
+use crate::region::Region;
+use crate::state::{Algorithm, Frontend, Snapshot};
+use crate::stats::WorkerStats;
+use crate::wire::parse::{parse_fast, Parsed, TunnelPorts};
+use crate::wire::{be16, checksum, set_be16, tcp, udp};
+use conntrack::{Addr, Dir, Endpoint, InsertError, Nat, Table, Timeouts, Tuple};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Instant;
+
+/// The appliance's load-balancing settings (config `[lb]`), part of the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbSettings {
+    /// Source address connections to backends get (SNAT mode), per family.
+    pub snat_v4: Option<Ipv4Addr>,
+    pub snat_v6: Option<Ipv6Addr>,
+    /// SNAT source ports, inclusive; split evenly between the workers.
+    pub snat_ports: (u16, u16),
+    /// Flow hash seed (the same as the Maglev seed: appliances behind ECMP must agree).
+    pub seed: u64,
+}
+
+impl Default for LbSettings {
+    fn default() -> Self {
+        LbSettings {
+            snat_v4: None,
+            snat_v6: None,
+            snat_ports: DEFAULT_SNAT_PORTS,
+            seed: 0,
+        }
+    }
+}
+
+/// Above the kernel's default ephemeral range (32768-60999), so the appliance's own outgoing
+/// connections from the same address never collide with SNAT ports.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
+
+/// Conntrack bounds for the whole appliance; each worker gets its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtLimits {
+    pub tcp_max: usize,
+    pub other_max: usize,
+    pub timeouts: Timeouts,
+}
+
+impl Default for CtLimits {
+    /// Cilium's defaults (bpf-ct-global-tcp-max, bpf-ct-global-any-max).
+    fn default() -> Self {
+        CtLimits {
+            tcp_max: 524_288,
+            other_max: 262_144,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// How many slots one GC step examines per table per batch: a few hundred ns of work, and at
+/// ~10k batches/s a 256k-entry table is swept in a few seconds.
+const GC_BUDGET: usize = 32;
+/// How many SNAT ports a new connection tries before giving up (from a hashed start).
+const PORT_PROBES: u32 = 64;
+
+/// One family's tables.
+struct Family<A> {
+    tcp: Table<A>,
+    other: Table<A>,
+}
+
+impl<A: Addr> Family<A> {
+    fn new(l: &CtLimits, share: usize) -> Self {
+        Family {
+            tcp: Table::new((l.tcp_max / share).max(1), l.timeouts),
+            other: Table::new((l.other_max / share).max(1), l.timeouts),
+        }
+    }
+    fn table(&mut self, proto: u8) -> &mut Table<A> {
+        if proto == tcp::PROTOCOL {
+            &mut self.tcp
+        } else {
+            &mut self.other
+        }
+    }
+}
+
+/// A worker's load-balancing state: its conntrack tables, its share of the SNAT ports, its clock.
+pub struct LbState {
+    v4: Family<u32>,
+    v6: Family<[u8; 16]>,
+    ctx: Ctx,
+}
+
+/// Everything of the worker's LB state but the tables.
+struct Ctx {
+    worker: u16,
+    workers: u16,
+    start: Instant,
+    now: u32,
+    rng: u64,
+}
+
+impl Ctx {
+    /// This worker's SNAT ports: (first, count).
+    fn port_range(&self, all: (u16, u16)) -> (u32, u32) {
+        let (lo, hi) = (u32::from(all.0), u32::from(all.1.max(all.0)));
+        let span = (hi - lo + 1) / u32::from(self.workers);
+        let start = lo + span * u32::from(self.worker);
+        (start, span.max(1))
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: per worker, no shared state
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Conntrack sizes for tests and offline tools (the daemon sizes from the config).
+const SMALL: CtLimits = CtLimits {
+    tcp_max: 4096,
+    other_max: 4096,
+    timeouts: Timeouts {
+        syn: 60,
+        established: 6 * 3600,
+        closing: 10,
+        other: 60,
+    },
+};
+
+impl Default for LbState {
+    fn default() -> Self {
+        LbState::new(&SMALL, 0, 1)
+    }
+}
+
+impl LbState {
+    /// Worker `worker` of `workers`: its share of the limits and of the SNAT port range.
+    pub fn new(limits: &CtLimits, worker: u16, workers: u16) -> Self {
+        let share = usize::from(workers.max(1));
+        LbState {
+            v4: Family::new(limits, share),
+            v6: Family::new(limits, share),
+            ctx: Ctx {
+                worker,
+                workers: workers.max(1),
+                start: Instant::now(),
+                now: 0,
+                rng: 0x853c_49e6_748f_ea9b ^ u64::from(worker),
+            },
+        }
+    }
+
+    /// Tracked connections (all tables).
+    pub fn connections(&self) -> usize {
+        self.v4.tcp.len() + self.v4.other.len() + self.v6.tcp.len() + self.v6.other.len()
+    }
+
+    /// Capacity (all tables).
+    pub fn capacity(&self) -> usize {
+        self.v4.tcp.capacity()
+            + self.v4.other.capacity()
+            + self.v6.tcp.capacity()
+            + self.v6.other.capacity()
+    }
+
+    /// Advances the clock (seconds; once per batch) and runs a GC step on every table.
+    pub fn tick(&mut self) {
+        self.ctx.now = self.ctx.start.elapsed().as_secs() as u32;
+        self.gc(GC_BUDGET);
+    }
+
+    /// Moves the clock on by `secs` (tests: expiry without waiting).
+    pub fn advance_clock(&mut self, secs: u32) {
+        self.ctx.start -= std::time::Duration::from_secs(u64::from(secs));
+    }
+
+    fn gc(&mut self, budget: usize) {
+        let now = self.ctx.now;
+        self.v4.tcp.gc_step(now, budget);
+        self.v4.other.gc_step(now, budget);
+        self.v6.tcp.gc_step(now, budget);
+        self.v6.other.gc_step(now, budget);
+    }
+}
+
+/// The load-balancing stage.
+pub fn service(
+    snap: &Snapshot,
+    region: &mut Region,
+    batch: &mut Batch,
+    stats: &WorkerStats,
+    lb: &mut LbState,
+) {
+    if snap.cluster.services.is_empty() && lb.connections() == 0 {
+        return;
+    }
+    lb.tick();
+    let mut new = 0;
+    for i in 0..batch.len() {
+        if batch.verdict(i) != Verdict::Continue {
+            continue;
+        }
+        let f = batch.frame(i);
+        let Some(pkt) = region.data_mut(&f) else {
+            continue;
+        };
+        // not parseable: the route stage drops it with its reason
+        let Ok(p) = parse_fast(pkt, TunnelPorts::NONE) else {
+            continue;
+        };
+        if p.fragment || p.l4.is_none() || !matches!(p.protocol, tcp::PROTOCOL | udp::PROTOCOL) {
+            continue;
+        }
+        let settings = &*snap.lb;
+        let out = match (p.src, p.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let t = tuple(u32::from(s), u32::from(d), &p);
+                let snat = settings.snat_v4.map(IpAddr::V4);
+                one(snap, &mut lb.v4, &mut lb.ctx, snat, t, pkt, &p)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let t = tuple(s.octets(), d.octets(), &p);
+                let snat = settings.snat_v6.map(IpAddr::V6);
+                one(snap, &mut lb.v6, &mut lb.ctx, snat, t, pkt, &p)
+            }
+            _ => continue,
+        };
+        match out {
+            Outcome::Untouched | Outcome::Tracked => {}
+            Outcome::New => new += 1,
+            Outcome::Drop(r) => batch.set_verdict(i, Verdict::Drop(r)),
+        }
+    }
+    stats.lb_new_connections.add(new);
+    stats.ct_entries.set(lb.connections() as u64);
+}
+
+enum Outcome {
+    Untouched,
+    Tracked,
+    New,
+    Drop(DropReason),
+}
+
+fn tuple<A>(src: A, dst: A, p: &Parsed) -> Tuple<A> {
+    Tuple {
+        src,
+        dst,
+        sport: p.src_port,
+        dport: p.dst_port,
+        proto: p.protocol,
+    }
+}
+
+#[inline]
+fn one<A: Addr>(
+    snap: &Snapshot,
+    fam: &mut Family<A>,
+    ctx: &mut Ctx,
+    snat: Option<IpAddr>,
+    t: Tuple<A>,
+    pkt: &mut [u8],
+    p: &Parsed,
+) -> Outcome {
+    let now = ctx.now;
+    let tb = fam.table(t.proto);
+    if let Some((slot, dir)) = tb.lookup(&t) {
+        if let Some(e) = tb.seen(slot, dir, p.tcp_flags, now) {
+            let nat = e.nat();
+            match dir {
+                Dir::Original => rewrite(pkt, p, nat.source, nat.backend),
+                Dir::Reply => rewrite(pkt, p, nat.frontend, nat.client),
+            }
+            return Outcome::Tracked;
+        }
+    }
+    let fe = Frontend {
+        addr: p.dst,
+        proto: p.protocol,
+        port: p.dst_port,
+    };
+    let Some(svc) = snap.cluster.services.get(&fe) else {
+        return Outcome::Untouched;
+    };
+    if svc.table.is_empty() {
+        return Outcome::Drop(DropReason::ServiceBackendNotFound);
+    }
+    let seed = snap.lb.seed;
+    let slot = match svc.algorithm {
+        Algorithm::Maglev => {
+            let h = maglev::flow_hash(p.src, p.dst, p.src_port, p.dst_port, p.protocol, seed);
+            (h % svc.table.len() as u64) as usize
+        }
+        Algorithm::Random => (ctx.next_random() % svc.table.len() as u64) as usize,
+    };
+    let Some(b) = svc.backends.get(usize::from(svc.table[slot])) else {
+        return Outcome::Drop(DropReason::ServiceBackendNotFound);
+    };
+    // a frontend of one family with a backend of the other would need NAT46/64
+    let Some(backend_addr) = A::from_ip(b.addr) else {
+        return Outcome::Drop(DropReason::ServiceBackendNotFound);
+    };
+    let Some(source_addr) = snat.and_then(A::from_ip) else {
+        return Outcome::Drop(DropReason::NatNoMapping);
+    };
+    let (lo, span) = ctx.port_range(snap.lb.snat_ports);
+    let first = (maglev::flow_hash(p.src, b.addr, p.src_port, b.port, p.protocol, !seed)
+        % u64::from(span)) as u32;
+    let mut nat = Nat {
+        client: Endpoint {
+            addr: t.src,
+            port: t.sport,
+        },
+        frontend: Endpoint {
+            addr: t.dst,
+            port: t.dport,
+        },
+        backend: Endpoint {
+            addr: backend_addr,
+            port: b.port,
+        },
+        source: Endpoint {
+            addr: source_addr,
+            port: 0,
+        },
+    };
+    // the first SNAT port toward this backend that no tracked connection uses
+    let free = (0..PORT_PROBES.min(span)).find_map(|k| {
+        nat.source.port = (lo + (first + k) % span) as u16;
+        (!tb.contains(&nat.reply(t.proto))).then_some(nat)
+    });
+    let Some(nat) = free else {
+        return Outcome::Drop(DropReason::SnatPortsExhausted);
+    };
+    match tb.insert(nat, t.proto, p.tcp_flags, now) {
+        Ok(_) => {
+            rewrite(pkt, p, nat.source, nat.backend);
+            Outcome::New
+        }
+        Err(InsertError::Full | InsertError::Exists) => {
+            Outcome::Drop(DropReason::CtMapInsertionFailed)
+        }
+    }
+}
+
+/// Rewrites source and destination address and port in place, with incremental updates of the
+/// IPv4 header checksum and the TCP/UDP checksum (pseudo-header included; a zero IPv4 UDP
+/// checksum means "none" and stays zero).
+fn rewrite<A: Addr>(pkt: &mut [u8], p: &Parsed, src: Endpoint<A>, dst: Endpoint<A>) {
+    let Some(l4) = p.l4 else { return };
+    let v4 = p.dst.is_ipv4();
+    let (src_at, dst_at) = if v4 {
+        (p.l3 + 12, p.l3 + 16)
+    } else {
+        (p.l3 + 8, p.l3 + 24)
+    };
+    let csum_at = l4 + if p.protocol == tcp::PROTOCOL { 16 } else { 6 };
+    let mut l4c = be16(pkt, csum_at);
+    let no_l4_checksum = p.protocol == udp::PROTOCOL && v4 && l4c == 0;
+    let (new_src, new_dst) = (src.addr.ip(), dst.addr.ip());
+    for (at, old, new) in [(src_at, p.src, new_src), (dst_at, p.dst, new_dst)] {
+        if old == new {
+            continue;
+        }
+        match new {
+            IpAddr::V4(a) => pkt[at..at + 4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => pkt[at..at + 16].copy_from_slice(&a.octets()),
+        }
+        if v4 {
+            let c = checksum::update_addr(be16(pkt, p.l3 + 10), old, new);
+            set_be16(pkt, p.l3 + 10, c);
+        }
+        l4c = checksum::update_addr(l4c, old, new);
+    }
+    for (at, old, new) in [(l4, p.src_port, src.port), (l4 + 2, p.dst_port, dst.port)] {
+        if old != new {
+            set_be16(pkt, at, new);
+            l4c = checksum::update16(l4c, old, new);
+        }
+    }
+    if !no_l4_checksum {
+        if p.protocol == udp::PROTOCOL && l4c == 0 {
+            l4c = 0xffff;
+        }
+        set_be16(pkt, csum_at, l4c);
+    }
+}

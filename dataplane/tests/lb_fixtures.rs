@@ -1,0 +1,277 @@
+//! Service load balancing on the `mem` backend: DNAT+SNAT of new connections, reverse NAT of
+//! replies, checksums, the weighted split, connections staying on their backend across backend
+//! changes, UDP, IPv6, and the drop reasons.
+
+use sluice_dataplane::fixtures::{service_snapshot, MAC_BACKEND, MAC_CLIENT, MAC_CLI_PORT};
+use sluice_dataplane::io::mem::{MemIo, TxSink};
+use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
+use sluice_dataplane::state::{Publisher, Snapshot};
+use sluice_dataplane::stats::WorkerStats;
+use sluice_dataplane::wire::build::{PacketSpec, L4};
+use sluice_dataplane::wire::parse::{parse, Parsed, TunnelPorts};
+use sluice_dataplane::wire::tcp::flags::{ACK, FIN, SYN};
+use sluice_dataplane::wire::{checksum, tcp::TcpPacket, udp::UdpPacket};
+use sluice_dataplane::worker::process_batch;
+use sluice_dataplane::{Batch, DropReason};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// One worker's pipeline kept across calls (its conntrack is the point).
+struct Lb {
+    publisher: Publisher,
+    pipeline: Pipeline,
+    stats: WorkerStats,
+}
+
+impl Lb {
+    fn new(snap: Snapshot) -> Self {
+        Lb {
+            publisher: Publisher::new(snap),
+            pipeline: Pipeline::new(),
+            stats: WorkerStats::default(),
+        }
+    }
+
+    /// Sends one frame in on `port`; what came out (port, bytes).
+    fn send(&mut self, port: u16, frame: &[u8]) -> Option<(u16, Vec<u8>)> {
+        let mut io = MemIo::new(8, 4096, TxSink::Capture);
+        assert!(io.inject(port, frame));
+        let mut batch = Batch::new(64);
+        process_batch(
+            &mut io,
+            &mut self.pipeline,
+            &self.publisher,
+            &mut batch,
+            &self.stats,
+            &mut NoNeighborRequests,
+        );
+        assert_eq!(io.free_frames(), 8, "frame leaked");
+        io.take_sent().into_iter().next()
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut s = PacketSpec::udp(src, dst, sport, dport, b"GET / HTTP/1.1\r\n\r\n");
+    s.l4 = L4::Tcp(flags);
+    s.dst_mac = MAC_CLI_PORT;
+    s.src_mac = MAC_CLIENT;
+    s.build()
+}
+
+/// Parses and checks every checksum of a frame sluice emitted.
+fn checked(out: &[u8]) -> Parsed {
+    let p = parse(out, TunnelPorts::NONE).unwrap();
+    let l4 = &out[p.l4.unwrap()..p.l3 + p.ip_len];
+    if p.src.is_ipv4() {
+        assert_eq!(
+            checksum::sum(&out[p.l3..p.l3 + 20]),
+            0xffff,
+            "IPv4 checksum"
+        );
+    }
+    if p.protocol == 6 {
+        assert!(
+            TcpPacket::new_checked(l4)
+                .unwrap()
+                .verify_checksum(p.src, p.dst),
+            "TCP checksum"
+        );
+    } else {
+        let u = UdpPacket::new_checked(l4).unwrap();
+        assert!(
+            u.checksum() == 0 || u.verify_checksum(p.src, p.dst),
+            "UDP checksum"
+        );
+    }
+    p
+}
+
+#[test]
+fn new_connection_is_translated_both_ways() {
+    for (client, vip, snat) in [
+        ("10.10.0.2", "10.96.0.80", "10.20.0.1"),
+        ("fd00:10::2", "fd00:96::80", "fd00:20::1"),
+    ] {
+        let mut lb = Lb::new(service_snapshot([1, 1, 2]));
+        let (port, out) = lb
+            .send(0, &tcp(client, vip, 40000, 80, SYN))
+            .expect("forwarded");
+        assert_eq!(port, 1, "toward the backends");
+        assert_eq!(&out[0..6], &MAC_BACKEND);
+        let p = checked(&out);
+        assert_eq!(p.src, ip(snat), "SNAT to the appliance");
+        assert!(
+            (61000..=65535).contains(&p.src_port),
+            "SNAT port {}",
+            p.src_port
+        );
+        assert_eq!(p.dst_port, 8080, "backend port");
+        let backend = p.dst;
+        assert_eq!(lb.stats.lb_new_connections.get(), 1);
+
+        // the backend's reply goes back to the client as if from the VIP
+        let reply = tcp(&backend.to_string(), snat, 8080, p.src_port, SYN | ACK);
+        let (port, back) = lb.send(1, &reply).expect("reply forwarded");
+        assert_eq!(port, 0);
+        let r = checked(&back);
+        assert_eq!(
+            (r.src, r.src_port, r.dst, r.dst_port),
+            (ip(vip), 80, ip(client), 40000)
+        );
+
+        // later segments of the same connection: same backend, same SNAT port
+        let (_, again) = lb.send(0, &tcp(client, vip, 40000, 80, ACK)).unwrap();
+        let a = checked(&again);
+        assert_eq!((a.dst, a.src_port), (backend, p.src_port));
+        assert_eq!(lb.stats.lb_new_connections.get(), 1);
+        assert_eq!(lb.stats.ct_entries.get(), 1);
+    }
+}
+
+#[test]
+fn new_connections_split_by_weight() {
+    let mut lb = Lb::new(service_snapshot([1, 1, 2]));
+    let mut per: HashMap<IpAddr, usize> = HashMap::new();
+    let n = 4000;
+    for i in 0..n {
+        let frame = tcp(
+            &format!("10.10.{}.{}", 1 + i / 250, 1 + i % 250),
+            "10.96.0.80",
+            40000 + i as u16,
+            80,
+            SYN,
+        );
+        let (_, out) = lb.send(0, &frame).unwrap();
+        *per.entry(parse(&out, TunnelPorts::NONE).unwrap().dst)
+            .or_default() += 1;
+    }
+    for (b, want) in [
+        ("10.20.0.11", 0.25),
+        ("10.20.0.12", 0.25),
+        ("10.20.0.13", 0.5),
+    ] {
+        let got = per[&ip(b)] as f64 / n as f64;
+        assert!(
+            (got - want).abs() < 0.05,
+            "{b}: {got:.3} of new connections, want {want}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_keeps_its_backend_when_the_backends_change() {
+    let mut lb = Lb::new(service_snapshot([1, 1, 2]));
+    let (_, out) = lb
+        .send(0, &tcp("10.10.0.2", "10.96.0.80", 40001, 80, SYN))
+        .unwrap();
+    let first = parse(&out, TunnelPorts::NONE).unwrap();
+    // reweighted so the connection's backend takes no new connections at all
+    let mut w = [1u16, 1, 1];
+    let idx = [ip("10.20.0.11"), ip("10.20.0.12"), ip("10.20.0.13")]
+        .iter()
+        .position(|a| *a == first.dst)
+        .unwrap();
+    w[idx] = 0;
+    lb.publisher.publish(service_snapshot(w));
+    let (_, out) = lb
+        .send(0, &tcp("10.10.0.2", "10.96.0.80", 40001, 80, ACK))
+        .unwrap();
+    assert_eq!(
+        parse(&out, TunnelPorts::NONE).unwrap().dst,
+        first.dst,
+        "established stays"
+    );
+    // a new connection does not land there
+    for sport in 50000..50050 {
+        let (_, out) = lb
+            .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN))
+            .unwrap();
+        assert_ne!(parse(&out, TunnelPorts::NONE).unwrap().dst, first.dst);
+    }
+    // once closed and past the closing timeout, the entry is gone
+    lb.send(0, &tcp("10.10.0.2", "10.96.0.80", 40001, 80, FIN | ACK))
+        .unwrap();
+    let before = lb.pipeline.lb.connections();
+    lb.pipeline.lb.advance_clock(11);
+    for _ in 0..200 {
+        // GC steps run per batch; any traffic drives them
+        lb.send(0, &tcp("10.10.0.9", "10.10.0.2", 1, 2, ACK));
+    }
+    assert_eq!(lb.pipeline.lb.connections(), before - 1);
+}
+
+#[test]
+fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
+    let mut lb = Lb::new(service_snapshot([1, 1, 2]));
+    let mut q = PacketSpec::udp("10.10.0.2", "10.96.0.80", 5000, 53, b"query");
+    q.dst_mac = MAC_CLI_PORT;
+    let frame = q.build();
+    let (_, out) = lb.send(0, &frame).unwrap();
+    let p = checked(&out);
+    assert_eq!((p.src, p.dst_port), (ip("10.20.0.1"), 5353));
+    let mut zero = frame.clone();
+    zero[40..42].copy_from_slice(&[0, 0]); // UDP checksum "none"
+    let (_, out) = lb.send(0, &zero).unwrap();
+    assert_eq!(&out[40..42], &[0, 0]);
+    let mut r = PacketSpec::udp(&p.dst.to_string(), "10.20.0.1", 5353, p.src_port, b"answer");
+    r.dst_mac = MAC_CLI_PORT;
+    let (port, back) = lb.send(1, &r.build()).unwrap();
+    let b = checked(&back);
+    assert_eq!(
+        (port, b.src, b.src_port, b.dst_port),
+        (0, ip("10.96.0.80"), 53, 5000)
+    );
+}
+
+#[test]
+fn drops_say_why() {
+    // no backend can take a new connection
+    let mut lb = Lb::new(service_snapshot([0, 0, 0]));
+    assert!(lb
+        .send(0, &tcp("10.10.0.2", "10.96.0.80", 1, 80, SYN))
+        .is_none());
+    assert_eq!(lb.stats.drops(DropReason::ServiceBackendNotFound), 1);
+    // no SNAT address for the family
+    let mut s = service_snapshot([1, 1, 1]);
+    s.lb = Arc::new(Default::default());
+    let mut lb = Lb::new(s);
+    assert!(lb
+        .send(0, &tcp("10.10.0.2", "10.96.0.80", 1, 80, SYN))
+        .is_none());
+    assert_eq!(lb.stats.drops(DropReason::NatNoMapping), 1);
+    // traffic that is not for a frontend is routed untouched
+    let mut lb = Lb::new(service_snapshot([1, 1, 1]));
+    let (_, out) = lb
+        .send(0, &tcp("10.10.0.2", "10.20.0.11", 1, 8080, SYN))
+        .unwrap();
+    let p = checked(&out);
+    assert_eq!(
+        (p.src, p.src_port, p.dst),
+        (ip("10.10.0.2"), 1, ip("10.20.0.11"))
+    );
+    assert_eq!(lb.stats.ct_entries.get(), 0);
+}
+
+#[test]
+fn snat_ports_run_out_with_a_named_drop() {
+    let mut s = service_snapshot([1, 0, 0]);
+    s.lb = Arc::new(sluice_dataplane::lb::LbSettings {
+        snat_ports: (61000, 61003),
+        ..(*s.lb).clone()
+    });
+    let mut lb = Lb::new(s);
+    let mut ok = 0;
+    for sport in 1000..1010 {
+        ok += usize::from(
+            lb.send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN))
+                .is_some(),
+        );
+    }
+    assert_eq!(ok, 4, "four SNAT ports toward the one backend");
+    assert_eq!(lb.stats.drops(DropReason::SnatPortsExhausted), 6);
+}
