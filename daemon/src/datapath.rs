@@ -4,9 +4,11 @@ use crate::neighbors::Neighbors;
 use anyhow::{Context, Result};
 use sluice_control::config::{CheckedSteer, Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
 use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
+use sluice_dataplane::lb::LbState;
 use sluice_dataplane::pipeline::Pipeline;
 use sluice_dataplane::state::{ClusterTables, HashMap, OverlayMode, PortInfo, StateHub};
 use sluice_dataplane::stats::WorkerStats;
+use sluice_dataplane::wire::{tcp, udp};
 use sluice_dataplane::worker::{PollMode, Worker};
 use sluice_xdp::{OwnedKey, Steering, XdpMode};
 use std::collections::HashSet;
@@ -41,6 +43,9 @@ pub struct Datapath {
     pod_cidrs: HashSet<(IpAddr, u8)>,
     cluster_seen: Option<Arc<ClusterTables>>,
     overlay_on: bool,
+    /// Service frontends currently steered, and the cluster tables they came from.
+    frontends: HashSet<(IpAddr, u8, u16)>,
+    services_seen: Option<Arc<ClusterTables>>,
 }
 
 impl Datapath {
@@ -78,6 +83,51 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// Steers exactly the service frontends (address, protocol, port) into the workers, following
+    /// the cluster's Services: other traffic to those addresses stays with the kernel.
+    pub fn sync_services(&mut self, cluster: &Arc<ClusterTables>) {
+        if self
+            .services_seen
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, cluster))
+        {
+            return;
+        }
+        self.services_seen = Some(cluster.clone());
+        let wanted: HashSet<(IpAddr, u8, u16)> = cluster
+            .services
+            .keys()
+            .map(|f| (f.addr, f.proto, f.port))
+            .collect();
+        if wanted == self.frontends {
+            return;
+        }
+        for (a, p, port) in self.frontends.difference(&wanted) {
+            if let Err(e) = self.steering.disown(&OwnedKey::service(*a, *p, *port)) {
+                tracing::warn!("unsteering frontend {a}:{port}/{p}: {e}");
+            }
+        }
+        let mut steered = HashSet::new();
+        for k @ (a, p, port) in wanted.iter() {
+            if self.frontends.contains(k) {
+                steered.insert(*k);
+                continue;
+            }
+            match self.steering.own(&OwnedKey::service(*a, *p, *port)) {
+                Ok(()) => {
+                    steered.insert(*k);
+                }
+                // a full steering map: the frontend is served by the kernel path (counted in
+                // the log; the next change retries)
+                Err(e) => tracing::warn!("steering frontend {a}:{port}/{p}: {e}"),
+            }
+        }
+        tracing::info!(frontends = steered.len(), "service frontends steered");
+        self.frontends = steered;
+    }
+}
+
 /// Attaches XDP everywhere, owns the configured traffic, starts the workers.
 pub fn start(
     cfg: &Config,
@@ -107,6 +157,23 @@ pub fn start(
             None => steering.own(&OwnedKey::service(s.ip, s.proto, s.port))?,
         }
     }
+    // replies to SNAT'd connections: exactly the SNAT ports of the SNAT addresses
+    let lb = cfg.lb_settings()?;
+    let snat: Vec<IpAddr> = [lb.snat_v4.map(IpAddr::V4), lb.snat_v6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+        .collect();
+    for a in &snat {
+        for port in lb.snat_ports.0..=lb.snat_ports.1 {
+            for proto in [tcp::PROTOCOL, udp::PROTOCOL] {
+                steering
+                    .own(&OwnedKey::service(*a, proto, port))
+                    .with_context(|| format!("steering SNAT port {a}:{port}"))?;
+            }
+        }
+        tracing::info!(address = %a, ports = ?lb.snat_ports, "SNAT replies steered");
+    }
+    let ct = cfg.ct_limits()?;
 
     let xsk_cfg = AfXdpConfig {
         frame_size: cfg.dataplane.frame_size,
@@ -127,6 +194,8 @@ pub fn start(
         pod_cidrs: HashSet::new(),
         cluster_seen: None,
         overlay_on: overlay.mode != OverlayMode::Off,
+        frontends: HashSet::new(),
+        services_seen: None,
     };
     for q in 0..cfg.dataplane.queues {
         let io = AfXdpIo::open(&ifnames, q, &xsk_cfg)?;
@@ -146,7 +215,7 @@ pub fn start(
         }
         let mut worker = Worker {
             io,
-            pipeline: Pipeline::new(),
+            pipeline: Pipeline::with_lb(LbState::new(&ct, q as u16, cfg.dataplane.queues as u16)),
             publisher: hub.publisher(),
             stats,
             neigh: neighbors.worker_queue(),

@@ -111,6 +111,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         ports: Arc::new(ports),
         routes: Arc::new(routes),
         overlay: Arc::new(cfg.overlay()?),
+        lb: Arc::new(cfg.lb_settings()?),
         ..Snapshot::default()
     }));
     if let Some(n) = &neighbors {
@@ -181,7 +182,9 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
             n.tick(&hub);
         }
         if let Some(d) = dp.as_mut() {
-            d.sync_pod_cidrs(&hub.current().cluster);
+            let cluster = hub.current().cluster.clone();
+            d.sync_pod_cidrs(&cluster);
+            d.sync_services(&cluster);
         }
         if last_stats.elapsed() >= stats_every {
             last_stats = Instant::now();
@@ -217,8 +220,9 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
 /// The store as it was last applied, from `api.state_dir`. A file that cannot be used is set
 /// aside (state.json.bad) with an error in the log, and sluiced starts empty: the syncer resends.
 fn restore_state(cfg: &Config) -> Result<Store> {
-    let mut store =
-        Store::new(cfg.node_addresses()?).with_local_node(cfg.overlay.local_node.clone());
+    let mut store = Store::new(cfg.node_addresses()?)
+        .with_local_node(cfg.overlay.local_node.clone())
+        .with_lb(cfg.lb_defaults()?);
     let dir = &cfg.api.state_dir;
     match persist::load(dir) {
         Ok(None) => tracing::info!(dir = %dir.display(), "no saved state: starting empty"),

@@ -6,6 +6,7 @@
 #                                       eth-srv 10.20.0.1  fd00:20::1  ------------ sw-app ┐
 #                                                                                           br0 ── sw-be1 --- PREFIX-be1 eth0 10.20.0.11 fd00:20::11 (HTTP :80)
 #                                                                                               ├─ sw-be2 --- PREFIX-be2 eth0 10.20.0.12 fd00:20::12 (HTTP :80)
+#                                                                                               ├─ sw-be3 --- PREFIX-be3 eth0 10.20.0.13 fd00:20::13 (HTTP :80)
 #                                                                                               └─ sw-n2  --- PREFIX-n2  eth0 10.20.0.21 fd00:20::21 (a second node)
 #
 # The appliance namespace also forwards in the kernel (ip_forward=1), so when sluiced is not
@@ -33,7 +34,7 @@ down() {
             [ -e "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
         done
     fi
-    for n in cli app sw be1 be2 n2; do
+    for n in cli app sw be1 be2 be3 n2; do
         ip netns del "$P-$n" 2>/dev/null || true
     done
     rm -rf "$STATE"
@@ -46,7 +47,7 @@ up() {
     fi
     trap 'echo "lab.sh: setup failed, tearing down" >&2; down' ERR
     mkdir -p "$STATE"
-    for n in cli app sw be1 be2 n2; do
+    for n in cli app sw be1 be2 be3 n2; do
         ip netns add "$P-$n"
         ns "$n" ip link set lo up
         # No duplicate address detection on this private wire: addresses (link-local included)
@@ -60,6 +61,7 @@ up() {
         peer name sw-app netns "$P-sw" numtxqueues "$Q" numrxqueues "$Q"
     ip link add eth0 netns "$P-be1" type veth peer name sw-be1 netns "$P-sw"
     ip link add eth0 netns "$P-be2" type veth peer name sw-be2 netns "$P-sw"
+    ip link add eth0 netns "$P-be3" type veth peer name sw-be3 netns "$P-sw"
     ip link add eth0 netns "$P-n2" type veth peer name sw-n2 netns "$P-sw"
 
     # client
@@ -83,7 +85,7 @@ up() {
 
     # switch
     ns sw ip link add br0 type bridge
-    for l in sw-app sw-be1 sw-be2 sw-n2; do
+    for l in sw-app sw-be1 sw-be2 sw-be3 sw-n2; do
         ns sw ip link set "$l" master br0
         ns sw ip link set "$l" up
         nooffload sw "$l"
@@ -91,7 +93,7 @@ up() {
     ns sw ip link set br0 up
 
     # backends, each with an HTTP server saying who it is
-    for i in 1 2; do
+    for i in 1 2 3; do
         ns "be$i" ip addr add "10.20.0.1$i/24" dev eth0
         ns "be$i" ip -6 addr add "fd00:20::1$i/64" dev eth0 nodad
         ns "be$i" ip link set eth0 up
@@ -120,8 +122,8 @@ up() {
         ns sw ethtool -L sw-app rx "$Q" tx "$Q" >/dev/null 2>&1 || true
     fi
 
-    # wait until both HTTP servers listen (python takes a moment to start)
-    for i in 1 2; do
+    # wait until the HTTP servers listen (python takes a moment to start)
+    for i in 1 2 3; do
         for _ in $(seq 50); do
             ns "be$i" ss -ltn 2>/dev/null | grep -q ':80 ' && break
             sleep 0.1
@@ -133,11 +135,11 @@ up() {
         (umask 077; head -c 24 /dev/urandom | base64 > /run/sluice/token)
     fi
     trap - ERR
-    echo "lab $P up: client 10.10.0.2, appliance $P-app (eth-cli, eth-srv), backends 10.20.0.11 10.20.0.12"
+    echo "lab $P up: client 10.10.0.2, appliance $P-app (eth-cli, eth-srv), backends 10.20.0.11 10.20.0.12 10.20.0.13"
 }
 
 status() {
-    for n in cli app sw be1 be2 n2; do
+    for n in cli app sw be1 be2 be3 n2; do
         echo "== $P-$n"
         ns "$n" ip -br addr 2>/dev/null || echo "(absent)"
     done

@@ -11,9 +11,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 mod api;
+mod lb;
 mod overlay;
 
 pub use api::ApiCfg;
+pub use lb::LbCfg;
 pub use overlay::{OverlayCfg, OverlayModeCfg};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -33,6 +35,8 @@ pub struct Config {
     pub api: ApiCfg,
     #[serde(default)]
     pub overlay: OverlayCfg,
+    #[serde(default)]
+    pub lb: LbCfg,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -323,6 +327,9 @@ impl Config {
             ));
         }
         self.overlay()?;
+        self.lb_settings()?;
+        self.lb_defaults()?;
+        self.ct_limits()?;
         if self.api.max_body_bytes < 1024 {
             return Err(bad("api.max_body_bytes", "must be at least 1024"));
         }
