@@ -90,6 +90,20 @@ $BIN/sluice get services
 $BIN/sluice get endpoints
 echo
 $BIN/sluice status | head -4
+bold "service load balancing: 200 new connections to the NodePort 10.10.0.1:30080 (weights be1:be2:be3 = 1:1:2)"
+split=$(ns cli python3 tools/lab/http_split.py http://10.10.0.1:30080/ 200)
+echo "  answers per backend: $split"
+if python3 -c "
+import json,sys; s=json.loads('$split'); n=sum(s.values())
+ok = 'error' not in s and all(abs(s.get(b,0)/n - w) < 0.1 for b, w in [('be1', .25), ('be2', .25), ('be3', .5)])
+sys.exit(0 if ok else 1)"; then echo "  ok    split follows the weights (Maglev)"; else echo "  FAIL  split $split"; fail=1; fi
+ans=$(ns cli curl -s -m 5 http://10.96.0.80/ || true)
+case "$ans" in
+    "hello from backend be"[123]) echo "  ok    curl http://10.96.0.80/ (ClusterIP): $ans" ;;
+    *) echo "  FAIL  curl http://10.96.0.80/ (ClusterIP): got '$ans'"; fail=1 ;;
+esac
+echo "  backends see the appliance (SNAT): $(tail -1 /run/sluice-lab/$P/http-be3.log 2>/dev/null | cut -d' ' -f1-4)"
+
 bold "overlay: a pod on node n2 behind a kernel vxlan device, through sluice's VXLAN"
 bash tools/lab/node2-vxlan.sh $P
 sleep 0.5   # the pod CIDR is steered on the control loop's next tick
