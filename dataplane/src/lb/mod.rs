@@ -4,7 +4,8 @@
 //! (DNAT to the backend, SNAT to the appliance so replies come back through it) until it closes,
 //! whatever happens to the service's backends meanwhile.
 //!
-//! Precedence, for TCP/UDP packets that are not fragments:
+//! Precedence, for TCP/UDP packets that are not fragments, addressed to a frontend or to the SNAT
+//! address (everything else is untouched):
 //!   1. tracked connection, original direction -> source/destination rewritten to (SNAT, backend)
 //!   2. tracked connection, reply direction    -> rewritten back to (frontend, client)
 //!   3. not a frontend                         -> untouched (routed as is)
@@ -288,22 +289,28 @@ fn one<A: Addr>(
 ) -> Outcome {
     let now = ctx.now;
     let tb = fam.table(t.proto);
-    if let Some((slot, dir)) = tb.lookup(&t) {
-        if let Some(e) = tb.seen(slot, dir, p.tcp_flags, now) {
-            let nat = e.nat();
-            match dir {
-                Dir::Original => rewrite(pkt, p, nat.source, nat.backend),
-                Dir::Reply => rewrite(pkt, p, nat.frontend, nat.client),
-            }
-            return Outcome::Tracked;
-        }
-    }
     let fe = Frontend {
         addr: p.dst,
         proto: p.protocol,
         port: p.dst_port,
     };
-    let Some(svc) = snap.cluster.services.get(&fe) else {
+    // Only packets to a frontend (original direction) or to the SNAT address (replies) can
+    // belong to a tracked connection: everything else skips the conntrack probe, a likely cache
+    // miss in a large table. (A connection whose frontend was deleted stops being translated.)
+    let svc = snap.cluster.services.get(&fe);
+    if svc.is_some() || Some(p.dst) == snat {
+        if let Some((slot, dir)) = tb.lookup(&t) {
+            if let Some(e) = tb.seen(slot, dir, p.tcp_flags, now) {
+                let nat = e.nat();
+                match dir {
+                    Dir::Original => rewrite(pkt, p, nat.source, nat.backend),
+                    Dir::Reply => rewrite(pkt, p, nat.frontend, nat.client),
+                }
+                return Outcome::Tracked;
+            }
+        }
+    }
+    let Some(svc) = svc else {
         return Outcome::Untouched;
     };
     if svc.table.is_empty() {
