@@ -28,9 +28,9 @@ use crate::wire::geneve::{
 };
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::ipv6::Ipv6Packet;
-use crate::wire::parse::{parse, Parsed, TunnelKind, TunnelPorts};
+use crate::wire::parse::{parse, plain_ipv4, plain_ipv4_tcp_udp, Parsed, TunnelKind, TunnelPorts};
 use crate::wire::vxlan::VxlanRepr;
-use crate::wire::{be16, checksum, icmp, set_be16, udp};
+use crate::wire::{be16, be32, checksum, icmp, set_be16, udp};
 use std::net::IpAddr;
 
 /// Outer headers: Ethernet 14 + IPv4 20 / IPv6 40 + UDP 8 (+ the tunnel header).
@@ -191,26 +191,6 @@ pub fn decap(snap: &Snapshot, region: &mut Region, batch: &mut Batch, stats: &Wo
     stats.decapsulated.add(done);
 }
 
-/// An untagged IPv4 frame without options, not a fragment, whose total length fits the frame and
-/// leaves room for a UDP header: (protocol, bytes after the IP header).
-#[inline]
-fn plain_ipv4(frame: &[u8]) -> Option<(u8, usize)> {
-    const L3: usize = ETH;
-    if frame.len() < ETH + IPV4 + UDP || frame[12..14] != [0x08, 0x00] || frame[L3] != 0x45 {
-        return None;
-    }
-    let total = usize::from(be16(frame, L3 + 2));
-    if be16(frame, L3 + 6) & 0x3fff != 0 || total < IPV4 || L3 + total > frame.len() {
-        return None;
-    }
-    Some((frame[L3 + 9], total - IPV4))
-}
-
-#[inline]
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 fn has_unknown_critical_option(geneve: &[u8]) -> bool {
     match GenevePacket::new_checked(geneve) {
         Ok(g) => g
@@ -256,26 +236,13 @@ impl Inner {
         }
     }
 
-    /// An untagged, unfragmented IPv4 frame without options carrying TCP or UDP whose header
-    /// lengths are sane (the checks `parse` would make): (destination, Inner). None: use `parse`.
+    /// A `plain_ipv4_tcp_udp` frame (the checks `parse` would make): (destination, Inner).
+    /// None: use `parse`.
     #[inline]
     fn plain_ipv4(frame: &[u8]) -> Option<(u32, Inner)> {
         const L3: usize = ETH;
         const L4: usize = ETH + IPV4;
-        let (proto, seg) = plain_ipv4(frame)?;
-        let sane = match proto {
-            udp::PROTOCOL => {
-                let ulen = usize::from(be16(frame, L4 + 4));
-                seg >= UDP && (UDP..=seg).contains(&ulen)
-            }
-            crate::wire::tcp::PROTOCOL if seg >= 20 => {
-                (20..=seg).contains(&(usize::from(frame[L4 + 12] >> 4) * 4))
-            }
-            _ => false,
-        };
-        if !sane {
-            return None;
-        }
+        let (proto, _) = plain_ipv4_tcp_udp(frame)?;
         let (src, dst) = (be32(frame, L3 + 12), be32(frame, L3 + 16));
         let ports = u64::from(be32(frame, L4));
         Some((

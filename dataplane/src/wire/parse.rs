@@ -166,6 +166,41 @@ pub fn parse(frame: &[u8], ports: TunnelPorts) -> WireResult<Parsed> {
     Ok(out)
 }
 
+/// An untagged IPv4 frame without options, not a fragment, whose total length fits the frame and
+/// leaves room for a UDP header: (protocol, bytes after the IP header). The first check of every
+/// in-place fast path.
+#[inline]
+pub fn plain_ipv4(frame: &[u8]) -> Option<(u8, usize)> {
+    const L3: usize = 14;
+    if frame.len() < L3 + 20 + 8 || frame[12..14] != [0x08, 0x00] || frame[L3] != 0x45 {
+        return None;
+    }
+    let total = usize::from(super::be16(frame, L3 + 2));
+    if super::be16(frame, L3 + 6) & 0x3fff != 0 || total < 20 || L3 + total > frame.len() {
+        return None;
+    }
+    Some((frame[L3 + 9], total - 20))
+}
+
+/// A `plain_ipv4` frame carrying TCP or UDP whose L4 header lengths are what `parse` accepts:
+/// (protocol, TCP flags or 0 for UDP).
+#[inline]
+pub fn plain_ipv4_tcp_udp(frame: &[u8]) -> Option<(u8, u8)> {
+    const L4: usize = 14 + 20;
+    let (proto, seg) = plain_ipv4(frame)?;
+    match proto {
+        udp::PROTOCOL => {
+            let ulen = usize::from(super::be16(frame, L4 + 4));
+            (seg >= 8 && ulen >= 8 && ulen <= seg).then_some((proto, 0))
+        }
+        tcp::PROTOCOL if seg >= 20 => {
+            let hl = usize::from(frame[L4 + 12] >> 4) * 4;
+            (hl >= 20 && hl <= seg).then_some((proto, frame[L4 + 13]))
+        }
+        _ => None,
+    }
+}
+
 /// `parse`, with the dominant case read in place: an untagged IPv4 frame without options, not a
 /// fragment, carrying TCP or UDP to a port that is not a tunnel port. Every other frame goes to
 /// `parse`. The result is always exactly `parse`'s (property-tested and fuzzed).
@@ -173,48 +208,28 @@ pub fn parse(frame: &[u8], ports: TunnelPorts) -> WireResult<Parsed> {
 pub fn parse_fast(frame: &[u8], ports: TunnelPorts) -> WireResult<Parsed> {
     const L3: usize = 14;
     const L4: usize = L3 + 20;
-    if frame.len() >= L4 + 8 && frame[12] == 0x08 && frame[13] == 0x00 && frame[L3] == 0x45 {
-        let total = usize::from(super::be16(frame, L3 + 2));
-        let frag = super::be16(frame, L3 + 6) & 0x3fff;
-        let proto = frame[L3 + 9];
-        let end = L3 + total;
-        if frag == 0 && total >= 20 && end <= frame.len() {
-            let seg_len = total - 20;
-            let src_port = super::be16(frame, L4);
-            let dst_port = super::be16(frame, L4 + 2);
-            let quick = match proto {
-                udp::PROTOCOL => {
-                    let ulen = usize::from(super::be16(frame, L4 + 4));
-                    let tunnel = Some(dst_port) == ports.vxlan || Some(dst_port) == ports.geneve;
-                    (seg_len >= 8 && ulen >= 8 && ulen <= seg_len && !tunnel).then_some(0)
-                }
-                tcp::PROTOCOL if seg_len >= 20 => {
-                    let hl = usize::from(frame[L4 + 12] >> 4) * 4;
-                    (hl >= 20 && hl <= seg_len).then_some(frame[L4 + 13])
-                }
-                _ => None,
-            };
-            if let Some(tcp_flags) = quick {
-                let a = |at: usize| {
-                    IpAddr::from([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
-                };
-                return Ok(Parsed {
-                    vlan: 0,
-                    ethertype: ethertype::IPV4,
-                    l3: L3,
-                    src: a(L3 + 12),
-                    dst: a(L3 + 16),
-                    ttl: frame[L3 + 8],
-                    ip_len: total,
-                    protocol: proto,
-                    l4: Some(L4),
-                    fragment: false,
-                    src_port,
-                    dst_port,
-                    tcp_flags,
-                    tunnel: None,
-                });
-            }
+    if let Some((proto, tcp_flags)) = plain_ipv4_tcp_udp(frame) {
+        let src_port = super::be16(frame, L4);
+        let dst_port = super::be16(frame, L4 + 2);
+        let tunnel = Some(dst_port) == ports.vxlan || Some(dst_port) == ports.geneve;
+        if !(proto == udp::PROTOCOL && tunnel) {
+            let a = |at: usize| IpAddr::from(super::be32(frame, at).to_be_bytes());
+            return Ok(Parsed {
+                vlan: 0,
+                ethertype: ethertype::IPV4,
+                l3: L3,
+                src: a(L3 + 12),
+                dst: a(L3 + 16),
+                ttl: frame[L3 + 8],
+                ip_len: usize::from(super::be16(frame, L3 + 2)),
+                protocol: proto,
+                l4: Some(L4),
+                fragment: false,
+                src_port,
+                dst_port,
+                tcp_flags,
+                tunnel: None,
+            });
         }
     }
     parse(frame, ports)

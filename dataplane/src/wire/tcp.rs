@@ -1,6 +1,6 @@
 //! TCP (RFC 9293) header view: ports, sequence numbers, flags, window, options length.
 
-use super::{be16, checksum, set_be16, WireError, WireResult};
+use super::{be16, be32, checksum, set_be16, WireError, WireResult};
 use std::net::IpAddr;
 
 pub mod field {
@@ -28,10 +28,6 @@ pub mod flags {
 #[derive(Debug)]
 pub struct TcpPacket<T: AsRef<[u8]>> {
     buffer: T,
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 impl<T: AsRef<[u8]>> TcpPacket<T> {
