@@ -39,28 +39,36 @@ pub struct Datapath {
     pub workers: Vec<std::thread::JoinHandle<()>>,
     pub stats: Vec<Arc<WorkerStats>>,
     pub zero_copy: Vec<bool>,
-    /// Remote pod CIDRs currently steered (the XDP prefix map), and the cluster tables they came from.
-    pod_cidrs: HashSet<(IpAddr, u8)>,
+    /// The cluster tables the steering below was derived from.
     cluster_seen: Option<Arc<ClusterTables>>,
+    /// Remote pod CIDRs currently steered (the XDP prefix map).
+    pod_cidrs: HashSet<(IpAddr, u8)>,
     overlay_on: bool,
-    /// Service frontends currently steered, and the cluster tables they came from.
+    /// Service frontends currently steered.
     frontends: HashSet<(IpAddr, u8, u16)>,
-    services_seen: Option<Arc<ClusterTables>>,
 }
 
 impl Datapath {
-    /// Steers the pod CIDRs of remote nodes (traffic to them is encapsulated or natively routed),
-    /// following the cluster's Node objects. Cheap when nothing changed (a pointer compare).
-    pub fn sync_pod_cidrs(&mut self, cluster: &Arc<ClusterTables>) {
-        if !self.overlay_on
-            || self
-                .cluster_seen
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, cluster))
+    /// Makes the XDP steering follow the cluster state: remote nodes' pod CIDRs and service
+    /// frontends. Cheap when nothing changed (a pointer compare).
+    pub fn sync_cluster(&mut self, cluster: &Arc<ClusterTables>) {
+        if self
+            .cluster_seen
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, cluster))
         {
             return;
         }
         self.cluster_seen = Some(cluster.clone());
+        if self.overlay_on {
+            self.sync_pod_cidrs(cluster);
+        }
+        self.sync_frontends(cluster);
+    }
+
+    /// Steers the pod CIDRs of remote nodes (traffic to them is encapsulated or natively routed),
+    /// following the cluster's Node objects.
+    fn sync_pod_cidrs(&mut self, cluster: &ClusterTables) {
         let wanted: HashSet<(IpAddr, u8)> = cluster
             .nodes
             .iter()
@@ -81,20 +89,10 @@ impl Datapath {
         tracing::info!(pod_cidrs = wanted.len(), "remote pod CIDRs steered");
         self.pod_cidrs = wanted;
     }
-}
 
-impl Datapath {
     /// Steers exactly the service frontends (address, protocol, port) into the workers, following
     /// the cluster's Services: other traffic to those addresses stays with the kernel.
-    pub fn sync_services(&mut self, cluster: &Arc<ClusterTables>) {
-        if self
-            .services_seen
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, cluster))
-        {
-            return;
-        }
-        self.services_seen = Some(cluster.clone());
+    fn sync_frontends(&mut self, cluster: &ClusterTables) {
         let wanted: HashSet<(IpAddr, u8, u16)> = cluster
             .services
             .keys()
@@ -195,7 +193,6 @@ pub fn start(
         cluster_seen: None,
         overlay_on: overlay.mode != OverlayMode::Off,
         frontends: HashSet::new(),
-        services_seen: None,
     };
     for q in 0..cfg.dataplane.queues {
         let io = AfXdpIo::open(&ifnames, q, &xsk_cfg)?;

@@ -182,9 +182,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
             n.tick(&hub);
         }
         if let Some(d) = dp.as_mut() {
-            let cluster = hub.current().cluster.clone();
-            d.sync_pod_cidrs(&cluster);
-            d.sync_services(&cluster);
+            d.sync_cluster(&hub.current().cluster);
         }
         if last_stats.elapsed() >= stats_every {
             last_stats = Instant::now();
