@@ -4,19 +4,16 @@
 //! the store exactly as it was. Compilation is incremental: a change to a Service or one of its
 //! EndpointSlices recompiles that Service only (10,000 services stay cheap to change one by one).
 
-use crate::model::{self, EndpointSliceView, Invalid, Kind, ObjectKey, ServiceView};
+pub use crate::compile::LbDefaults;
+use crate::compile::{compile_service, Compiled, Context};
+use crate::model::{self, EndpointSliceView, Invalid, Kind, ObjectKey};
 use serde_json::Value;
-use sluice_dataplane::lb::maglev::{self, Member};
-use sluice_dataplane::state::{
-    Backend, ClusterTables, Frontend, FrontendKind, HashMap, NodeEntry, ServiceEntry,
-};
+use sluice_dataplane::state::{ClusterTables, Frontend, HashMap, NodeEntry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 type SvcId = (String, String); // (namespace, name)
-/// A service's compiled frontends.
-type Compiled = Vec<(Frontend, Arc<ServiceEntry>)>;
 /// What a change recompiles: each affected service and its new frontends.
 type Plan = Vec<(SvcId, Compiled)>;
 
@@ -41,26 +38,6 @@ pub struct Store {
     /// This appliance's own Node name: its pod CIDR is local, not an overlay destination.
     local_node: Option<String>,
     lb: LbDefaults,
-}
-
-/// The appliance's load-balancing defaults (config `[lb]`); services may override the algorithm
-/// and table size by annotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LbDefaults {
-    pub algorithm: sluice_dataplane::state::Algorithm,
-    pub maglev_table_size: u32,
-    /// Maglev hash seed: appliances with the same seed and backends build identical tables.
-    pub seed: u64,
-}
-
-impl Default for LbDefaults {
-    fn default() -> Self {
-        LbDefaults {
-            algorithm: Default::default(),
-            maglev_table_size: sluice_dataplane::lb::maglev::DEFAULT_TABLE_SIZE,
-            seed: 0,
-        }
-    }
 }
 
 impl Store {
@@ -389,166 +366,11 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
-/// What a service compiles against besides its own objects.
-pub struct Context<'a> {
-    /// Addresses NodePorts listen on.
-    pub node_addresses: &'a [IpAddr],
-    /// This appliance's node: externalTrafficPolicy Local keeps only backends on it.
-    pub local_node: Option<&'a str>,
-    pub lb: LbDefaults,
-}
-
-/// One Service with its EndpointSlices -> its frontends, each with the backends of its port.
-/// Backends match a service port by port name and protocol, as kube-proxy matches them.
-pub fn compile_service(
-    name: &str,
-    svc: &ServiceView,
-    slices: &[EndpointSliceView],
-    ctx: &Context,
-) -> Compiled {
-    let name: Arc<str> = name.into();
-    let mut out = Vec::new();
-    if svc.type_ == "ExternalName" {
-        return out;
-    }
-    // A NodePort listens in the service's IP families only (those of its cluster IPs; a
-    // headless service has none and takes every family).
-    let node_addrs: Vec<IpAddr> = ctx
-        .node_addresses
-        .iter()
-        .filter(|a| {
-            svc.cluster_ips.is_empty() || svc.cluster_ips.iter().any(|c| c.is_ipv6() == a.is_ipv6())
-        })
-        .copied()
-        .collect();
-    let algorithm = svc.algorithm.unwrap_or(ctx.lb.algorithm);
-    let table_size = svc.maglev_table_size.unwrap_or(ctx.lb.maglev_table_size);
-    for p in &svc.ports {
-        let mut backends = Vec::new();
-        for s in slices {
-            for sp in s
-                .ports
-                .iter()
-                .filter(|sp| sp.name == p.name && sp.proto == p.proto)
-            {
-                for ep in &s.endpoints {
-                    for addr in &ep.addrs {
-                        let weight = svc
-                            .weights
-                            .iter()
-                            .find(|(a, _)| a == addr)
-                            .map_or(1, |(_, w)| *w);
-                        backends.push(Backend {
-                            addr: *addr,
-                            port: sp.port,
-                            weight,
-                            ready: ep.ready,
-                            serving: ep.serving,
-                            terminating: ep.terminating,
-                            node: ep.node.as_deref().map(Into::into),
-                        });
-                    }
-                }
-            }
-        }
-        // one Maglev table per port and traffic policy, shared by the frontends that use it
-        // (with no ready backend, serving terminating ones take new connections, as kube-proxy
-        // does since ProxyTerminatingEndpoints)
-        let table = |local_only: bool| -> Arc<[u16]> {
-            let members = |fallback: bool| -> Vec<Member> {
-                backends
-                    .iter()
-                    .map(|b| Member {
-                        addr: b.addr,
-                        port: b.port,
-                        weight: if takes_new_connections(b, local_only, ctx.local_node, fallback) {
-                            b.weight
-                        } else {
-                            0
-                        },
-                    })
-                    .collect()
-            };
-            let mut m = members(false);
-            if m.iter().all(|b| b.weight == 0) {
-                m = members(true);
-            }
-            maglev::build(&m, table_size, ctx.lb.seed).into()
-        };
-        let cluster_table = table(false);
-        let local_table = if svc.local_only {
-            table(true)
-        } else {
-            cluster_table.clone()
-        };
-        let entry = |kind| {
-            let local_only = svc.local_only && kind != FrontendKind::ClusterIp;
-            Arc::new(ServiceEntry {
-                name: name.clone(),
-                kind,
-                backends: backends.clone(),
-                algorithm,
-                table: if local_only {
-                    local_table.clone()
-                } else {
-                    cluster_table.clone()
-                },
-                affinity_timeout_s: svc.affinity_timeout_s,
-                local_only,
-            })
-        };
-        let proto = p.proto.number();
-        let mut add = |addrs: &[IpAddr], port: u16, kind| {
-            if addrs.is_empty() {
-                return;
-            }
-            let e = entry(kind);
-            for a in addrs {
-                out.push((
-                    Frontend {
-                        addr: *a,
-                        proto,
-                        port,
-                    },
-                    e.clone(),
-                ));
-            }
-        };
-        add(&svc.cluster_ips, p.port, FrontendKind::ClusterIp);
-        add(&svc.external_ips, p.port, FrontendKind::ExternalIp);
-        add(&svc.lb_ips, p.port, FrontendKind::LoadBalancer);
-        if let (Some(np), true) = (
-            p.node_port,
-            svc.type_ == "NodePort" || svc.type_ == "LoadBalancer",
-        ) {
-            add(&node_addrs, np, FrontendKind::NodePort);
-        }
-    }
-    out
-}
-
-/// Whether a backend may be given a new connection: ready and not terminating (terminating
-/// backends keep the connections they have, through conntrack), and on this node when the
-/// service's externalTrafficPolicy is Local.
-/// `fallback`: the serving-and-terminating ones instead.
-fn takes_new_connections(
-    b: &Backend,
-    local_only: bool,
-    local_node: Option<&str>,
-    fallback: bool,
-) -> bool {
-    let condition = if fallback {
-        b.serving && b.terminating
-    } else {
-        b.ready && !b.terminating
-    };
-    condition && (!local_only || (b.node.is_some() && b.node.as_deref() == local_node))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use sluice_dataplane::state::FrontendKind;
 
     fn svc(name: &str, ip: &str) -> Value {
         json!({"kind": "Service", "metadata": {"name": name, "namespace": "shop"},

@@ -1,7 +1,7 @@
 //! The `[lb]` section: service load balancing (Maglev, conntrack bounds and timeouts, SNAT).
 
 use super::{bad, Config, ConfigError};
-use crate::store::LbDefaults;
+use crate::compile::LbDefaults;
 use serde::Deserialize;
 use sluice_dataplane::lb::conntrack::Timeouts;
 use sluice_dataplane::lb::{maglev, CtLimits, LbSettings, DEFAULT_SNAT_PORTS};
