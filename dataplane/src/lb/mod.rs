@@ -140,21 +140,15 @@ impl Ctx {
     }
 }
 
-/// Conntrack sizes for tests and offline tools (the daemon sizes from the config).
-const SMALL: CtLimits = CtLimits {
-    tcp_max: 4096,
-    other_max: 4096,
-    timeouts: Timeouts {
-        syn: 60,
-        established: 6 * 3600,
-        closing: 10,
-        other: 60,
-    },
-};
-
 impl Default for LbState {
+    /// Small tables for tests, replay and benches (the daemon sizes from the config).
     fn default() -> Self {
-        LbState::new(&SMALL, 0, 1)
+        let limits = CtLimits {
+            tcp_max: 4096,
+            other_max: 4096,
+            timeouts: Timeouts::default(),
+        };
+        LbState::new(&limits, 0, 1)
     }
 }
 
@@ -178,14 +172,6 @@ impl LbState {
     /// Tracked connections (all tables).
     pub fn connections(&self) -> usize {
         self.v4.tcp.len() + self.v4.other.len() + self.v6.tcp.len() + self.v6.other.len()
-    }
-
-    /// Capacity (all tables).
-    pub fn capacity(&self) -> usize {
-        self.v4.tcp.capacity()
-            + self.v4.other.capacity()
-            + self.v6.tcp.capacity()
-            + self.v6.other.capacity()
     }
 
     /// Advances the clock (seconds; once per batch) and runs a GC step on every table.
@@ -220,6 +206,7 @@ pub fn service(
         return;
     }
     lb.tick();
+    let settings = &*snap.lb;
     let mut new = 0;
     for i in 0..batch.len() {
         if batch.verdict(i) != Verdict::Continue {
@@ -236,7 +223,6 @@ pub fn service(
         if p.fragment || p.l4.is_none() || !matches!(p.protocol, tcp::PROTOCOL | udp::PROTOCOL) {
             continue;
         }
-        let settings = &*snap.lb;
         let out = match (p.src, p.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let t = tuple(u32::from(s), u32::from(d), &p);
