@@ -101,6 +101,7 @@ fn route_one(snap: &Snapshot, pkt: &mut [u8], neigh: &mut impl NeighborRequests)
 #[derive(Default)]
 pub struct Pipeline {
     pub lb: crate::lb::LbState,
+    pub encap: crate::overlay::EncapState,
 }
 
 impl Pipeline {
@@ -111,7 +112,10 @@ impl Pipeline {
 
     /// With the worker's share of the appliance's conntrack.
     pub fn with_lb(lb: crate::lb::LbState) -> Self {
-        Pipeline { lb }
+        Pipeline {
+            lb,
+            encap: Default::default(),
+        }
     }
 
     /// Runs every stage over the batch: decapsulation, service load balancing, encapsulation (or native routing) toward
@@ -127,7 +131,7 @@ impl Pipeline {
     ) {
         crate::overlay::decap(snap, region, batch, stats);
         crate::lb::service(snap, region, batch, stats, &mut self.lb);
-        crate::overlay::encap(snap, region, batch, stats, neigh);
+        crate::overlay::encap(snap, region, batch, stats, neigh, &mut self.encap);
         for i in 0..batch.len() {
             if batch.verdict(i) != Verdict::Continue {
                 continue;

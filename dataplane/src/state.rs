@@ -184,6 +184,19 @@ impl<V> PrefixTable<V> {
             }
         }
     }
+    /// IPv4 lookup that also says the network and mask that matched, and whether that match is
+    /// final for the whole network: true when no longer prefix exists in the table, so every
+    /// address inside the network gets the same answer (a caller may then reuse it without a
+    /// lookup for the following packets to that network).
+    #[inline]
+    pub fn lookup_v4_net(&self, a: u32) -> Option<(u32, u32, bool, &V)> {
+        let longest = self.v4.first().map(|(l, _)| *l);
+        self.v4.iter().find_map(|(len, m)| {
+            let mask = mask32(*len);
+            m.get(&(a & mask))
+                .map(|v| (a & mask, mask, Some(*len) == longest, v))
+        })
+    }
     /// IPv4 lookup by the address as a host-order integer.
     #[inline]
     pub fn lookup_v4(&self, a: u32) -> Option<&V> {

@@ -440,3 +440,79 @@ fn too_big_ipv4_without_df_is_dropped_and_counted_once() {
     assert_eq!(stats.drops(DropReason::FragNeeded), 1);
     assert_eq!(stats.icmp_errors.get(), 0);
 }
+
+/// The worker keeps egresses resolved across batches: when the next hop's MAC or the node's
+/// address changes (a new snapshot), the next batch follows; and a batch to more nodes than the
+/// cache has ways still sends each packet to its own node.
+#[test]
+fn encap_follows_snapshot_changes_and_many_nodes() {
+    let mut pipeline = Pipeline::new();
+    let mut io = MemIo::new(64, 4096, TxSink::Capture);
+    let stats = WorkerStats::default();
+    let mut batch = Batch::new(64);
+    let mut send = |snap: &Snapshot, pkts: &[Vec<u8>]| {
+        let publisher = Publisher::new(snap.clone());
+        for p in pkts {
+            assert!(io.inject(0, p));
+        }
+        process_batch(
+            &mut io,
+            &mut pipeline,
+            &publisher,
+            &mut batch,
+            &stats,
+            &mut NoReq,
+        );
+        io.take_sent()
+            .into_iter()
+            .map(|(_, out)| {
+                let mac: [u8; 6] = out[0..6].try_into().unwrap();
+                (parse(&out, TunnelPorts::DEFAULT).unwrap().dst, mac)
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot(OverlayMode::Vxlan, "10.20.0.1", 1500, &["10.20.0.21"], None);
+    let node = ip("10.20.0.21");
+    assert_eq!(send(&before, &[client_to_pod(10)]), vec![(node, MAC_NODE2)]);
+    // the node's next hop moved to another MAC; the node table itself is unchanged
+    let mut moved = before.clone();
+    let new_mac = [2, 0, 0, 0, 0x20, 0x99];
+    let mut neighbors = (*moved.neighbors).clone();
+    neighbors.insert((1, node), new_mac);
+    moved.neighbors = Arc::new(neighbors);
+    assert_eq!(send(&moved, &[client_to_pod(10)]), vec![(node, new_mac)]);
+    let after = snapshot(OverlayMode::Vxlan, "10.20.0.1", 1500, &["10.20.0.22"], None);
+    assert_eq!(
+        send(&after, &[client_to_pod(10)]),
+        vec![(ip("10.20.0.22"), MAC_NODE2)]
+    );
+
+    // 12 nodes, node k at 10.20.0.(30+k) owning 10.244.(10+k).0/24; packets interleaved
+    let mut many = after.clone();
+    let mut cluster = (*many.cluster).clone();
+    let mut neighbors = (*many.neighbors).clone();
+    let mut pods = PrefixTable::default();
+    for k in 0..12u8 {
+        let addr = ip(&format!("10.20.0.{}", 30 + k));
+        let node = Arc::new(RemoteNode {
+            addrs: vec![addr],
+            vtep_mac: None,
+        });
+        pods.insert(ip(&format!("10.244.{}.0", 10 + k)), 24, node);
+        neighbors.insert((1, addr), MAC_NODE2);
+    }
+    cluster.pod_cidrs = pods;
+    many.cluster = Arc::new(cluster);
+    many.neighbors = Arc::new(neighbors);
+    let pkts: Vec<Vec<u8>> = (0..36u16)
+        .map(|i| {
+            let dst = format!("10.244.{}.7", 10 + i % 12);
+            PacketSpec::udp("10.10.0.2", &dst, 40000 + i, 9000, &[1u8; 10]).build()
+        })
+        .collect();
+    let want: Vec<(IpAddr, [u8; 6])> = (0..36u16)
+        .map(|i| (ip(&format!("10.20.0.{}", 30 + i % 12)), MAC_NODE2))
+        .collect();
+    assert_eq!(send(&many, &pkts), want);
+    assert_eq!(stats.encapsulated.get(), 39);
+}

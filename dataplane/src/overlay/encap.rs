@@ -98,8 +98,9 @@ const MAX_OUTER: usize = ETH + IPV6 + UDP + 16;
 /// usually carries many packets to the same few nodes), with the node's outer headers prebuilt:
 /// per packet only the lengths, the IPv4 checksum, the source port and the VNI change.
 struct Egress {
-    /// The node this entry is for (`Arc::as_ptr` of its table entry: a pointer compare per packet).
-    node: *const crate::state::RemoteNode,
+    /// The node this entry is for (`Arc::as_ptr` of its table entry: a compare per packet; the
+    /// entry lives no longer than the table that holds the node, see `EncapState`).
+    node: usize,
     port: Port,
     smac: MacAddr,
     hdr: [u8; MAX_OUTER],
@@ -109,6 +110,85 @@ struct Egress {
     ip_sum: u32,
 }
 
+/// Nodes whose egress a worker keeps resolved: a linear scan of 8 pointers costs less than one
+/// more resolution (route, neighbour and template, ~60 ns), and a gateway's batches mostly go to
+/// a few nodes at a time.
+const EGRESS_WAYS: usize = 8;
+
+/// The tables an egress is resolved from, held (not just compared by address) so that a freed
+/// table's address cannot come back as another table's and make a stale entry look current.
+struct Resolved {
+    ports: std::sync::Arc<Vec<crate::state::PortInfo>>,
+    routes: std::sync::Arc<crate::state::RouteTable>,
+    neighbors: std::sync::Arc<crate::state::NeighborTable>,
+    cluster: std::sync::Arc<crate::state::ClusterTables>,
+    overlay: std::sync::Arc<crate::state::Overlay>,
+}
+
+impl Resolved {
+    fn of(s: &Snapshot) -> Self {
+        Resolved {
+            ports: s.ports.clone(),
+            routes: s.routes.clone(),
+            neighbors: s.neighbors.clone(),
+            cluster: s.cluster.clone(),
+            overlay: s.overlay.clone(),
+        }
+    }
+    fn current(&self, s: &Snapshot) -> bool {
+        use std::sync::Arc;
+        Arc::ptr_eq(&self.ports, &s.ports)
+            && Arc::ptr_eq(&self.routes, &s.routes)
+            && Arc::ptr_eq(&self.neighbors, &s.neighbors)
+            && Arc::ptr_eq(&self.cluster, &s.cluster)
+            && Arc::ptr_eq(&self.overlay, &s.overlay)
+    }
+}
+
+/// The encapsulation's per-worker state: egresses resolved from the current snapshot's tables,
+/// replaced round-robin once all ways are in use, forgotten when any of those tables changes.
+#[derive(Default)]
+pub struct EncapState {
+    from: Option<Resolved>,
+    ways: [Option<Egress>; EGRESS_WAYS],
+    next: usize,
+}
+
+impl EncapState {
+    /// Once per batch: forgets every egress if the snapshot's tables are not those they were
+    /// resolved from.
+    fn refresh(&mut self, snap: &Snapshot) {
+        if !matches!(&self.from, Some(r) if r.current(snap)) {
+            self.from = Some(Resolved::of(snap));
+            self.ways = Default::default();
+            self.next = 0;
+        }
+    }
+
+    #[inline]
+    fn get_or_resolve(
+        &mut self,
+        remote: &std::sync::Arc<crate::state::RemoteNode>,
+        resolve: impl FnOnce() -> Result<Egress, DropReason>,
+    ) -> Result<&Egress, DropReason> {
+        let node = std::sync::Arc::as_ptr(remote) as usize;
+        let hit = self
+            .ways
+            .iter()
+            .position(|w| matches!(w, Some(e) if e.node == node));
+        let i = match hit {
+            Some(i) => i,
+            None => {
+                let i = self.next;
+                self.ways[i] = Some(resolve()?);
+                self.next = (i + 1) % EGRESS_WAYS;
+                i
+            }
+        };
+        self.ways[i].as_ref().ok_or(DropReason::NoTunnelEndpoint)
+    }
+}
+
 /// Encapsulation (or native routing) of traffic to remote pods.
 pub fn encap(
     snap: &Snapshot,
@@ -116,12 +196,14 @@ pub fn encap(
     batch: &mut Batch,
     stats: &WorkerStats,
     neigh: &mut impl NeighborRequests,
+    cache: &mut EncapState,
 ) {
     let ov = &*snap.overlay;
     if ov.mode == OverlayMode::Off || snap.cluster.pod_cidrs.is_empty() {
         return;
     }
-    let mut cache: Option<Egress> = None;
+    cache.refresh(snap);
+    let mut last_net = None;
     let mut encapsulated = 0;
     for i in 0..batch.len() {
         if batch.verdict(i) != Verdict::Continue {
@@ -133,9 +215,16 @@ pub fn encap(
             continue;
         };
         let (node, inner) = match Inner::plain_ipv4(frame) {
-            Some((dst, inner)) => match snap.cluster.pod_cidrs.lookup_v4(dst) {
-                Some(node) => (node, inner),
-                None => continue,
+            Some((dst, inner)) => match last_net {
+                // the previous packet's pod CIDR, when no longer prefix can split it
+                Some((net, mask, node)) if dst & mask == net => (node, inner),
+                _ => match snap.cluster.pod_cidrs.lookup_v4_net(dst) {
+                    Some((net, mask, whole, node)) => {
+                        last_net = whole.then_some((net, mask, node));
+                        (node, inner)
+                    }
+                    None => continue,
+                },
             },
             None => match parse(frame, TunnelPorts::NONE) {
                 Ok(p) => match snap.cluster.pod_cidrs.lookup(p.dst) {
@@ -146,9 +235,7 @@ pub fn encap(
                 Err(_) => continue,
             },
         };
-        let v = encap_one(
-            snap, region, &mut f, inner, node, meta, stats, neigh, &mut cache,
-        );
+        let v = encap_one(snap, region, &mut f, inner, node, meta, stats, neigh, cache);
         if matches!(v, Verdict::Tx(_)) && snap.overlay.mode != OverlayMode::Native {
             encapsulated += 1;
         }
@@ -180,7 +267,7 @@ fn resolve_egress(
         .copied()
         .ok_or(DropReason::NoEgressPort)?;
     let mut e = Egress {
-        node: std::sync::Arc::as_ptr(remote),
+        node: std::sync::Arc::as_ptr(remote) as usize,
         port: route.port,
         smac,
         hdr: [0; MAX_OUTER],
@@ -238,7 +325,7 @@ fn encap_one(
     meta: Meta,
     stats: &WorkerStats,
     neigh: &mut impl NeighborRequests,
-    cache: &mut Option<Egress>,
+    cache: &mut EncapState,
 ) -> Verdict {
     let ov = &*snap.overlay;
     if p.ttl <= 1 {
@@ -249,12 +336,10 @@ fn encap_one(
         (_, Some(l)) => l.is_ipv6(),
         (_, None) => return Verdict::Drop(DropReason::NoTunnelEndpoint),
     };
-    let eg = match cache {
-        Some(e) if std::ptr::eq(e.node, std::sync::Arc::as_ptr(remote)) => e,
-        _ => match resolve_egress(snap, remote, underlay_v6, neigh) {
-            Ok(e) => cache.insert(e),
-            Err(r) => return Verdict::Drop(r),
-        },
+    let eg = match cache.get_or_resolve(remote, || resolve_egress(snap, remote, underlay_v6, neigh))
+    {
+        Ok(e) => e,
+        Err(r) => return Verdict::Drop(r),
     };
     let smac = eg.smac;
     let Some(pkt) = region.data_mut(f) else {

@@ -21,7 +21,7 @@ mod encap;
 mod too_big;
 
 pub use decap::decap;
-pub use encap::encap;
+pub use encap::{encap, EncapState};
 
 use crate::state::OverlayMode;
 use crate::wire::parse::TunnelPorts;

@@ -94,6 +94,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Decrements the TTL, updating the header checksum incrementally (RFC 1624): TTL and protocol
     /// share one 16-bit word.
+    #[inline]
     pub fn decrement_ttl(&mut self) {
         let b = self.buffer.as_mut();
         let old = be16(b, field::TTL);
