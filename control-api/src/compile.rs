@@ -92,9 +92,84 @@ pub fn compile_service(
                 }
             }
         }
-        // one Maglev table per port and traffic policy, shared by the frontends that use it
-        // (with no ready backend, serving terminating ones take new connections, as kube-proxy
-        // does since ProxyTerminatingEndpoints)
+        // A frontend balances over the backends of its own IP family (a dual-stack service has
+        // an IPv4 and an IPv6 EndpointSlice; an IPv4 client cannot be DNATed to an IPv6 pod).
+        for v6 in [false, true] {
+            let family: Vec<Backend> = backends
+                .iter()
+                .filter(|b| b.addr.is_ipv6() == v6)
+                .cloned()
+                .collect();
+            let of_family = |addrs: &[IpAddr]| -> Vec<IpAddr> {
+                addrs
+                    .iter()
+                    .filter(|a| a.is_ipv6() == v6)
+                    .copied()
+                    .collect()
+            };
+            let mut frontends = vec![
+                (of_family(&svc.cluster_ips), p.port, FrontendKind::ClusterIp),
+                (
+                    of_family(&svc.external_ips),
+                    p.port,
+                    FrontendKind::ExternalIp,
+                ),
+                (of_family(&svc.lb_ips), p.port, FrontendKind::LoadBalancer),
+            ];
+            if let (Some(np), true) = (
+                p.node_port,
+                svc.type_ == "NodePort" || svc.type_ == "LoadBalancer",
+            ) {
+                frontends.push((of_family(&node_addrs), np, FrontendKind::NodePort));
+            }
+            frontends.retain(|(addrs, _, _)| !addrs.is_empty());
+            if frontends.is_empty() {
+                continue;
+            }
+            let tables = Tables::build(&family, svc.local_only, table_size, ctx);
+            for (addrs, port, kind) in frontends {
+                let local_only = svc.local_only && kind != FrontendKind::ClusterIp;
+                let e = Arc::new(ServiceEntry {
+                    name: name.clone(),
+                    kind,
+                    backends: family.clone(),
+                    algorithm,
+                    table: if local_only {
+                        tables.local.clone()
+                    } else {
+                        tables.cluster.clone()
+                    },
+                    affinity_timeout_s: svc.affinity_timeout_s,
+                    local_only,
+                });
+                for a in addrs {
+                    out.push((
+                        Frontend {
+                            addr: a,
+                            proto: p.proto.number(),
+                            port,
+                        },
+                        e.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The Maglev tables of one port and IP family: one per traffic policy, shared by the frontends
+/// that use it.
+struct Tables {
+    cluster: Arc<[u16]>,
+    /// externalTrafficPolicy Local (the cluster table when the service has no such policy)
+    local: Arc<[u16]>,
+}
+
+impl Tables {
+    fn build(backends: &[Backend], local_only: bool, table_size: u32, ctx: &Context) -> Tables {
+        // with no ready backend, serving terminating ones take new connections, as kube-proxy
+        // does since ProxyTerminatingEndpoints
         let table = |local_only: bool| -> Arc<[u16]> {
             let members = |fallback: bool| -> Vec<Member> {
                 backends
@@ -116,56 +191,14 @@ pub fn compile_service(
             }
             maglev::build(&m, table_size, ctx.lb.seed).into()
         };
-        let cluster_table = table(false);
-        let local_table = if svc.local_only {
+        let cluster = table(false);
+        let local = if local_only {
             table(true)
         } else {
-            cluster_table.clone()
+            cluster.clone()
         };
-        let entry = |kind| {
-            let local_only = svc.local_only && kind != FrontendKind::ClusterIp;
-            Arc::new(ServiceEntry {
-                name: name.clone(),
-                kind,
-                backends: backends.clone(),
-                algorithm,
-                table: if local_only {
-                    local_table.clone()
-                } else {
-                    cluster_table.clone()
-                },
-                affinity_timeout_s: svc.affinity_timeout_s,
-                local_only,
-            })
-        };
-        let proto = p.proto.number();
-        let mut add = |addrs: &[IpAddr], port: u16, kind| {
-            if addrs.is_empty() {
-                return;
-            }
-            let e = entry(kind);
-            for a in addrs {
-                out.push((
-                    Frontend {
-                        addr: *a,
-                        proto,
-                        port,
-                    },
-                    e.clone(),
-                ));
-            }
-        };
-        add(&svc.cluster_ips, p.port, FrontendKind::ClusterIp);
-        add(&svc.external_ips, p.port, FrontendKind::ExternalIp);
-        add(&svc.lb_ips, p.port, FrontendKind::LoadBalancer);
-        if let (Some(np), true) = (
-            p.node_port,
-            svc.type_ == "NodePort" || svc.type_ == "LoadBalancer",
-        ) {
-            add(&node_addrs, np, FrontendKind::NodePort);
-        }
+        Tables { cluster, local }
     }
-    out
 }
 
 /// Whether a backend may be given a new connection: ready and not terminating (terminating

@@ -492,6 +492,34 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_frontend_balances_over_its_own_family_only() {
+        let mut s = Store::new(vec![
+            "192.0.2.1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ]);
+        let mut dual = svc("web", "10.96.0.10");
+        dual["spec"]["clusterIPs"] = json!(["10.96.0.10", "fd00::10"]);
+        s.put(dual, None).unwrap();
+        s.put(slice("web-4", "web", &["10.0.1.5", "10.0.1.6"]), None)
+            .unwrap();
+        let mut v6 = slice("web-6", "web", &["fd00:1::5", "fd00:1::6", "fd00:1::7"]);
+        v6["addressType"] = json!("IPv6");
+        s.put(v6, None).unwrap();
+        for (addr, port, v6, n) in [
+            ("10.96.0.10", 80, false, 2),
+            ("192.0.2.1", 30080, false, 2),
+            ("fd00::10", 80, true, 3),
+            ("2001:db8::1", 30080, true, 3),
+        ] {
+            let e = &s.tables.services[&fe(addr, port)];
+            assert_eq!(e.backends.len(), n, "{addr}");
+            assert!(e.backends.iter().all(|b| b.addr.is_ipv6() == v6), "{addr}");
+            // every slot names a backend of the frontend's family
+            assert!(e.table.iter().all(|&i| (i as usize) < n), "{addr}");
+        }
+    }
+
+    #[test]
     fn changes_and_deletes_recompile_only_what_they_touch() {
         let mut s = Store::new(vec![]);
         s.put(svc("web", "10.96.0.10"), None).unwrap();
