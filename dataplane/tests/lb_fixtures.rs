@@ -206,6 +206,50 @@ fn a_connection_keeps_its_backend_when_the_backends_change() {
 }
 
 #[test]
+fn a_syn_reusing_a_closed_connections_tuple_is_a_new_connection() {
+    let mut lb = Lb::new(service_snapshot([1, 1, 2]));
+    let syn = tcp("10.10.0.2", "10.96.0.80", 40002, 80, SYN);
+    let (_, out) = lb.send(0, &syn).unwrap();
+    let first = parse(&out, TunnelPorts::NONE).unwrap();
+    // while the connection is open, a stray SYN belongs to it
+    lb.send(0, &tcp("10.10.0.2", "10.96.0.80", 40002, 80, ACK))
+        .unwrap();
+    lb.send(0, &syn).unwrap();
+    assert_eq!(lb.stats.lb_new_connections.get(), 1);
+    // closed; the client reuses its port (the server closed first, so the client has no
+    // TIME_WAIT): the SYN is balanced afresh onto a table where the old backend takes nothing
+    lb.send(0, &tcp("10.10.0.2", "10.96.0.80", 40002, 80, FIN | ACK))
+        .unwrap();
+    let mut w = [1u16, 1, 1];
+    let idx = [ip("10.20.0.11"), ip("10.20.0.12"), ip("10.20.0.13")]
+        .iter()
+        .position(|a| *a == first.dst)
+        .unwrap();
+    w[idx] = 0;
+    lb.publisher.publish(service_snapshot(w));
+    let (_, out) = lb.send(0, &syn).unwrap();
+    let second = checked(&out);
+    assert_ne!(second.dst, first.dst, "rebalanced");
+    assert_eq!(lb.stats.lb_new_connections.get(), 2);
+    assert_eq!(
+        lb.stats.ct_entries.get(),
+        1,
+        "the closed entry was replaced"
+    );
+    // and it is a live connection again: the reply is translated back
+    let reply = tcp(
+        &second.dst.to_string(),
+        "10.20.0.1",
+        8080,
+        second.src_port,
+        SYN | ACK,
+    );
+    let (port, back) = lb.send(1, &reply).expect("reply forwarded");
+    assert_eq!(port, 0);
+    assert_eq!(checked(&back).src, ip("10.96.0.80"));
+}
+
+#[test]
 fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     let mut lb = Lb::new(service_snapshot([1, 1, 2]));
     let mut q = PacketSpec::udp("10.10.0.2", "10.96.0.80", 5000, 53, b"query");

@@ -287,6 +287,18 @@ impl<A: Addr> Table<A> {
         Ok(slot)
     }
 
+    /// Whether this packet starts a new connection over a finished one with the same tuple: a
+    /// client SYN (no ACK) on a closing or expired TCP entry. The caller removes the old entry
+    /// and balances the SYN afresh, as the kernel's conntrack does on a SYN in TIME_WAIT.
+    #[inline]
+    pub fn reopens(&self, slot: u32, dir: Dir, tcp_flags: u8, now: u32) -> bool {
+        use tcp::flags::{ACK, SYN};
+        dir == Dir::Original
+            && tcp_flags & (SYN | ACK) == SYN
+            && matches!(self.get(slot), Some(e) if e.proto == tcp::PROTOCOL
+                && (e.state == State::Closing || expired(e, now)))
+    }
+
     /// Records a packet of a tracked connection: state and expiry.
     #[inline]
     pub fn seen(&mut self, slot: u32, dir: Dir, tcp_flags: u8, now: u32) -> Option<&Entry<A>> {

@@ -286,7 +286,9 @@ fn one<A: Addr>(
     let svc = snap.cluster.services.get(&fe);
     if svc.is_some() || Some(p.dst) == snat {
         if let Some((slot, dir)) = tb.lookup(&t) {
-            if let Some(e) = tb.seen(slot, dir, p.tcp_flags, now) {
+            if tb.reopens(slot, dir, p.tcp_flags, now) {
+                tb.remove(slot);
+            } else if let Some(e) = tb.seen(slot, dir, p.tcp_flags, now) {
                 let nat = e.nat();
                 match dir {
                     Dir::Original => rewrite(pkt, p, nat.source, nat.backend),
