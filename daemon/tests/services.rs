@@ -1,7 +1,8 @@
 //! Service load balancing in the lab with real clients and servers: `configs/lab-cluster.yaml`
-//! (service `lab/web`, backends be1/be2/be3 with weights 1:1:2) applied through the API, then
-//! fresh HTTP connections through the NodePort and the ClusterIP, IPv4, split by weight; the
-//! backends see the appliance's SNAT address; replies come back translated.
+//! (service `lab/web`, backends be1/be2/be3 with weights 1:1:2, and the UDP service `lab/dns`)
+//! applied through the API, then fresh HTTP connections through the NodePort, the ClusterIP and
+//! the LoadBalancer VIP, IPv4 and IPv6, split by weight (python and `wrk`); UDP requests answered
+//! by every backend; the backends see the appliance's SNAT address; replies come back translated.
 
 mod common;
 
@@ -35,33 +36,80 @@ fn split(lab: &Lab, url: &str, count: usize) -> HashMap<String, usize> {
     serde_json::from_slice(&out.stdout).expect("split JSON")
 }
 
+/// Asserts that `got` (answers per backend out of `n`) follows `want` (backend, share) within
+/// `slack`, with no failed request.
+fn assert_split(
+    what: &str,
+    got: &HashMap<String, usize>,
+    n: usize,
+    want: &[(&str, f64)],
+    slack: f64,
+) {
+    assert_eq!(got.get("error"), None, "{what}: failed requests: {got:?}");
+    for (be, w) in want {
+        let share = *got.get(*be).unwrap_or(&0) as f64 / n as f64;
+        assert!(
+            (share - w).abs() <= slack,
+            "{what}: {be} got {share:.3} of new connections, weight says {w}"
+        );
+    }
+}
+
+const WEIGHTS: [(&str, f64); 3] = [("be1", 0.25), ("be2", 0.25), ("be3", 0.5)];
+
+fn apply_lab_cluster(lab: &Lab) {
+    let objects = sluice_cli::resources::read_manifests(&repo_file("configs/lab-cluster.yaml"))
+        .expect("lab cluster manifests");
+    sluice_cli::resources::apply_or_delete(&api(lab), &objects, false).expect("apply");
+}
+
 #[test]
-fn nodeport_and_clusterip_split_new_connections_by_weight() {
+fn every_frontend_splits_new_connections_by_weight() {
     let _g = lock();
     let Some(lab) = Lab::up("svc", 1) else { return };
     let d = lab.start_sluiced(&lab_config(1, ""));
-    let objects = sluice_cli::resources::read_manifests(&repo_file("configs/lab-cluster.yaml"))
-        .expect("lab cluster manifests");
-    sluice_cli::resources::apply_or_delete(&api(&lab), &objects, false).expect("apply");
+    apply_lab_cluster(&lab);
 
-    for url in ["http://10.10.0.1:30080/", "http://10.96.0.80/"] {
-        let n = 600;
+    for url in [
+        "http://10.10.0.1:30080/",    // NodePort, IPv4 node address
+        "http://[fd00:10::1]:30080/", // NodePort, IPv6 node address
+        "http://10.96.0.80/",         // ClusterIP
+        "http://[fd00:96::80]/",      // ClusterIP, IPv6
+        "http://192.0.2.80/",         // LoadBalancer ingress VIP
+    ] {
+        let n = 400;
         let got = split(&lab, url, n);
         eprintln!("{url}: {got:?}");
-        assert_eq!(
-            got.get("error"),
-            None,
-            "{url}: failed requests; {}",
-            d.log_text()
-        );
-        for (be, want) in [("be1", 0.25), ("be2", 0.25), ("be3", 0.5)] {
-            let share = *got.get(be).unwrap_or(&0) as f64 / n as f64;
-            assert!(
-                (share - want).abs() <= 0.05 + 0.03, // the weights within 5%, +3% for n = 600
-                "{url}: {be} got {share:.3} of new connections, weight says {want}"
-            );
+        if got.contains_key("error") {
+            eprintln!("{}", d.log_text());
         }
+        // the weights within 5%, +4% for the sampling error of n = 400 (about 2 sigma)
+        assert_split(url, &got, n, &WEIGHTS, 0.05 + 0.04);
     }
+
+    // UDP request/response, each request a new flow: every backend answers, equal weights
+    let n = 300;
+    let out = lab.exec(
+        "cli",
+        &[
+            "python3",
+            &repo_file("tools/lab/udp.py"),
+            "ask",
+            "10.96.0.53",
+            "53",
+            &n.to_string(),
+        ],
+    );
+    let got: HashMap<String, usize> = serde_json::from_slice(&out.stdout).expect("udp JSON");
+    eprintln!("udp 10.96.0.53:53: {got:?}");
+    let third = 1.0 / 3.0;
+    assert_split(
+        "udp",
+        &got,
+        n,
+        &[("be1", third), ("be2", third), ("be3", third)],
+        0.05 + 0.05,
+    );
     // the backends saw the appliance's SNAT address, not the client
     let log = std::fs::read_to_string(format!("/run/sluice-lab/{}/http-be3.log", lab.prefix))
         .unwrap_or_default();
@@ -79,7 +127,75 @@ fn nodeport_and_clusterip_split_new_connections_by_weight() {
         .iter()
         .map(|w| common::u(w, &["lb_new_connections"]))
         .sum();
-    assert!(new >= 1200, "lb_new_connections {new}");
+    // every request a new connection, except the few UDP requests whose random source port
+    // repeats an earlier one's within the 60 s UDP timeout (same flow, same backend)
+    let requests = 5 * 400 + 300;
+    assert!(
+        new <= requests && new >= requests * 98 / 100,
+        "lb_new_connections {new} for {requests} requests"
+    );
+}
+
+/// Requests each backend logged so far (python's http.server logs one line per request).
+fn requests_logged(lab: &Lab) -> [usize; 3] {
+    [1, 2, 3].map(|i| {
+        std::fs::read_to_string(format!("/run/sluice-lab/{}/http-be{i}.log", lab.prefix))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET "))
+            .count()
+    })
+}
+
+#[test]
+fn wrk_through_the_loadbalancer_vip_splits_by_weight() {
+    let _g = lock();
+    let Some(lab) = Lab::up("wrk", 1) else { return };
+    if std::process::Command::new("wrk")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: wrk is not installed (make test installs it)");
+        return;
+    }
+    let d = lab.start_sluiced(&lab_config(1, ""));
+    apply_lab_cluster(&lab);
+    let before = requests_logged(&lab);
+    // a new connection per request, so that every request is a load-balancing decision
+    let out = lab.exec(
+        "cli",
+        &[
+            "wrk",
+            "-t1",
+            "-c4",
+            "-d3s",
+            "-H",
+            "Connection: close",
+            "http://192.0.2.80/",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "wrk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("Socket errors") && !text.contains("Non-2xx"),
+        "wrk saw errors: {text}; {}",
+        d.log_text()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300)); // the servers flush their logs
+    let after = requests_logged(&lab);
+    let per: Vec<usize> = (0..3).map(|i| after[i] - before[i]).collect();
+    let n: usize = per.iter().sum();
+    eprintln!("wrk requests per backend: {per:?}");
+    assert!(n >= 200, "too few requests for a split: {per:?}");
+    let got: HashMap<String, usize> = (0..3).map(|i| (format!("be{}", i + 1), per[i])).collect();
+    // the weights within 5%, +3% sampling error (n is in the thousands on this machine)
+    assert_split("wrk", &got, n, &WEIGHTS, 0.05 + 0.03);
 }
 
 /// Echo servers in the backend namespaces for the test's lifetime.

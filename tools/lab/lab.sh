@@ -4,9 +4,9 @@
 #   PREFIX-cli (client)                 PREFIX-app (appliance, runs sluiced)        PREFIX-sw (L2 switch)
 #   cli0 10.10.0.2/24 fd00:10::2/64 --- eth-cli 10.10.0.1  fd00:10::1
 #                                       eth-srv 10.20.0.1  fd00:20::1  ------------ sw-app ┐
-#                                                                                           br0 ── sw-be1 --- PREFIX-be1 eth0 10.20.0.11 fd00:20::11 (HTTP :80)
-#                                                                                               ├─ sw-be2 --- PREFIX-be2 eth0 10.20.0.12 fd00:20::12 (HTTP :80)
-#                                                                                               ├─ sw-be3 --- PREFIX-be3 eth0 10.20.0.13 fd00:20::13 (HTTP :80)
+#                                                                                           br0 ── sw-be1 --- PREFIX-be1 eth0 10.20.0.11 fd00:20::11 (HTTP :80, UDP :5353)
+#                                                                                               ├─ sw-be2 --- PREFIX-be2 eth0 10.20.0.12 fd00:20::12 (HTTP :80, UDP :5353)
+#                                                                                               ├─ sw-be3 --- PREFIX-be3 eth0 10.20.0.13 fd00:20::13 (HTTP :80, UDP :5353)
 #                                                                                               └─ sw-n2  --- PREFIX-n2  eth0 10.20.0.21 fd00:20::21 (a second node)
 #
 # The appliance namespace also forwards in the kernel (ip_forward=1), so when sluiced is not
@@ -21,12 +21,14 @@ cmd=${1:-}
 P=${2:-sl}
 Q=${3:-1}
 STATE=/run/sluice-lab/$P
+HERE=$(cd "$(dirname "$0")" && pwd)
 
 ns() { ip netns exec "$P-$1" "${@:2}"; }
 
 # Checksum offload off: a locally generated packet over veth otherwise carries only a partial
 # checksum, which is fine for the kernel path but wrong once AF_XDP copies the bytes out.
-nooffload() { ns "$1" ethtool -K "$2" tx off rx off >/dev/null 2>&1 || true; }
+# Without it the lab looks up but service traffic dies at the backends (bad TCP checksums).
+nooffload() { ns "$1" ethtool -K "$2" tx off rx off >/dev/null; }
 
 down() {
     if [ -d "$STATE" ]; then
@@ -41,6 +43,9 @@ down() {
 }
 
 up() {
+    for tool in ip ethtool python3; do
+        command -v $tool >/dev/null || { echo "lab.sh: $tool is missing (tools/scripts/install-deps.sh installs it)" >&2; exit 1; }
+    done
     if ip netns list | grep -q "^$P-app\b"; then
         echo "lab $P is already up (lab.sh down $P first)" >&2
         exit 1
@@ -107,6 +112,10 @@ up() {
         ip netns exec "$P-be$i" python3 -m http.server 80 --bind :: --directory "$STATE/www$i" \
             >"$STATE/http-be$i.log" 2>&1 &
         echo $! > "$STATE/http-be$i.pid"
+        # a UDP request/response server (the lab's UDP service, 53 -> 5353)
+        ip netns exec "$P-be$i" python3 "$HERE/udp.py" serve 5353 "be$i" \
+            >"$STATE/udp-be$i.log" 2>&1 &
+        echo $! > "$STATE/udp-be$i.pid"
     done
 
     # a second cluster node on the server segment: the overlay tests put a kernel vxlan/geneve

@@ -3,8 +3,12 @@
 
   udp.py recv PORT [--family 4|6] [--idle S]   count datagrams until S seconds of silence; print the count
   udp.py send ADDR PORT COUNT [--flows N]       send COUNT 64-byte datagrams from N source ports, paced
+  udp.py serve PORT NAME                        answer every datagram with "NAME: " + the datagram
+  udp.py ask ADDR PORT COUNT                    COUNT requests, each from a fresh socket (a new flow);
+                                                print JSON: answers per server name, "error" for lost
 """
 import argparse
+import json
 import socket
 import time
 
@@ -35,6 +39,33 @@ def send(addr: str, port: int, count: int, flows: int) -> None:
             time.sleep(0.001)
 
 
+def serve(port: int, name: str) -> None:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 clients too
+    s.bind(("::", port))
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(name.encode() + b": " + data, peer)
+
+
+def ask(addr: str, port: int, count: int) -> None:
+    af = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    seen = {}
+    for i in range(count):
+        with socket.socket(af, socket.SOCK_DGRAM) as s:
+            s.settimeout(2)
+            q = f"q{i}".encode()
+            try:
+                s.sendto(q, (addr, port))
+                data, _ = s.recvfrom(2048)
+                name, _, echoed = data.partition(b": ")
+                key = name.decode() if echoed == q else "error"
+            except OSError:  # timeout or unreachable: counted, the caller decides
+                key = "error"
+        seen[key] = seen.get(key, 0) + 1
+    print(json.dumps(seen), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -47,11 +78,22 @@ def main() -> None:
     s.add_argument("port", type=int)
     s.add_argument("count", type=int)
     s.add_argument("--flows", type=int, default=8)
+    v = sub.add_parser("serve")
+    v.add_argument("port", type=int)
+    v.add_argument("name")
+    k = sub.add_parser("ask")
+    k.add_argument("addr")
+    k.add_argument("port", type=int)
+    k.add_argument("count", type=int)
     a = p.parse_args()
     if a.cmd == "recv":
         recv(a.port, a.family, a.idle)
-    else:
+    elif a.cmd == "send":
         send(a.addr, a.port, a.count, a.flows)
+    elif a.cmd == "serve":
+        serve(a.port, a.name)
+    else:
+        ask(a.addr, a.port, a.count)
 
 
 if __name__ == "__main__":

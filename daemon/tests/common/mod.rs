@@ -277,20 +277,20 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The stats document, after waiting for the next rewrite so it includes recent traffic.
+    /// The stats document, after waiting for two rewrites: the first may have gathered the
+    /// counters before this call, the second began after it and includes all traffic before.
     pub fn stats(&self) -> serde_json::Value {
-        let before = std::fs::metadata(&self.stats)
-            .and_then(|m| m.modified())
-            .ok();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let now = std::fs::metadata(&self.stats)
+        let modified = || {
+            std::fs::metadata(&self.stats)
                 .and_then(|m| m.modified())
-                .ok();
-            if now != before {
-                break;
+                .ok()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..2 {
+            let before = modified();
+            while Instant::now() < deadline && modified() == before {
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
         let text = std::fs::read_to_string(&self.stats).expect("stats file");
         serde_json::from_str(&text).expect("stats JSON")
