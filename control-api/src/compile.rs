@@ -129,16 +129,18 @@ pub fn compile_service(
             let tables = Tables::build(&family, svc.local_only, table_size, ctx);
             for (addrs, port, kind) in frontends {
                 let local_only = svc.local_only && kind != FrontendKind::ClusterIp;
+                let table = if local_only {
+                    tables.local.clone()
+                } else {
+                    tables.cluster.clone()
+                };
                 let e = Arc::new(ServiceEntry {
                     name: name.clone(),
                     kind,
+                    takes_new: ServiceEntry::slot_holders(&table, family.len()),
                     backends: family.clone(),
                     algorithm,
-                    table: if local_only {
-                        tables.local.clone()
-                    } else {
-                        tables.cluster.clone()
-                    },
+                    table,
                     affinity_timeout_s: svc.affinity_timeout_s,
                     local_only,
                 });

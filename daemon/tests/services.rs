@@ -87,6 +87,14 @@ fn every_frontend_splits_new_connections_by_weight() {
         assert_split(url, &got, n, &WEIGHTS, 0.05 + 0.04);
     }
 
+    // sessionAffinity ClientIP: every connection of the one client lands on one backend
+    let got = split(&lab, "http://10.96.0.81/", 50);
+    eprintln!("http://10.96.0.81/ (ClientIP affinity): {got:?}");
+    assert!(
+        got.len() == 1 && got.values().sum::<usize>() == 50 && !got.contains_key("error"),
+        "affinity: {got:?}"
+    );
+
     // UDP request/response, each request a new flow: every backend answers, equal weights
     let n = 300;
     let out = lab.exec(
@@ -129,7 +137,7 @@ fn every_frontend_splits_new_connections_by_weight() {
         .sum();
     // every request a new connection, except the few UDP requests whose random source port
     // repeats an earlier one's within the 60 s UDP timeout (same flow, same backend)
-    let requests = 5 * 400 + 300;
+    let requests = 5 * 400 + 50 + 300;
     assert!(
         new <= requests && new >= requests * 98 / 100,
         "lb_new_connections {new} for {requests} requests"

@@ -123,14 +123,18 @@ pub fn service_snapshot(weights: [u16; 3]) -> Snapshot {
                     proto,
                     port,
                 },
-                Arc::new(ServiceEntry {
-                    name: "lab/web".into(),
-                    kind: FrontendKind::ClusterIp,
-                    table: maglev::build(&members, 1021, 0).into(),
-                    backends,
-                    algorithm: Algorithm::Maglev,
-                    affinity_timeout_s: None,
-                    local_only: false,
+                Arc::new({
+                    let table: Arc<[u16]> = maglev::build(&members, 1021, 0).into();
+                    ServiceEntry {
+                        name: "lab/web".into(),
+                        kind: FrontendKind::ClusterIp,
+                        takes_new: ServiceEntry::slot_holders(&table, backends.len()),
+                        table,
+                        backends,
+                        algorithm: Algorithm::Maglev,
+                        affinity_timeout_s: None,
+                        local_only: false,
+                    }
                 }),
             );
         }

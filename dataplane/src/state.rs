@@ -127,10 +127,25 @@ pub struct ServiceEntry {
     /// connections (ready, not terminating, local when the policy says so) have slots; empty when
     /// there is none.
     pub table: Arc<[u16]>,
+    /// `takes_new[i]`: `backends[i]` holds slots in `table` (see [`ServiceEntry::slot_holders`]).
+    pub takes_new: Arc<[bool]>,
     /// sessionAffinity ClientIP timeout in seconds, if set.
     pub affinity_timeout_s: Option<u32>,
     /// externalTrafficPolicy: Local.
     pub local_only: bool,
+}
+
+impl ServiceEntry {
+    /// Which of `backends` backends hold slots in a table: those that take new connections.
+    pub fn slot_holders(table: &[u16], backends: usize) -> Arc<[bool]> {
+        let mut holds = vec![false; backends];
+        for &i in table {
+            if let Some(h) = holds.get_mut(usize::from(i)) {
+                *h = true;
+            }
+        }
+        holds.into()
+    }
 }
 
 /// A cluster node (for the overlay and for externalTrafficPolicy).

@@ -249,6 +249,98 @@ fn a_syn_reusing_a_closed_connections_tuple_is_a_new_connection() {
     assert_eq!(checked(&back).src, ip("10.96.0.80"));
 }
 
+/// The fixture services with sessionAffinity ClientIP and this timeout.
+fn with_affinity(mut snap: Snapshot, timeout: u32) -> Snapshot {
+    let mut cluster = (*snap.cluster).clone();
+    for e in cluster.services.values_mut() {
+        let mut s = (**e).clone();
+        s.affinity_timeout_s = Some(timeout);
+        *e = Arc::new(s);
+    }
+    snap.cluster = Arc::new(cluster);
+    snap
+}
+
+fn backend_of(lb: &mut Lb, client: &str, sport: u16) -> IpAddr {
+    let vip = if client.contains(':') {
+        "fd00:96::80"
+    } else {
+        "10.96.0.80"
+    };
+    let (_, out) = lb.send(0, &tcp(client, vip, sport, 80, SYN)).unwrap();
+    checked(&out).dst
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_its_backend_until_the_timeout() {
+    for client in ["10.10.0.2", "fd00:10::2"] {
+        let mut lb = Lb::new(with_affinity(service_snapshot([1, 1, 2]), 30));
+        let first = backend_of(&mut lb, client, 40000);
+        // every new connection of the client, whatever its port, goes to the same backend
+        for sport in 40001..40100 {
+            assert_eq!(
+                backend_of(&mut lb, client, sport),
+                first,
+                "{client}:{sport}"
+            );
+        }
+        // a backend added (reweighted here) moves Maglev slots, not the client
+        lb.publisher
+            .publish(with_affinity(service_snapshot([3, 3, 1]), 30));
+        for sport in 41000..41050 {
+            assert_eq!(backend_of(&mut lb, client, sport), first);
+        }
+        // the client's backend stops taking new connections: the client moves, and stays
+        let mut w = [1u16, 1, 1];
+        let family = if client.contains(':') {
+            "fd00:20::"
+        } else {
+            "10.20.0."
+        };
+        let idx = (11..14)
+            .position(|i| ip(&format!("{family}{i}")) == first)
+            .unwrap();
+        w[idx] = 0;
+        lb.publisher.publish(with_affinity(service_snapshot(w), 30));
+        let moved = backend_of(&mut lb, client, 42000);
+        assert_ne!(moved, first);
+        for sport in 42001..42050 {
+            assert_eq!(backend_of(&mut lb, client, sport), moved);
+        }
+        // back in the table, the client stays where it is while it keeps coming within 30 s
+        lb.publisher
+            .publish(with_affinity(service_snapshot([1, 1, 2]), 30));
+        lb.pipeline.lb.advance_clock(25);
+        assert_eq!(backend_of(&mut lb, client, 43000), moved);
+        lb.pipeline.lb.advance_clock(25);
+        assert_eq!(backend_of(&mut lb, client, 43001), moved, "timer refreshed");
+        // after 31 s of silence it is forgotten: back to the hash of its address
+        lb.pipeline.lb.advance_clock(31);
+        assert_eq!(backend_of(&mut lb, client, 43002), first);
+        // other clients are spread as usual (not all on one backend)
+        let spread: std::collections::HashSet<IpAddr> = (0..60)
+            .map(|i| {
+                let c = if client.contains(':') {
+                    format!("fd00:10::1:{i:x}")
+                } else {
+                    format!("10.10.1.{}", i + 1)
+                };
+                backend_of(&mut lb, &c, 40000)
+            })
+            .collect();
+        assert_eq!(spread.len(), 3, "{spread:?}");
+    }
+}
+
+#[test]
+fn without_affinity_a_clients_connections_spread() {
+    let mut lb = Lb::new(service_snapshot([1, 1, 2]));
+    let seen: std::collections::HashSet<IpAddr> = (40000..40060)
+        .map(|sport| backend_of(&mut lb, "10.10.0.2", sport))
+        .collect();
+    assert_eq!(seen.len(), 3);
+}
+
 #[test]
 fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     let mut lb = Lb::new(service_snapshot([1, 1, 2]));

@@ -104,6 +104,11 @@ bold "service load balancing: new connections per frontend (weights be1:be2:be3 
 split http://10.10.0.1:30080/ 200      # NodePort on the node address
 split http://192.0.2.80/ 200           # LoadBalancer ingress VIP
 split "http://[fd00:96::80]/" 100      # ClusterIP, IPv6 (dual-stack service)
+bold "sessionAffinity ClientIP (web-sticky, 10.96.0.81): 30 connections from one client"
+sticky=$(ns cli python3 tools/lab/http_split.py http://10.96.0.81/ 30)
+echo "  answers per backend: $sticky"
+if python3 -c "import json,sys; s=json.loads('$sticky'); sys.exit(0 if len(s)==1 and 'error' not in s else 1)"
+then echo "  ok    the client sticks to one backend"; else echo "  FAIL  affinity $sticky"; fail=1; fi
 bold "wrk for 2 s through the LoadBalancer VIP, a new connection per request"
 ns cli wrk -t1 -c4 -d2s -H "Connection: close" http://192.0.2.80/ | sed 's/^/  /'
 bold "UDP service: 200 requests to 10.96.0.53:53, each from a new socket (backends answer on 5353)"
@@ -122,8 +127,8 @@ check "curl http://10.244.2.5:8080/ (client -> sluice encap -> kernel vxlan -> p
 
 bold "a bad object is refused, naming the field, and changes nothing"
 sed 's/port: 80, nodePort: 30080/port: 70000, nodePort: 30080/' configs/lab-cluster.yaml | $BIN/sluice apply -f - 2>&1 | grep -i error || true
-if $BIN/sluice status -o json | python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if s['frontends']==6 and s['converged'] else 1)"; then
-    echo "  ok    state unchanged: 6 frontends, all workers current"
+if $BIN/sluice status -o json | python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if s['frontends']==7 and s['converged'] else 1)"; then
+    echo "  ok    state unchanged: 7 frontends, all workers current"
 else
     echo "  FAIL  state changed after a rejected apply"; fail=1
 fi

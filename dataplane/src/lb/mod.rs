@@ -18,6 +18,7 @@
 //! For a frontend without backends sluice drops (with Cilium's reason) rather than answering a
 //! TCP RST: the drop is what Cilium does by default, and it is visible in the counters and flows.
 
+pub mod affinity;
 pub mod conntrack;
 pub mod maglev;
 
@@ -28,6 +29,7 @@ use crate::state::{Algorithm, Frontend, Snapshot};
 use crate::stats::WorkerStats;
 use crate::wire::parse::{parse_fast, Parsed, TunnelPorts};
 use crate::wire::{be16, checksum, set_be16, tcp, udp};
+use affinity::Affinity;
 use conntrack::{Addr, Dir, Endpoint, InsertError, Nat, Table, Timeouts, Tuple};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
@@ -88,6 +90,7 @@ const PORT_PROBES: u32 = 64;
 struct Family<A> {
     tcp: Table<A>,
     other: Table<A>,
+    affinity: Affinity<A>,
 }
 
 impl<A: Addr> Family<A> {
@@ -95,13 +98,7 @@ impl<A: Addr> Family<A> {
         Family {
             tcp: Table::new((l.tcp_max / share).max(1), l.timeouts),
             other: Table::new((l.other_max / share).max(1), l.timeouts),
-        }
-    }
-    fn table(&mut self, proto: u8) -> &mut Table<A> {
-        if proto == tcp::PROTOCOL {
-            &mut self.tcp
-        } else {
-            &mut self.other
+            affinity: Affinity::default(),
         }
     }
 }
@@ -274,7 +271,16 @@ fn one<A: Addr>(
     p: &Parsed,
 ) -> Outcome {
     let now = ctx.now;
-    let tb = fam.table(t.proto);
+    let Family {
+        tcp: tcp_table,
+        other,
+        affinity,
+    } = fam;
+    let tb = if t.proto == tcp::PROTOCOL {
+        tcp_table
+    } else {
+        other
+    };
     let fe = Frontend {
         addr: p.dst,
         proto: p.protocol,
@@ -304,15 +310,41 @@ fn one<A: Addr>(
     if svc.table.is_empty() {
         return Outcome::Drop(DropReason::ServiceBackendNotFound);
     }
-    let seed = snap.lb.seed;
-    let slot = match svc.algorithm {
-        Algorithm::Maglev => {
-            let h = maglev::flow_hash(p.src, p.dst, p.src_port, p.dst_port, p.protocol, seed);
-            (h % svc.table.len() as u64) as usize
-        }
-        Algorithm::Random => (ctx.next_random() % svc.table.len() as u64) as usize,
+    let frontend = Endpoint {
+        addr: t.dst,
+        port: t.dport,
     };
-    let Some(b) = svc.backends.get(usize::from(svc.table[slot])) else {
+    // With ClientIP affinity the client's port stays out of the hash: all of a client's
+    // connections hash alike, on every worker and every appliance (see affinity.rs).
+    let sport = if svc.affinity_timeout_s.is_some() {
+        0
+    } else {
+        p.src_port
+    };
+    let h = maglev::flow_hash(p.src, p.dst, sport, p.dst_port, p.protocol, snap.lb.seed);
+    let affinity_key = affinity::Key {
+        client: t.src,
+        frontend,
+        proto: t.proto,
+    };
+    let sticky = svc.affinity_timeout_s.and_then(|timeout| {
+        let (to, hint) = affinity.get(&affinity_key, h, now, timeout)?;
+        let is = |b: &crate::state::Backend| b.addr == to.addr.ip() && b.port == to.port;
+        let i = match svc.backends.get(usize::from(hint)) {
+            Some(b) if is(b) => usize::from(hint),
+            _ => svc.backends.iter().position(is)?,
+        };
+        // only while the backend still takes new connections
+        svc.takes_new.get(i).copied().unwrap_or(false).then_some(i)
+    });
+    let index = sticky.unwrap_or_else(|| {
+        let slot = match svc.algorithm {
+            Algorithm::Maglev => (h % svc.table.len() as u64) as usize,
+            Algorithm::Random => (ctx.next_random() % svc.table.len() as u64) as usize,
+        };
+        usize::from(svc.table[slot])
+    });
+    let Some(b) = svc.backends.get(index) else {
         return Outcome::Drop(DropReason::ServiceBackendNotFound);
     };
     // a frontend of one family with a backend of the other would need NAT46/64
@@ -323,17 +355,14 @@ fn one<A: Addr>(
         return Outcome::Drop(DropReason::NatNoMapping);
     };
     let (lo, span) = ctx.port_range(snap.lb.snat_ports);
-    let first = (maglev::flow_hash(p.src, b.addr, p.src_port, b.port, p.protocol, !seed)
+    let first = (maglev::flow_hash(p.src, b.addr, p.src_port, b.port, p.protocol, !snap.lb.seed)
         % u64::from(span)) as u32;
     let mut nat = Nat {
         client: Endpoint {
             addr: t.src,
             port: t.sport,
         },
-        frontend: Endpoint {
-            addr: t.dst,
-            port: t.dport,
-        },
+        frontend,
         backend: Endpoint {
             addr: backend_addr,
             port: b.port,
@@ -354,6 +383,9 @@ fn one<A: Addr>(
     match tb.insert(nat, t.proto, p.tcp_flags, now) {
         Ok(_) => {
             rewrite(pkt, p, nat.source, nat.backend);
+            if svc.affinity_timeout_s.is_some() {
+                affinity.put(affinity_key, h, now, nat.backend, index as u16);
+            }
             Outcome::New
         }
         Err(InsertError::Full | InsertError::Exists) => {
