@@ -85,8 +85,9 @@ pub fn overlay_snapshot(
 }
 
 /// The service lab state: the overlay state (VXLAN off) plus service `lab/web` on
-/// 10.96.0.80 and fd00:96::80, TCP 80 and UDP 53, backends .11/.12/.13 on the server segment
-/// with weights 1:1:2, SNAT to 10.20.0.1 / fd00:20::1.
+/// 10.96.0.80 and fd00:96::80, TCP 80 -> 8080 and UDP 53 -> 5353, and TCP 443 and UDP 5353 on
+/// the same port (DSR-capable), backends .11/.12/.13 on the server segment with weights 1:1:2,
+/// SNAT to 10.20.0.1 / fd00:20::1.
 pub fn service_snapshot(weights: [u16; 3]) -> Snapshot {
     use crate::lb::maglev::{self, Member};
     use crate::state::{Algorithm, Backend, Frontend, FrontendKind, ServiceEntry};
@@ -94,7 +95,12 @@ pub fn service_snapshot(weights: [u16; 3]) -> Snapshot {
     let mut cluster = (*s.cluster).clone();
     let mut neighbors = (*s.neighbors).clone();
     for (fe, family) in [("10.96.0.80", "10.20.0."), ("fd00:96::80", "fd00:20::")] {
-        for (proto, port, bport) in [(6u8, 80u16, 8080u16), (17, 53, 5353)] {
+        for (proto, port, bport) in [
+            (6u8, 80u16, 8080u16),
+            (17, 53, 5353),
+            (6, 443, 443),
+            (17, 5353, 5353),
+        ] {
             let backends: Vec<Backend> = (0..3)
                 .map(|i| Backend {
                     addr: ip(&format!("{family}{}", 11 + i)),

@@ -4,6 +4,7 @@
 
 use sluice_dataplane::fixtures::{service_snapshot, MAC_BACKEND, MAC_CLIENT, MAC_CLI_PORT};
 use sluice_dataplane::io::mem::{MemIo, TxSink};
+use sluice_dataplane::lb::{Dispatch, LbMode, LbSettings};
 use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
 use sluice_dataplane::state::{Publisher, Snapshot};
 use sluice_dataplane::stats::WorkerStats;
@@ -410,4 +411,137 @@ fn snat_ports_run_out_with_a_named_drop() {
     }
     assert_eq!(ok, 4, "four SNAT ports toward the one backend");
     assert_eq!(lb.stats.drops(DropReason::SnatPortsExhausted), 6);
+}
+
+fn with_mode(mode: LbMode, dispatch: Dispatch) -> Snapshot {
+    let mut s = service_snapshot([1, 1, 2]);
+    s.lb = Arc::new(LbSettings {
+        mode,
+        dispatch,
+        ..(*s.lb).clone()
+    });
+    s
+}
+
+/// The outer IP header of a DSR frame: (protocol, source, destination, header length).
+fn outer(out: &[u8]) -> (u8, IpAddr, IpAddr, usize) {
+    let ip = &out[14..];
+    if ip[0] >> 4 == 4 {
+        assert_eq!(checksum::sum(&ip[..20]), 0xffff, "outer IPv4 checksum");
+        assert_eq!(ip[6] & 0x40, 0x40, "DF");
+        let a = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&ip[at..at + 4]).unwrap());
+        (ip[9], a(12), a(16), 20)
+    } else {
+        let a = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+        (ip[6], a(8), a(24), 40)
+    }
+}
+
+#[test]
+fn dsr_tunnels_the_clients_packets_unchanged_to_the_backend() {
+    for (client, vip, source, proto) in [
+        ("10.10.0.2", "10.96.0.80", "10.20.0.1", 4u8),
+        ("fd00:10::2", "fd00:96::80", "fd00:20::1", 41),
+    ] {
+        let mut lb = Lb::new(with_mode(LbMode::Dsr, Dispatch::Ipip));
+        let syn = tcp(client, vip, 40000, 443, SYN);
+        let (port, out) = lb.send(0, &syn).expect("forwarded");
+        assert_eq!(port, 1, "toward the backends");
+        assert_eq!(&out[0..6], &MAC_BACKEND);
+        let (p, src, backend, hdr) = outer(&out);
+        assert_eq!((p, src), (proto, ip(source)));
+        let family = if client.contains(':') {
+            "fd00:20::"
+        } else {
+            "10.20.0."
+        };
+        assert!(
+            (11..14).any(|i| ip(&format!("{family}{i}")) == backend),
+            "outer destination {backend}"
+        );
+        // the inner packet is the client's, byte for byte (TTL included: one tunnel hop)
+        assert_eq!(&out[14 + hdr..], &syn[14..]);
+        assert_eq!(out[12..14], syn[12..14], "ethertype");
+        assert_eq!(lb.stats.lb_new_connections.get(), 1);
+        // the rest of the connection follows to the same backend, still one connection
+        for flags in [ACK, ACK, FIN | ACK] {
+            let (_, out) = lb.send(0, &tcp(client, vip, 40000, 443, flags)).unwrap();
+            assert_eq!(outer(&out).2, backend);
+        }
+        assert_eq!(lb.stats.lb_new_connections.get(), 1);
+        // a service whose backends listen on another port cannot be DSR: masqueraded instead
+        let (_, out) = lb.send(0, &tcp(client, vip, 40001, 80, SYN)).unwrap();
+        let p = checked(&out);
+        assert_eq!((p.src, p.dst_port), (ip(source), 8080));
+    }
+}
+
+#[test]
+fn dsr_spreads_by_weight_and_hybrid_masquerades_udp() {
+    let mut lb = Lb::new(with_mode(LbMode::Hybrid, Dispatch::Ipip));
+    let mut per: HashMap<IpAddr, usize> = HashMap::new();
+    for sport in 0..2000u16 {
+        let (_, out) = lb
+            .send(0, &tcp("10.10.0.2", "10.96.0.80", 20000 + sport, 443, SYN))
+            .unwrap();
+        *per.entry(outer(&out).2).or_default() += 1;
+    }
+    let be3 = per[&ip("10.20.0.13")] as f64 / 2000.0;
+    assert!((be3 - 0.5).abs() < 0.05, "{per:?}");
+    // UDP in hybrid mode: SNAT, the reply comes back through the appliance
+    let mut s = PacketSpec::udp("10.10.0.2", "10.96.0.80", 5000, 5353, b"q");
+    s.dst_mac = MAC_CLI_PORT;
+    s.src_mac = MAC_CLIENT;
+    let (_, out) = lb.send(0, &s.build()).unwrap();
+    let p = checked(&out);
+    assert_eq!((p.protocol, p.src), (17, ip("10.20.0.1")));
+}
+
+#[test]
+fn dsr_over_geneve_carries_the_inner_ip_packet() {
+    for (client, vip, inner_type) in [
+        ("10.10.0.2", "10.96.0.80", 0x0800u16),
+        ("fd00:10::2", "fd00:96::80", 0x86dd),
+    ] {
+        let mut lb = Lb::new(with_mode(LbMode::Dsr, Dispatch::Geneve { port: 6081 }));
+        let syn = tcp(client, vip, 40000, 443, SYN);
+        let (_, out) = lb.send(0, &syn).unwrap();
+        let (proto, src, dst, hdr) = outer(&out);
+        assert_eq!(proto, 17);
+        let u = 14 + hdr;
+        let udp = UdpPacket::new_checked(&out[u..]).unwrap();
+        assert_eq!(udp.dst_port(), 6081);
+        assert!(udp.src_port() >= 49152, "entropy port {}", udp.src_port());
+        assert_eq!(usize::from(udp.length()), out.len() - u);
+        assert!(
+            udp.checksum() == 0 || udp.verify_checksum(src, dst),
+            "outer UDP checksum"
+        );
+        let g = &out[u + 8..u + 16];
+        assert_eq!(g[0], 0, "version 0, no options");
+        assert_eq!(u16::from_be_bytes([g[2], g[3]]), inner_type);
+        assert_eq!(&out[u + 16..], &syn[14..]);
+    }
+}
+
+#[test]
+fn dsr_answers_a_packet_too_big_for_the_tunnel_with_icmp() {
+    let mut lb = Lb::new(with_mode(LbMode::Dsr, Dispatch::Ipip));
+    lb.send(0, &tcp("10.10.0.2", "10.96.0.80", 40000, 443, SYN))
+        .unwrap();
+    // 1500 bytes of IP: fits the link, not the tunnel (+20)
+    let mut s = PacketSpec::udp("10.10.0.2", "10.96.0.80", 40000, 443, &[7u8; 1460]);
+    s.l4 = L4::Tcp(ACK);
+    s.dst_mac = MAC_CLI_PORT;
+    s.src_mac = MAC_CLIENT;
+    let big = s.build();
+    assert_eq!(big.len(), 14 + 1500);
+    let (port, out) = lb.send(0, &big).expect("ICMP back");
+    assert_eq!(port, 0, "back to the client");
+    let p = parse(&out, TunnelPorts::NONE).unwrap();
+    assert_eq!((p.protocol, p.dst), (1, ip("10.10.0.2")));
+    let icmp = &out[p.l4.unwrap()..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1480, "next-hop MTU");
+    assert_eq!(lb.stats.icmp_errors.get(), 1);
 }

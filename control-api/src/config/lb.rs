@@ -4,7 +4,7 @@ use super::{bad, Config, ConfigError};
 use crate::compile::LbDefaults;
 use serde::Deserialize;
 use sluice_dataplane::lb::conntrack::Timeouts;
-use sluice_dataplane::lb::{maglev, CtLimits, LbSettings, DEFAULT_SNAT_PORTS};
+use sluice_dataplane::lb::{maglev, CtLimits, Dispatch, LbMode, LbSettings, DEFAULT_SNAT_PORTS};
 use sluice_dataplane::state::Algorithm;
 use std::net::IpAddr;
 
@@ -12,8 +12,19 @@ use std::net::IpAddr;
 #[serde(deny_unknown_fields, default)]
 pub struct LbCfg {
     /// How backends are reached: "snat" (the client is masqueraded to `snat_ipv4`/`snat_ipv6`
-    /// so replies return through the appliance). "dsr" and "hybrid" are not implemented yet.
+    /// so replies return through the appliance), "dsr" (direct server return: the client's
+    /// packets are tunnelled to the backend, which answers the client itself; only for service
+    /// ports whose backends listen on the same port, others are masqueraded) or "hybrid" (DSR
+    /// for TCP, SNAT for UDP), as Cilium's `bpf-lb-mode`.
     pub mode: String,
+    /// DSR tunnel: "ipip" (IPv4-in-IPv4 / IPv6-in-IPv6) or "geneve", as Cilium's
+    /// `bpf-lb-dsr-dispatch`. The outer source is `snat_ipv4`/`snat_ipv6`.
+    pub dsr_dispatch: String,
+    /// UDP port of the Geneve dispatch.
+    pub dsr_geneve_port: u16,
+    /// The largest IP packet the path to the backends carries (DSR adds 20-56 bytes; what does
+    /// not fit is answered with ICMP fragmentation-needed / packet-too-big).
+    pub dsr_mtu: u16,
     /// "maglev" (consistent hashing) or "random"; services may override by annotation.
     pub algorithm: String,
     /// Maglev table size: one of Cilium's primes (default 16381).
@@ -40,6 +51,9 @@ impl Default for LbCfg {
         let l = CtLimits::default();
         LbCfg {
             mode: "snat".into(),
+            dsr_dispatch: "ipip".into(),
+            dsr_geneve_port: sluice_dataplane::wire::geneve::PORT,
+            dsr_mtu: 1500,
             algorithm: "maglev".into(),
             maglev_table_size: maglev::DEFAULT_TABLE_SIZE,
             hash_seed: 0,
@@ -60,13 +74,36 @@ impl Config {
     /// The load-balancing settings the datapath takes.
     pub fn lb_settings(&self) -> Result<LbSettings, ConfigError> {
         let l = &self.lb;
-        if l.mode != "snat" {
+        let mode = match l.mode.as_str() {
+            "snat" => LbMode::Snat,
+            "dsr" => LbMode::Dsr,
+            "hybrid" => LbMode::Hybrid,
+            o => {
+                return Err(bad(
+                    "lb.mode",
+                    format!("{o:?} is not \"snat\", \"dsr\" or \"hybrid\""),
+                ))
+            }
+        };
+        let dispatch = match l.dsr_dispatch.as_str() {
+            "ipip" => Dispatch::Ipip,
+            "geneve" if l.dsr_geneve_port != 0 => Dispatch::Geneve {
+                port: l.dsr_geneve_port,
+            },
+            "geneve" => return Err(bad("lb.dsr_geneve_port", "must not be 0")),
+            o => {
+                return Err(bad(
+                    "lb.dsr_dispatch",
+                    format!("{o:?} is not \"ipip\" or \"geneve\""),
+                ))
+            }
+        };
+        // IPv6 links carry at least 1280 bytes; IPv4 at least 576 (RFC 791), but below 1280 the
+        // IPv6 side could not work at all
+        if !(1280..=9216).contains(&l.dsr_mtu) {
             return Err(bad(
-                "lb.mode",
-                format!(
-                    "{:?}: only \"snat\" is implemented (dsr and hybrid are not yet)",
-                    l.mode
-                ),
+                "lb.dsr_mtu",
+                format!("{} is outside 1280..=9216", l.dsr_mtu),
             ));
         }
         let family =
@@ -121,6 +158,9 @@ impl Config {
             snat_v6,
             snat_ports: ports,
             seed: l.hash_seed,
+            mode,
+            dispatch,
+            dsr_mtu: l.dsr_mtu,
         })
     }
 

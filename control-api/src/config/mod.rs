@@ -535,6 +535,31 @@ port = 80
     }
 
     #[test]
+    fn lb_modes_and_dsr_dispatch() {
+        let lb = |extra: &str| format!("{GOOD}\n[lb]\nsnat_ipv4 = \"10.20.0.1\"\n{extra}\n");
+        assert_eq!(err_of(&lb("mode = \"tunnel\"")).field, "lb.mode");
+        assert_eq!(
+            err_of(&lb("mode = \"dsr\"\ndsr_dispatch = \"gre\"")).field,
+            "lb.dsr_dispatch"
+        );
+        assert_eq!(err_of(&lb("dsr_mtu = 1000")).field, "lb.dsr_mtu");
+        let ok = Config::from_toml(&lb(
+            "mode = \"hybrid\"\ndsr_dispatch = \"geneve\"\ndsr_mtu = 9000",
+        ))
+        .unwrap()
+        .lb_settings()
+        .unwrap();
+        assert_eq!(
+            (ok.mode, ok.dispatch, ok.dsr_mtu),
+            (
+                sluice_dataplane::lb::LbMode::Hybrid,
+                sluice_dataplane::lb::Dispatch::Geneve { port: 6081 },
+                9000
+            )
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = err_of(&GOOD.replace("dev = \"eth-cli\"", "dev = \"eth9\""));
         assert_eq!(e.field, "route[0].dev");

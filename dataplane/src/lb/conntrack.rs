@@ -138,6 +138,9 @@ pub struct Entry<A> {
     ports: [u16; 4],
     pub proto: u8,
     pub state: State,
+    /// Direct server return: the backend answers the client itself, so only the original
+    /// direction is tracked (and `source` is the client: nothing is masqueraded).
+    pub dsr: bool,
     /// Worker clock second at which the entry expires.
     pub expires: u32,
 }
@@ -252,8 +255,31 @@ impl<A: Addr> Table<A> {
         tcp_flags: u8,
         now: u32,
     ) -> Result<u32, InsertError> {
+        self.insert_as(nat, proto, tcp_flags, now, false)
+    }
+
+    /// Tracks a new direct-server-return connection: its original direction only (replies
+    /// bypass the appliance; two of them may even share a reply tuple, through two frontends).
+    pub fn insert_dsr(
+        &mut self,
+        nat: Nat<A>,
+        proto: u8,
+        tcp_flags: u8,
+        now: u32,
+    ) -> Result<u32, InsertError> {
+        self.insert_as(nat, proto, tcp_flags, now, true)
+    }
+
+    fn insert_as(
+        &mut self,
+        nat: Nat<A>,
+        proto: u8,
+        tcp_flags: u8,
+        now: u32,
+        dsr: bool,
+    ) -> Result<u32, InsertError> {
         let (orig, reply) = (nat.original(proto), nat.reply(proto));
-        if self.map.contains_key(&orig) || self.map.contains_key(&reply) {
+        if self.map.contains_key(&orig) || (!dsr && self.map.contains_key(&reply)) {
             return Err(InsertError::Exists);
         }
         if self.free.is_empty() && !self.evict_one(now) {
@@ -277,12 +303,15 @@ impl<A: Addr> Table<A> {
             ],
             proto,
             state: State::Embryonic,
+            dsr,
             expires: 0,
         };
         advance(&mut e, Dir::Original, tcp_flags, now, &self.timeouts);
         self.slots[slot as usize] = Some(e);
         self.map.insert(orig, slot << 1);
-        self.map.insert(reply, slot << 1 | 1);
+        if !dsr {
+            self.map.insert(reply, slot << 1 | 1);
+        }
         self.len += 1;
         Ok(slot)
     }
@@ -312,7 +341,9 @@ impl<A: Addr> Table<A> {
         if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::take) {
             let nat = e.nat();
             self.map.remove(&nat.original(e.proto));
-            self.map.remove(&nat.reply(e.proto));
+            if !e.dsr {
+                self.map.remove(&nat.reply(e.proto));
+            }
             self.free.push(slot);
             self.len -= 1;
         }
@@ -372,9 +403,15 @@ fn advance<A>(e: &mut Entry<A>, dir: Dir, flags: u8, now: u32, t: &Timeouts) {
         e.expires = now.wrapping_add(t.other);
         return;
     }
+    let handshake_done = if e.dsr {
+        // replies bypass the appliance: the client's ACK of the SYN-ACK says it completed
+        flags & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::ACK
+    } else {
+        dir == Dir::Reply
+    };
     if flags & (tcp::flags::FIN | tcp::flags::RST) != 0 {
         e.state = State::Closing;
-    } else if dir == Dir::Reply && e.state == State::Embryonic {
+    } else if handshake_done && e.state == State::Embryonic {
         e.state = State::Established;
     }
     let timeout = match e.state {
@@ -442,6 +479,28 @@ mod tests {
         assert!(t.is_empty());
         assert_eq!(t.lookup(&nat(1).original(6)), None);
         assert_eq!(t.lookup(&nat(1).reply(6)), None);
+    }
+
+    #[test]
+    fn dsr_connections_track_the_original_direction_only() {
+        let to = Timeouts::default();
+        let mut t = Table::new(4, to);
+        let mut n = nat(1);
+        n.source = n.client;
+        let s = t.insert_dsr(n, 6, SYN, 0).unwrap();
+        assert!(t.get(s).unwrap().dsr);
+        assert_eq!(t.lookup(&n.original(6)), Some((s, Dir::Original)));
+        assert_eq!(t.lookup(&n.reply(6)), None, "replies bypass the appliance");
+        // another frontend to the same backend from the same client port: same reply tuple
+        let mut other = n;
+        other.frontend.addr += 1;
+        let s2 = t.insert_dsr(other, 6, SYN, 0).unwrap();
+        // the client's ACK completes the handshake (the SYN-ACK is never seen)
+        let e = t.seen(s, Dir::Original, ACK, 1).unwrap();
+        assert_eq!(e.state, State::Established);
+        t.remove(s);
+        assert_eq!(t.lookup(&other.original(6)), Some((s2, Dir::Original)));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod affinity;
 pub mod conntrack;
+pub mod dsr;
 pub mod maglev;
 
 use crate::drop::DropReason;
@@ -44,6 +45,13 @@ pub struct LbSettings {
     pub snat_ports: (u16, u16),
     /// Flow hash seed (the same as the Maglev seed: appliances behind ECMP must agree).
     pub seed: u64,
+    /// How new connections reach their backend.
+    pub mode: LbMode,
+    /// How DSR packets are carried to the backend.
+    pub dispatch: Dispatch,
+    /// The largest IP packet the path to the backends carries: a DSR packet that would exceed
+    /// it once encapsulated is answered with ICMP fragmentation-needed / packet-too-big.
+    pub dsr_mtu: u16,
 }
 
 impl Default for LbSettings {
@@ -53,8 +61,34 @@ impl Default for LbSettings {
             snat_v6: None,
             snat_ports: DEFAULT_SNAT_PORTS,
             seed: 0,
+            mode: LbMode::Snat,
+            dispatch: Dispatch::Ipip,
+            dsr_mtu: 1500,
         }
     }
+}
+
+/// Forwarding modes, as Cilium's `--bpf-lb-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LbMode {
+    /// The client is masqueraded to the appliance: replies come back through it.
+    #[default]
+    Snat,
+    /// Direct server return: the client's packets are tunnelled to the backend unchanged and the
+    /// backend answers the client from the frontend address itself.
+    Dsr,
+    /// DSR for TCP, SNAT for UDP.
+    Hybrid,
+}
+
+/// DSR dispatch, as Cilium's `--bpf-lb-dsr-dispatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// IPv4-in-IPv4 (protocol 4) / IPv6-in-IPv6 (next header 41).
+    Ipip,
+    /// Geneve over UDP to this port, the inner IP packet without Ethernet (protocol type
+    /// 0x0800/0x86DD), VNI the world identity.
+    Geneve { port: u16 },
 }
 
 /// Above the kernel's default ephemeral range (32768-60999), so the appliance's own outgoing
@@ -236,6 +270,16 @@ pub fn service(
         match out {
             Outcome::Untouched | Outcome::Tracked => {}
             Outcome::New => new += 1,
+            Outcome::Dsr { backend, new: n } => {
+                new += u64::from(n);
+                let h = maglev::flow_hash(p.src, p.dst, p.src_port, p.dst_port, p.protocol, 0);
+                let mut f = batch.frame(i);
+                let v = dsr::dispatch(snap, region, &mut f, &p, backend, h, stats);
+                *batch.frame_mut(i) = f;
+                if v != Verdict::Continue {
+                    batch.set_verdict(i, v);
+                }
+            }
             Outcome::Drop(r) => batch.set_verdict(i, Verdict::Drop(r)),
         }
     }
@@ -247,6 +291,11 @@ enum Outcome {
     Untouched,
     Tracked,
     New,
+    /// A packet of a DSR connection (`new`: its first): to be tunnelled to `backend`.
+    Dsr {
+        backend: IpAddr,
+        new: bool,
+    },
     Drop(DropReason),
 }
 
@@ -296,6 +345,12 @@ fn one<A: Addr>(
                 tb.remove(slot);
             } else if let Some(e) = tb.seen(slot, dir, p.tcp_flags, now) {
                 let nat = e.nat();
+                if e.dsr {
+                    return Outcome::Dsr {
+                        backend: nat.backend.addr.ip(),
+                        new: false,
+                    };
+                }
                 match dir {
                     Dir::Original => rewrite(pkt, p, nat.source, nat.backend),
                     Dir::Reply => rewrite(pkt, p, nat.frontend, nat.client),
@@ -354,19 +409,47 @@ fn one<A: Addr>(
     let Some(source_addr) = snat.and_then(A::from_ip) else {
         return Outcome::Drop(DropReason::NatNoMapping);
     };
+    let client = Endpoint {
+        addr: t.src,
+        port: t.sport,
+    };
+    let backend = Endpoint {
+        addr: backend_addr,
+        port: b.port,
+    };
+    // DSR needs the backend to answer on the frontend's port: the packet reaches it unchanged
+    let dsr = match snap.lb.mode {
+        LbMode::Snat => false,
+        LbMode::Dsr => true,
+        LbMode::Hybrid => t.proto == tcp::PROTOCOL,
+    } && b.port == t.dport;
+    if dsr {
+        let nat = Nat {
+            client,
+            frontend,
+            backend,
+            source: client,
+        };
+        return match tb.insert_dsr(nat, t.proto, p.tcp_flags, now) {
+            Ok(_) => {
+                if svc.affinity_timeout_s.is_some() {
+                    affinity.put(affinity_key, h, now, backend, index as u16);
+                }
+                Outcome::Dsr {
+                    backend: b.addr,
+                    new: true,
+                }
+            }
+            Err(_) => Outcome::Drop(DropReason::CtMapInsertionFailed),
+        };
+    }
     let (lo, span) = ctx.port_range(snap.lb.snat_ports);
     let first = (maglev::flow_hash(p.src, b.addr, p.src_port, b.port, p.protocol, !snap.lb.seed)
         % u64::from(span)) as u32;
     let mut nat = Nat {
-        client: Endpoint {
-            addr: t.src,
-            port: t.sport,
-        },
+        client,
         frontend,
-        backend: Endpoint {
-            addr: backend_addr,
-            port: b.port,
-        },
+        backend,
         source: Endpoint {
             addr: source_addr,
             port: 0,

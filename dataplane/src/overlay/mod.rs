@@ -22,6 +22,7 @@ mod too_big;
 
 pub use decap::decap;
 pub use encap::{encap, EncapState};
+pub(crate) use too_big::too_big;
 
 use crate::state::OverlayMode;
 use crate::wire::parse::TunnelPorts;
@@ -29,10 +30,10 @@ use crate::wire::{checksum, set_be16};
 use std::net::IpAddr;
 
 /// Outer headers: Ethernet 14 + IPv4 20 / IPv6 40 + UDP 8 (+ the tunnel header).
-const ETH: usize = 14;
-const IPV4: usize = 20;
-const IPV6: usize = 40;
-const UDP: usize = 8;
+pub(crate) const ETH: usize = 14;
+pub(crate) const IPV4: usize = 20;
+pub(crate) const IPV6: usize = 40;
+pub(crate) const UDP: usize = 8;
 /// Outer TTL / hop limit of encapsulated packets (the kernel vxlan default is 64 too).
 const OUTER_TTL: u8 = 64;
 
@@ -52,7 +53,14 @@ fn ports(o: &crate::state::Overlay) -> TunnelPorts {
 
 /// Writes an IPv4 (20 bytes, checksum filled in, DF when `df`) or IPv6 (40 bytes; an IPv4 address
 /// is written mapped) header in `ip`, whose length says which, with TTL / hop limit `OUTER_TTL`.
-fn write_ip_header(ip: &mut [u8], proto: u8, src: IpAddr, dst: IpAddr, payload: usize, df: bool) {
+pub(crate) fn write_ip_header(
+    ip: &mut [u8],
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    payload: usize,
+    df: bool,
+) {
     if let (IPV4, IpAddr::V4(s), IpAddr::V4(d)) = (ip.len(), src, dst) {
         ip.fill(0);
         ip[0] = 0x45;

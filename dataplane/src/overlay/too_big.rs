@@ -18,7 +18,7 @@ const ICMP6_MAX: usize = 1280;
 
 /// Turns the frame into an ICMP "too big" error to the sender, in place, and sends it back out
 /// the port it came in on. IPv4 without DF cannot be signalled: dropped.
-pub(super) fn too_big(
+pub(crate) fn too_big(
     snap: &Snapshot,
     region: &mut Region,
     f: &mut crate::packet::Frame,
