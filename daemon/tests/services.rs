@@ -3,6 +3,8 @@
 //! applied through the API, then fresh HTTP connections through the NodePort, the ClusterIP and
 //! the LoadBalancer VIP, IPv4 and IPv6, split by weight (python and `wrk`); UDP requests answered
 //! by every backend; the backends see the appliance's SNAT address; replies come back translated.
+//! DSR and hybrid modes with backends that strip the tunnels (`sluice-decap`) and answer the
+//! client themselves.
 
 mod common;
 
@@ -298,4 +300,143 @@ fn a_long_lived_connection_survives_backends_coming_and_going() {
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("talker JSON");
     assert_eq!(r["backends"], serde_json::json!(["be1"]), "{r}");
+}
+
+/// Packets the backends' DSR decapsulation programs stripped so far (sluice-decap writes its
+/// counters every second).
+fn decapsulated(lab: &Lab) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    (1..=3)
+        .map(|i| {
+            let f = format!("/run/sluice-lab/{}/decap-be{i}.json", lab.prefix);
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&f).unwrap_or_default())
+                    .unwrap_or_default();
+            common::u(&v, &["decapsulated"])
+        })
+        .sum()
+}
+
+/// Requests the backends logged from `client` (http.server logs the peer first).
+fn requests_from(lab: &Lab, client: &str) -> usize {
+    (1..=3)
+        .map(|i| {
+            std::fs::read_to_string(format!("/run/sluice-lab/{}/http-be{i}.log", lab.prefix))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.trim_start_matches("::ffff:")
+                        .starts_with(&format!("{client} "))
+                })
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn dsr_and_hybrid_reach_backends_that_answer_the_client_directly() {
+    let _g = lock();
+    let Some(lab) = Lab::up("dsr", 1) else { return };
+    // the backends hold the service addresses on lo and strip IPIP/IPv6-in-IPv6/Geneve in XDP
+    let out = std::process::Command::new("bash")
+        .arg(repo_file("tools/lab/dsr-backends.sh"))
+        .args([lab.prefix.as_str(), "6081"])
+        .env("SLUICE_DECAP", env!("CARGO_BIN_EXE_sluice-decap"))
+        .output()
+        .expect("dsr-backends.sh");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let big_header = format!("X-Big: {}", "a".repeat(3000));
+    for (mode, dispatch) in [("dsr", "ipip"), ("hybrid", "geneve")] {
+        let config = lab_config(1, "").replace(
+            "mode = \"snat\"",
+            &format!("mode = \"{mode}\"\ndsr_dispatch = \"{dispatch}\""),
+        );
+        assert!(config.contains("dsr_dispatch"), "configs/lab.toml changed");
+        let d = lab.start_sluiced(&config);
+        apply_lab_cluster(&lab);
+        let (stripped, direct4, direct6) = (
+            decapsulated(&lab),
+            requests_from(&lab, "10.10.0.2"),
+            requests_from(&lab, "fd00:10::2"),
+        );
+
+        // the LB VIP and the IPv6 ClusterIP: port 80 = targetPort 80, so DSR
+        let n = 200;
+        let got = split(&lab, "http://192.0.2.80/", n);
+        eprintln!("{mode}/{dispatch} http://192.0.2.80/: {got:?}");
+        assert_split(mode, &got, n, &WEIGHTS, 0.05 + 0.06);
+        let got6 = split(&lab, "http://[fd00:96::80]/", 60);
+        assert!(!got6.contains_key("error"), "{mode} IPv6: {got6:?}");
+        // a request larger than the tunnel's MTU: sluice's ICMP frag-needed teaches the client
+        // the path MTU and the retransmission fits
+        let body = lab.exec(
+            "cli",
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "10",
+                "-H",
+                &big_header,
+                "http://192.0.2.80/",
+            ],
+        );
+        assert!(
+            String::from_utf8_lossy(&body.stdout).starts_with("hello from backend"),
+            "{mode}: a 3 KB request through the tunnel failed: {:?}",
+            body
+        );
+        // the backends saw the client itself, and the tunnels were theirs to strip
+        std::thread::sleep(std::time::Duration::from_millis(300)); // logs flushed
+        assert!(
+            requests_from(&lab, "10.10.0.2") > direct4 + n,
+            "{mode}: the backends did not see the client's own address"
+        );
+        assert!(requests_from(&lab, "fd00:10::2") >= direct6 + 60);
+        let now = decapsulated(&lab);
+        assert!(
+            now >= stripped + 3 * (n as u64 + 60),
+            "{mode}/{dispatch}: the backends stripped only {} tunnelled packets",
+            now - stripped
+        );
+        // NodePort 30080 -> 80 cannot be DSR (the backend does not listen on 30080): masqueraded
+        assert_eq!(
+            lab.curl("http://10.10.0.1:30080/")
+                .map(|b| b.starts_with("hello from backend")),
+            Some(true),
+            "{mode}: NodePort"
+        );
+        // UDP 53 -> 5353 is masqueraded in both modes (hybrid: UDP always)
+        let out = lab.exec(
+            "cli",
+            &[
+                "python3",
+                &repo_file("tools/lab/udp.py"),
+                "ask",
+                "10.96.0.53",
+                "53",
+                "30",
+            ],
+        );
+        let udp: HashMap<String, usize> = serde_json::from_slice(&out.stdout).expect("udp JSON");
+        assert_eq!(udp.get("error"), None, "{mode}: UDP {udp:?}");
+        let s = d.stats();
+        let icmp: u64 = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| common::u(w, &["icmp_errors"]))
+            .sum();
+        assert!(icmp >= 1, "{mode}: no ICMP frag-needed was sent");
+        eprintln!(
+            "{mode}/{dispatch}: {} packets decapsulated by the backends, {icmp} ICMP frag-needed",
+            now - stripped
+        );
+        drop(d);
+    }
 }

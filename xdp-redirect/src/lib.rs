@@ -8,8 +8,10 @@
 //! so when `sluiced` exits, or crashes, the kernel detaches the program and the interface falls
 //! back to the kernel datapath instead of steering into sockets nobody reads.
 
+mod decap;
 mod owned;
 
+pub use decap::{Decap, DecapCounters};
 pub use owned::{OwnedKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use std::{
@@ -290,21 +292,7 @@ impl Steering {
     /// Counters of the program on `ifname`, summed over CPUs.
     pub fn counters(&self, ifname: &str) -> Result<SteerCounters> {
         let a = self.find(ifname)?;
-        let read = |slot: u32| -> Result<u64> {
-            let per_cpu = a
-                .counters
-                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-                .map_err(|e| XdpError::Map {
-                    map: "counters",
-                    reason: e.to_string(),
-                })?
-                .unwrap_or_default();
-            Ok(per_cpu
-                .iter()
-                .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
-                .map(u64::from_ne_bytes)
-                .sum())
-        };
+        let read = |slot| percpu_sum(&a.counters, "counters", slot);
         Ok(SteerCounters {
             steered: read(CNT_STEERED)?,
             passed: read(CNT_PASSED)?,
@@ -323,6 +311,22 @@ impl Steering {
     pub fn detach_all(&mut self) {
         self.attached.clear();
     }
+}
+
+/// A per-CPU u64 counter slot, summed over CPUs.
+fn percpu_sum(map: &MapHandle, name: &'static str, slot: u32) -> Result<u64> {
+    let per_cpu = map
+        .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+        .map_err(|e| XdpError::Map {
+            map: name,
+            reason: e.to_string(),
+        })?
+        .unwrap_or_default();
+    Ok(per_cpu
+        .iter()
+        .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+        .map(u64::from_ne_bytes)
+        .sum())
 }
 
 fn map_handle(obj: &Object, name: &'static str) -> Result<MapHandle> {
