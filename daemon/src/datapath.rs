@@ -3,6 +3,7 @@
 use crate::neighbors::Neighbors;
 use anyhow::{Context, Result};
 use sluice_control::config::{CheckedSteer, Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
+use sluice_dataplane::handoff::Handoff;
 use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
 use sluice_dataplane::lb::LbState;
 use sluice_dataplane::pipeline::Pipeline;
@@ -194,6 +195,13 @@ pub fn start(
         overlay_on: overlay.mode != OverlayMode::Off,
         frontends: HashSet::new(),
     };
+    // replies that arrive on another queue than their connection's go to its worker
+    let handoff = (cfg.dataplane.queues > 1).then(|| {
+        Handoff::new(
+            cfg.dataplane.queues as usize,
+            cfg.dataplane.frame_size as usize,
+        )
+    });
     for q in 0..cfg.dataplane.queues {
         let io = AfXdpIo::open(&ifnames, q, &xsk_cfg)?;
         dp.zero_copy.push(io.is_zero_copy());
@@ -210,9 +218,12 @@ pub fn start(
         if core.is_none() {
             tracing::warn!(queue = q, "requested core not available; worker not pinned");
         }
+        let mut pipeline =
+            Pipeline::with_lb(LbState::new(&ct, q as u16, cfg.dataplane.queues as u16));
+        pipeline.handoff = handoff.as_ref().map(|h| h.port(q as usize));
         let mut worker = Worker {
             io,
-            pipeline: Pipeline::with_lb(LbState::new(&ct, q as u16, cfg.dataplane.queues as u16)),
+            pipeline,
             publisher: hub.publisher(),
             stats,
             neigh: neighbors.worker_queue(),
@@ -227,6 +238,9 @@ pub fn start(
             .prepare()
             .context("setting up the worker's idle wait")?
         {
+            if let Some(h) = &handoff {
+                h.set_waker(q as usize, waker.clone());
+            }
             hub.add_waker(waker);
         }
         let stop = stop.clone();

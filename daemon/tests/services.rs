@@ -440,3 +440,39 @@ fn dsr_and_hybrid_reach_backends_that_answer_the_client_directly() {
         drop(d);
     }
 }
+
+#[test]
+fn two_workers_translate_replies_that_arrive_on_the_other_queue() {
+    let _g = lock();
+    let Some(lab) = Lab::up("two", 2) else { return };
+    let d = lab.start_sluiced(&lab_config(2, ""));
+    apply_lab_cluster(&lab);
+    // each connection's SYN lands on the queue the client's kernel picks, its replies on the
+    // queue the backend side picks: about half of the connections cross
+    for url in ["http://10.10.0.1:30080/", "http://[fd00:96::80]/"] {
+        let n = 300;
+        let got = split(&lab, url, n);
+        eprintln!("two workers, {url}: {got:?}");
+        assert_split(url, &got, n, &WEIGHTS, 0.05 + 0.05);
+    }
+    let s = d.stats();
+    let workers = s["workers"].as_array().unwrap();
+    let sum = |k: &str| -> u64 { workers.iter().map(|w| common::u(w, &[k])).sum() };
+    eprintln!(
+        "new connections per worker: {:?}; handed over {} / taken over {}",
+        workers
+            .iter()
+            .map(|w| common::u(w, &["lb_new_connections"]))
+            .collect::<Vec<_>>(),
+        sum("handoff_out"),
+        sum("handoff_in")
+    );
+    assert!(
+        workers
+            .iter()
+            .all(|w| common::u(w, &["lb_new_connections"]) > 0),
+        "both workers should start connections: {s}"
+    );
+    assert!(sum("handoff_out") > 0, "no reply crossed queues: {s}");
+    assert_eq!(sum("handoff_out"), sum("handoff_in"), "{s}");
+}

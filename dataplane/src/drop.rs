@@ -44,9 +44,9 @@ drop_reasons! {
     ServiceBackendNotFound = 158, "SERVICE_BACKEND_NOT_FOUND";
     /// The remote node has no address in the underlay's family (DROP_NO_TUNNEL_ENDPOINT).
     NoTunnelEndpoint = 160, "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT";
-    /// No route to the destination (Cilium DROP_NO_FIB).
     /// No SNAT address configured for the packet's family.
     NatNoMapping = 167, "NAT_NO_MAPPING";
+    /// No route to the destination (Cilium DROP_NO_FIB).
     NoRoute = 169, "FIB_LOOKUP_FAILED";
     /// Tunnel traffic from an address that is not a known node (DROP_UNKNOWN_SENDER).
     UnknownSender = 172, "UNKNOWN_SENDER";
@@ -64,6 +64,9 @@ drop_reasons! {
     NoHeadroom = 1004, "NO_HEADROOM";
     /// Every SNAT source port toward that backend is in use.
     SnatPortsExhausted = 1005, "SNAT_PORTS_EXHAUSTED";
+    /// The packet belongs to another worker's connection and that worker's hand-off queue (or
+    /// its buffer pool) was full.
+    HandoffQueueFull = 1006, "HANDOFF_QUEUE_FULL";
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@
 //! - [`io`]: `PacketIo` backends (AF_XDP, memory, pcap)
 //! - [`state`]: the immutable [`state::Snapshot`] workers run on and its [`state::Publisher`]
 //! - [`pipeline`]: the stages
-//! - [`worker`]: the per-queue loop
+//! - [`worker`]: the per-queue loop; [`handoff`]: packets passed between workers
 //!
 //! No async runtime, no HTTP, no Kubernetes here: the fast path stays small.
 
 pub mod drop;
 pub mod fixtures;
+pub mod handoff;
 pub mod io;
 pub mod lb;
 pub mod overlay;

@@ -28,6 +28,8 @@ pub enum Verdict {
     Tx(Port),
     /// Dropped, and why.
     Drop(DropReason),
+    /// Belongs to this worker's connection state: copied to it (see `handoff`).
+    Handoff(u16),
 }
 
 /// What the stages learn about a packet on the way, beyond its bytes.

@@ -102,6 +102,8 @@ fn route_one(snap: &Snapshot, pkt: &mut [u8], neigh: &mut impl NeighborRequests)
 pub struct Pipeline {
     pub lb: crate::lb::LbState,
     pub encap: crate::overlay::EncapState,
+    /// This worker's end of the hand-off to the other workers (none with one worker).
+    pub handoff: Option<crate::handoff::HandoffPort>,
 }
 
 impl Pipeline {
@@ -115,6 +117,7 @@ impl Pipeline {
         Pipeline {
             lb,
             encap: Default::default(),
+            handoff: None,
         }
     }
 

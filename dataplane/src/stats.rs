@@ -49,6 +49,9 @@ pub struct WorkerStats {
     pub lb_new_connections: Counter,
     /// Tracked connections now (a gauge).
     pub ct_entries: Counter,
+    /// Packets passed to / taken from other workers (replies of their connections).
+    pub handoff_out: Counter,
+    pub handoff_in: Counter,
     /// Kernel-side AF_XDP drops (copied from the sockets now and then, see worker.rs).
     pub xsk_rx_dropped: Counter,
     pub xsk_rx_ring_full: Counter,
@@ -73,6 +76,8 @@ impl Default for WorkerStats {
             icmp_errors: Counter::default(),
             lb_new_connections: Counter::default(),
             ct_entries: Counter::default(),
+            handoff_out: Counter::default(),
+            handoff_in: Counter::default(),
             xsk_rx_dropped: Counter::default(),
             xsk_rx_ring_full: Counter::default(),
             xsk_fill_ring_empty: Counter::default(),
@@ -106,6 +111,8 @@ impl WorkerStats {
             icmp_errors: self.icmp_errors.get(),
             lb_new_connections: self.lb_new_connections.get(),
             ct_entries: self.ct_entries.get(),
+            handoff_out: self.handoff_out.get(),
+            handoff_in: self.handoff_in.get(),
             xsk_rx_dropped: self.xsk_rx_dropped.get(),
             xsk_rx_ring_full: self.xsk_rx_ring_full.get(),
             xsk_fill_ring_empty: self.xsk_fill_ring_empty.get(),
@@ -147,6 +154,8 @@ pub struct WorkerStatsSnapshot {
     pub icmp_errors: u64,
     pub lb_new_connections: u64,
     pub ct_entries: u64,
+    pub handoff_out: u64,
+    pub handoff_in: u64,
     pub xsk_rx_dropped: u64,
     pub xsk_rx_ring_full: u64,
     pub xsk_fill_ring_empty: u64,

@@ -39,7 +39,10 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
     neigh: &mut N,
 ) -> usize {
     io.service(stats);
-    let n = io.rx_burst(batch, stats);
+    let mut n = io.rx_burst(batch, stats);
+    if let Some(h) = &pipeline.handoff {
+        n += h.receive(io, batch, stats);
+    }
     if n == 0 {
         return 0;
     }
@@ -48,13 +51,32 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
     stats.batches.add(1);
     pipeline.run(&snap, io.region_mut(), batch, stats, neigh);
     io.tx_burst(batch, stats);
-    // What is left was dropped by a stage or found its tx ring full.
-    for (_, v) in batch.iter() {
+    // What is left was dropped by a stage, found its tx ring full, or goes to another worker.
+    let (mut handed, mut to_wake) = (0u64, 0u64);
+    for (f, v) in batch.iter() {
         match v {
             Verdict::Drop(r) => stats.drop(r, 1),
             Verdict::Tx(_) => stats.drop(DropReason::TxRingFull, 1),
             // every stage decides or passes on; a packet no stage decided has nowhere to go
             Verdict::Continue => stats.drop(DropReason::NoRoute, 1),
+            Verdict::Handoff(w) => {
+                let sent = match (&pipeline.handoff, io.region_mut().data(&f)) {
+                    (Some(h), Some(bytes)) => h.send(usize::from(w), bytes, f.port),
+                    _ => false,
+                };
+                if sent {
+                    handed += 1;
+                    to_wake |= 1u64 << (w % 64);
+                } else {
+                    stats.drop(DropReason::HandoffQueueFull, 1);
+                }
+            }
+        }
+    }
+    if let Some(h) = &pipeline.handoff {
+        stats.handoff_out.add(handed);
+        for w in (0..64).filter(|w| to_wake & (1 << w) != 0) {
+            h.wake(w);
         }
     }
     io.recycle(batch);
@@ -159,12 +181,19 @@ impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
             idle = idle.saturating_add(1);
             match &mut waiter {
                 Some(w) if idle >= IDLE_SPINS => {
-                    // report the generation even while idle, so status shows changes as live
-                    self.stats.generation.set(self.publisher.generation());
-                    self.stats.sleeps.add(1);
-                    self.copy_kernel_drops();
-                    w.wait(IDLE_SLEEP);
-                    self.stats.generation.set(self.publisher.generation());
+                    // another worker may hand packets over: it wakes us when it sees us asleep
+                    let handoff = self.pipeline.handoff.as_ref();
+                    if handoff.is_none_or(|h| h.sleep()) {
+                        // report the generation even while idle, so status shows changes as live
+                        self.stats.generation.set(self.publisher.generation());
+                        self.stats.sleeps.add(1);
+                        self.copy_kernel_drops();
+                        w.wait(IDLE_SLEEP);
+                        self.stats.generation.set(self.publisher.generation());
+                        if let Some(h) = handoff {
+                            h.awake();
+                        }
+                    }
                     idle = 0;
                 }
                 _ => {

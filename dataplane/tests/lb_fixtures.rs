@@ -3,8 +3,9 @@
 //! changes, UDP, IPv6, and the drop reasons.
 
 use sluice_dataplane::fixtures::{service_snapshot, MAC_BACKEND, MAC_CLIENT, MAC_CLI_PORT};
+use sluice_dataplane::handoff::Handoff;
 use sluice_dataplane::io::mem::{MemIo, TxSink};
-use sluice_dataplane::lb::{Dispatch, LbMode, LbSettings};
+use sluice_dataplane::lb::{CtLimits, Dispatch, LbMode, LbSettings, LbState};
 use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
 use sluice_dataplane::state::{Publisher, Snapshot};
 use sluice_dataplane::stats::WorkerStats;
@@ -34,10 +35,34 @@ impl Lb {
         }
     }
 
+    /// Worker `worker` of `workers`, its hand-off end on `handoff`.
+    fn worker(snap: Snapshot, worker: u16, workers: u16, handoff: &Arc<Handoff>) -> Self {
+        let limits = CtLimits {
+            tcp_max: 4096,
+            other_max: 4096,
+            ..Default::default()
+        };
+        let mut pipeline = Pipeline::with_lb(LbState::new(&limits, worker, workers));
+        pipeline.handoff = Some(handoff.port(usize::from(worker)));
+        Lb {
+            publisher: Publisher::new(snap),
+            pipeline,
+            stats: WorkerStats::default(),
+        }
+    }
+
     /// Sends one frame in on `port`; what came out (port, bytes).
     fn send(&mut self, port: u16, frame: &[u8]) -> Option<(u16, Vec<u8>)> {
+        self.run(Some((port, frame)))
+    }
+
+    /// Runs one batch: `frame` received on its port, if any, plus what other workers handed
+    /// over; what came out.
+    fn run(&mut self, frame: Option<(u16, &[u8])>) -> Option<(u16, Vec<u8>)> {
         let mut io = MemIo::new(8, 4096, TxSink::Capture);
-        assert!(io.inject(port, frame));
+        if let Some((port, frame)) = frame {
+            assert!(io.inject(port, frame));
+        }
         let mut batch = Batch::new(64);
         process_batch(
             &mut io,
@@ -544,4 +569,42 @@ fn dsr_answers_a_packet_too_big_for_the_tunnel_with_icmp() {
     assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
     assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1480, "next-hop MTU");
     assert_eq!(lb.stats.icmp_errors.get(), 1);
+}
+
+#[test]
+fn a_reply_on_another_workers_queue_is_handed_to_the_connections_worker() {
+    for (client, vip, snat) in [
+        ("10.10.0.2", "10.96.0.80", "10.20.0.1"),
+        ("fd00:10::2", "fd00:96::80", "fd00:20::1"),
+    ] {
+        let h = Handoff::new(2, 4096);
+        let mut w0 = Lb::worker(service_snapshot([1, 1, 2]), 0, 2, &h);
+        let mut w1 = Lb::worker(service_snapshot([1, 1, 2]), 1, 2, &h);
+        // the connection starts on worker 0, which masquerades it from its half of the ports
+        let (_, out) = w0.send(0, &tcp(client, vip, 40000, 80, SYN)).unwrap();
+        let p = checked(&out);
+        assert!(
+            (61000..61000 + 2268).contains(&p.src_port),
+            "worker 0's share: {}",
+            p.src_port
+        );
+        // the backend's reply arrives on worker 1's queue: nothing goes out there...
+        let reply = tcp(&p.dst.to_string(), snat, 8080, p.src_port, SYN | ACK);
+        assert_eq!(w1.send(1, &reply), None);
+        assert_eq!(w1.stats.handoff_out.get(), 1);
+        assert_eq!(w1.stats.drops(DropReason::HandoffQueueFull), 0);
+        // ...worker 0 takes it over on its next batch and translates it back to the client
+        let (port, back) = w0.run(None).expect("reply forwarded by the owner");
+        assert_eq!(port, 0);
+        let r = checked(&back);
+        assert_eq!(
+            (r.src, r.src_port, r.dst, r.dst_port),
+            (ip(vip), 80, ip(client), 40000)
+        );
+        assert_eq!(w0.stats.handoff_in.get(), 1);
+        // a reply to worker 1's own share of the ports stays with worker 1
+        let stray = tcp(&p.dst.to_string(), snat, 8080, 65535, ACK);
+        w1.send(1, &stray);
+        assert_eq!(w1.stats.handoff_out.get(), 1);
+    }
 }

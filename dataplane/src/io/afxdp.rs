@@ -442,6 +442,15 @@ impl PacketIo for AfXdpIo {
         &mut self.region
     }
 
+    fn adopt(&mut self, port: crate::packet::Port, bytes: &[u8]) -> Option<crate::packet::Frame> {
+        let chunk = self.free.pop()?;
+        let f = self.region.write_packet(chunk, port, bytes);
+        if f.is_none() {
+            self.free.push(chunk);
+        }
+        f
+    }
+
     fn readiness_fds(&self) -> Vec<RawFd> {
         self.ports.iter().map(|p| p.rx.as_raw_fd()).collect()
     }

@@ -49,18 +49,12 @@ impl MemIo {
 
     /// Queues a packet as if received on `port`; false if no buffer is free or it is too big.
     pub fn inject(&mut self, port: Port, bytes: &[u8]) -> bool {
-        let Some(chunk) = self.free.pop() else {
-            return false;
-        };
-        match self.region.write_packet(chunk, port, bytes) {
+        match self.adopt(port, bytes) {
             Some(f) => {
                 self.rx.push_back(f);
                 true
             }
-            None => {
-                self.free.push(chunk);
-                false
-            }
+            None => false,
         }
     }
 
@@ -131,5 +125,14 @@ impl PacketIo for MemIo {
 
     fn region_mut(&mut self) -> &mut Region {
         &mut self.region
+    }
+
+    fn adopt(&mut self, port: Port, bytes: &[u8]) -> Option<Frame> {
+        let chunk = self.free.pop()?;
+        let f = self.region.write_packet(chunk, port, bytes);
+        if f.is_none() {
+            self.free.push(chunk);
+        }
+        f
     }
 }

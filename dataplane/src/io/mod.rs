@@ -22,6 +22,9 @@ pub trait PacketIo {
     fn service(&mut self, stats: &WorkerStats);
     /// The packet memory frames point into.
     fn region_mut(&mut self) -> &mut Region;
+    /// Copies a packet (handed over by another worker) into a free buffer of this backend, as if
+    /// received on `port`; None when no buffer is free or the packet does not fit.
+    fn adopt(&mut self, port: crate::packet::Port, bytes: &[u8]) -> Option<crate::packet::Frame>;
     /// File descriptors that become readable when packets arrive (for the adaptive poll mode);
     /// empty when the backend cannot block.
     fn readiness_fds(&self) -> Vec<RawFd> {

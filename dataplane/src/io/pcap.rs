@@ -247,6 +247,10 @@ impl<R: Read, W: Write> PacketIo for PcapIo<R, W> {
     fn region_mut(&mut self) -> &mut Region {
         self.mem.region_mut()
     }
+
+    fn adopt(&mut self, port: crate::packet::Port, bytes: &[u8]) -> Option<crate::packet::Frame> {
+        self.mem.adopt(port, bytes)
+    }
 }
 
 #[cfg(test)]

@@ -6,14 +6,17 @@
 //!
 //! Precedence, for TCP/UDP packets that are not fragments, addressed to a frontend or to the SNAT
 //! address (everything else is untouched):
-//!   1. tracked connection, original direction -> source/destination rewritten to (SNAT, backend)
+//!   1. tracked connection, original direction -> source/destination rewritten to (SNAT, backend),
+//!      or, in DSR mode, tunnelled to the backend unchanged (dsr.rs)
 //!   2. tracked connection, reply direction    -> rewritten back to (frontend, client)
-//!   3. not a frontend                         -> untouched (routed as is)
-//!   4. frontend without a backend for new connections -> Drop(SERVICE_BACKEND_NOT_FOUND)
-//!   5. no SNAT address of the packet's family -> Drop(NAT_NO_MAPPING)
-//!   6. no free SNAT port toward the backend   -> Drop(SNAT_PORTS_EXHAUSTED)
-//!   7. conntrack full, nothing evictable      -> Drop(CT_MAP_INSERTION_FAILED)
-//!   8. otherwise a new connection: tracked, translated
+//!   3. untracked reply to another worker's SNAT ports -> Handoff(that worker): it runs the
+//!      packet through its own pipeline (conntrack is per worker; see handoff.rs)
+//!   4. not a frontend                         -> untouched (routed as is)
+//!   5. frontend without a backend for new connections -> Drop(SERVICE_BACKEND_NOT_FOUND)
+//!   6. no SNAT address of the packet's family -> Drop(NAT_NO_MAPPING)
+//!   7. no free SNAT port toward the backend   -> Drop(SNAT_PORTS_EXHAUSTED)
+//!   8. conntrack full, nothing evictable      -> Drop(CT_MAP_INSERTION_FAILED)
+//!   9. otherwise a new connection: tracked, translated (DSR: tracked, tunnelled)
 //!
 //! For a frontend without backends sluice drops (with Cilium's reason) rather than answering a
 //! TCP RST: the drop is what Cilium does by default, and it is visible in the counters and flows.
@@ -162,6 +165,19 @@ impl Ctx {
         (start, span.max(1))
     }
 
+    /// The worker whose share of the SNAT ports holds `port`, when it is another one than this:
+    /// a reply to a connection that worker tracks.
+    fn other_owner(&self, all: (u16, u16), port: u16) -> Option<u16> {
+        let (lo, hi) = (u32::from(all.0), u32::from(all.1.max(all.0)));
+        let span = ((hi - lo + 1) / u32::from(self.workers)).max(1);
+        let p = u32::from(port);
+        if self.workers < 2 || p < lo || p > hi {
+            return None;
+        }
+        let owner = (p - lo) / span;
+        (owner < u32::from(self.workers) && owner != u32::from(self.worker)).then_some(owner as u16)
+    }
+
     fn next_random(&mut self) -> u64 {
         // xorshift64*: per worker, no shared state
         self.rng ^= self.rng >> 12;
@@ -280,6 +296,7 @@ pub fn service(
                     batch.set_verdict(i, v);
                 }
             }
+            Outcome::Handoff(w) => batch.set_verdict(i, Verdict::Handoff(w)),
             Outcome::Drop(r) => batch.set_verdict(i, Verdict::Drop(r)),
         }
     }
@@ -291,6 +308,8 @@ enum Outcome {
     Untouched,
     Tracked,
     New,
+    /// A reply to a connection another worker tracks: to be handed over to it.
+    Handoff(u16),
     /// A packet of a DSR connection (`new`: its first): to be tunnelled to `backend`.
     Dsr {
         backend: IpAddr,
@@ -356,6 +375,12 @@ fn one<A: Addr>(
                     Dir::Reply => rewrite(pkt, p, nat.frontend, nat.client),
                 }
                 return Outcome::Tracked;
+            }
+        }
+        // a reply to an SNAT port of another worker: that worker has the connection
+        if svc.is_none() {
+            if let Some(w) = ctx.other_owner(snap.lb.snat_ports, p.dst_port) {
+                return Outcome::Handoff(w);
             }
         }
     }
