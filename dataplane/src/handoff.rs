@@ -239,7 +239,7 @@ mod tests {
         a.wake(1);
         assert_eq!(w.0.load(Ordering::SeqCst), 0, "awake: no syscall");
         assert!(!b.sleep(), "a frame waits: do not sleep");
-        let mut io = MemIo::new(8, 256, TxSink::Capture);
+        let mut io = MemIo::new(8, 2048, TxSink::Capture);
         let mut batch = Batch::new(8);
         b.receive(&mut io, &mut batch, &WorkerStats::default());
         assert!(b.sleep());
