@@ -11,6 +11,7 @@
 pub mod drop;
 pub mod fixtures;
 pub mod handoff;
+pub mod hugepages;
 pub mod io;
 pub mod lb;
 pub mod overlay;

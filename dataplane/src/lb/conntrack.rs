@@ -6,16 +6,35 @@
 //! table. IPv4 entries use 4-byte addresses, so a connection costs about 100 bytes (two map
 //! buckets of 20 bytes at hashbrown's load factor, one 40-byte slot); see `bytes_per_entry`.
 
+use crate::hugepages::HugePages;
 use crate::wire::tcp;
 use std::hash::Hash;
 use std::net::IpAddr;
 
+/// The table's vectors live in huge pages too (see hugepages.rs).
+type HugeVec<T> = allocator_api2::vec::Vec<T, HugePages>;
+
 /// An address in the table: `u32` for IPv4, `[u8; 16]` for IPv6.
 pub trait Addr: Copy + Eq + Hash + Default + std::fmt::Debug {
+    /// 16-bit words in the address (checksum arithmetic).
+    const WORDS: u32;
     fn from_ip(a: IpAddr) -> Option<Self>;
     fn ip(self) -> IpAddr;
+    /// Sum of the address's 16-bit words, not folded.
+    fn word_sum(self) -> u32;
+    /// Writes the address in network order at the start of `out`.
+    fn write_be(self, out: &mut [u8]);
 }
 impl Addr for u32 {
+    const WORDS: u32 = 2;
+    #[inline]
+    fn word_sum(self) -> u32 {
+        (self >> 16) + (self & 0xffff)
+    }
+    #[inline]
+    fn write_be(self, out: &mut [u8]) {
+        out[..4].copy_from_slice(&self.to_be_bytes());
+    }
     #[inline]
     fn from_ip(a: IpAddr) -> Option<Self> {
         match a {
@@ -29,6 +48,17 @@ impl Addr for u32 {
     }
 }
 impl Addr for [u8; 16] {
+    const WORDS: u32 = 8;
+    #[inline]
+    fn word_sum(self) -> u32 {
+        self.chunks_exact(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum()
+    }
+    #[inline]
+    fn write_be(self, out: &mut [u8]) {
+        out[..16].copy_from_slice(&self);
+    }
     #[inline]
     fn from_ip(a: IpAddr) -> Option<Self> {
         match a {
@@ -177,9 +207,9 @@ pub const SCAN: usize = 64;
 /// A bounded connection table.
 pub struct Table<A> {
     /// Original and reply tuple -> slot index << 1 | direction (1 = reply).
-    map: hashbrown::HashMap<Tuple<A>, u32>,
-    slots: Vec<Option<Entry<A>>>,
-    free: Vec<u32>,
+    map: hashbrown::HashMap<Tuple<A>, u32, hashbrown::DefaultHashBuilder, HugePages>,
+    slots: HugeVec<Option<Entry<A>>>,
+    free: HugeVec<u32>,
     max: usize,
     len: usize,
     cursor: usize,
@@ -193,9 +223,17 @@ impl<A: Addr> Table<A> {
     /// A table for at most `max` connections; all memory is allocated here.
     pub fn new(max: usize, timeouts: Timeouts) -> Self {
         Table {
-            map: hashbrown::HashMap::with_capacity(2 * max),
-            slots: (0..max).map(|_| None).collect(),
-            free: (0..max as u32).rev().collect(),
+            map: hashbrown::HashMap::with_capacity_in(2 * max, HugePages),
+            slots: {
+                let mut v = HugeVec::with_capacity_in(max, HugePages);
+                v.resize(max, None);
+                v
+            },
+            free: {
+                let mut v = HugeVec::with_capacity_in(max, HugePages);
+                v.extend((0..max as u32).rev());
+                v
+            },
             max,
             len: 0,
             cursor: 0,

@@ -371,8 +371,8 @@ fn one<A: Addr>(
                     };
                 }
                 match dir {
-                    Dir::Original => rewrite(pkt, p, nat.source, nat.backend),
-                    Dir::Reply => rewrite(pkt, p, nat.frontend, nat.client),
+                    Dir::Original => rewrite(pkt, p, &t, nat.source, nat.backend),
+                    Dir::Reply => rewrite(pkt, p, &t, nat.frontend, nat.client),
                 }
                 return Outcome::Tracked;
             }
@@ -490,7 +490,7 @@ fn one<A: Addr>(
     };
     match tb.insert(nat, t.proto, p.tcp_flags, now) {
         Ok(_) => {
-            rewrite(pkt, p, nat.source, nat.backend);
+            rewrite(pkt, p, &t, nat.source, nat.backend);
             if svc.affinity_timeout_s.is_some() {
                 affinity.put(affinity_key, h, now, nat.backend, index as u16);
             }
@@ -502,45 +502,114 @@ fn one<A: Addr>(
     }
 }
 
-/// Rewrites source and destination address and port in place, with incremental updates of the
-/// IPv4 header checksum and the TCP/UDP checksum (pseudo-header included; a zero IPv4 UDP
-/// checksum means "none" and stays zero).
-fn rewrite<A: Addr>(pkt: &mut [u8], p: &Parsed, src: Endpoint<A>, dst: Endpoint<A>) {
+/// Rewrites source and destination address and port in place (from the tuple `old` the packet
+/// carries), with incremental updates (RFC 1624, eqn. 3, all changed words at once) of the IPv4
+/// header checksum and the TCP/UDP checksum, pseudo-header included; a zero IPv4 UDP checksum
+/// means "none" and stays zero.
+#[inline]
+fn rewrite<A: Addr>(
+    pkt: &mut [u8],
+    p: &Parsed,
+    old: &Tuple<A>,
+    src: Endpoint<A>,
+    dst: Endpoint<A>,
+) {
     let Some(l4) = p.l4 else { return };
-    let v4 = p.dst.is_ipv4();
+    let v4 = A::WORDS == 2;
     let (src_at, dst_at) = if v4 {
         (p.l3 + 12, p.l3 + 16)
     } else {
         (p.l3 + 8, p.l3 + 24)
     };
+    // sum of ~m + m' over the changed words: ~m = 0xffff - m for each old word
+    let ones = 0xffff * A::WORDS;
+    let addr_delta = 2 * ones - old.src.word_sum() - old.dst.word_sum()
+        + src.addr.word_sum()
+        + dst.addr.word_sum();
+    let port_delta = 2 * 0xffff - u32::from(old.sport) - u32::from(old.dport)
+        + u32::from(src.port)
+        + u32::from(dst.port);
+    src.addr.write_be(&mut pkt[src_at..]);
+    dst.addr.write_be(&mut pkt[dst_at..]);
+    set_be16(pkt, l4, src.port);
+    set_be16(pkt, l4 + 2, dst.port);
+    if v4 {
+        let c = checksum::apply_delta(be16(pkt, p.l3 + 10), addr_delta);
+        set_be16(pkt, p.l3 + 10, c);
+    }
     let csum_at = l4 + if p.protocol == tcp::PROTOCOL { 16 } else { 6 };
-    let mut l4c = be16(pkt, csum_at);
-    let no_l4_checksum = p.protocol == udp::PROTOCOL && v4 && l4c == 0;
-    let (new_src, new_dst) = (src.addr.ip(), dst.addr.ip());
-    for (at, old, new) in [(src_at, p.src, new_src), (dst_at, p.dst, new_dst)] {
-        if old == new {
-            continue;
-        }
-        match new {
-            IpAddr::V4(a) => pkt[at..at + 4].copy_from_slice(&a.octets()),
-            IpAddr::V6(a) => pkt[at..at + 16].copy_from_slice(&a.octets()),
-        }
-        if v4 {
-            let c = checksum::update_addr(be16(pkt, p.l3 + 10), old, new);
-            set_be16(pkt, p.l3 + 10, c);
-        }
-        l4c = checksum::update_addr(l4c, old, new);
+    let l4c = be16(pkt, csum_at);
+    if p.protocol == udp::PROTOCOL && v4 && l4c == 0 {
+        return;
     }
-    for (at, old, new) in [(l4, p.src_port, src.port), (l4 + 2, p.dst_port, dst.port)] {
-        if old != new {
-            set_be16(pkt, at, new);
-            l4c = checksum::update16(l4c, old, new);
-        }
+    let mut c = checksum::apply_delta(l4c, addr_delta + port_delta);
+    if p.protocol == udp::PROTOCOL && c == 0 {
+        c = 0xffff;
     }
-    if !no_l4_checksum {
-        if p.protocol == udp::PROTOCOL && l4c == 0 {
-            l4c = 0xffff;
+    set_be16(pkt, csum_at, c);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::build::{PacketSpec, L4};
+    use crate::wire::parse::parse;
+    use crate::wire::{tcp::TcpPacket, udp::UdpPacket};
+    use proptest::prelude::*;
+
+    /// Every checksum of `pkt` verifies from scratch.
+    fn checksums_ok(pkt: &[u8]) -> bool {
+        let p = parse(pkt, TunnelPorts::NONE).unwrap();
+        let l4 = &pkt[p.l4.unwrap()..p.l3 + p.ip_len];
+        let ip_ok = p.src.is_ipv6() || checksum::sum(&pkt[p.l3..p.l3 + 20]) == 0xffff;
+        let l4_ok = if p.protocol == tcp::PROTOCOL {
+            TcpPacket::new_checked(l4)
+                .unwrap()
+                .verify_checksum(p.src, p.dst)
+        } else {
+            let u = UdpPacket::new_checked(l4).unwrap();
+            (u.checksum() == 0 && p.src.is_ipv4()) || u.verify_checksum(p.src, p.dst)
+        };
+        ip_ok && l4_ok
+    }
+
+    proptest! {
+        #[test]
+        fn rewrite_keeps_every_checksum_valid(
+            v6 in any::<bool>(),
+            udp in any::<bool>(),
+            a in any::<[u8; 16]>(),
+            b in any::<[u8; 16]>(),
+            c in any::<[u8; 16]>(),
+            d in any::<[u8; 16]>(),
+            ports in any::<[u16; 4]>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let ip = |x: [u8; 16]| -> String {
+                if v6 {
+                    std::net::Ipv6Addr::from(x).to_string()
+                } else {
+                    std::net::Ipv4Addr::new(x[0], x[1], x[2], x[3]).to_string()
+                }
+            };
+            let mut s = PacketSpec::udp(&ip(a), &ip(b), ports[0], ports[1], &payload);
+            if !udp {
+                s.l4 = L4::Tcp(0x10);
+            }
+            let mut pkt = s.build();
+            prop_assume!(checksums_ok(&pkt));
+            let p = parse(&pkt, TunnelPorts::NONE).unwrap();
+            if v6 {
+                let t = tuple(a, b, &p);
+                rewrite(&mut pkt, &p, &t, Endpoint { addr: c, port: ports[2] }, Endpoint { addr: d, port: ports[3] });
+            } else {
+                let v4 = |x: [u8; 16]| u32::from_be_bytes([x[0], x[1], x[2], x[3]]);
+                let t = tuple(v4(a), v4(b), &p);
+                rewrite(&mut pkt, &p, &t, Endpoint { addr: v4(c), port: ports[2] }, Endpoint { addr: v4(d), port: ports[3] });
+            }
+            prop_assert!(checksums_ok(&pkt));
+            let q = parse(&pkt, TunnelPorts::NONE).unwrap();
+            prop_assert_eq!((q.src_port, q.dst_port), (ports[2], ports[3]));
         }
-        set_be16(pkt, csum_at, l4c);
     }
 }

@@ -36,6 +36,13 @@ pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
     !fold(acc)
 }
 
+/// RFC 1624 eqn. 3 for several changed words at once: `delta` is the sum of ~m + m' over them
+/// (unfolded; any u32 that does not overflow).
+#[inline]
+pub fn apply_delta(csum: u16, delta: u32) -> u16 {
+    !fold(u32::from(!csum) + delta)
+}
+
 /// One's-complement sum (not inverted) of the pseudo-header (RFC 768/793 for IPv4, RFC 8200
 /// section 8.1 for IPv6) and the L4 segment.
 pub fn pseudo_header_sum(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> u16 {
