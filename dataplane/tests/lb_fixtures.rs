@@ -59,9 +59,14 @@ impl Lb {
     /// Runs one batch: `frame` received on its port, if any, plus what other workers handed
     /// over; what came out.
     fn run(&mut self, frame: Option<(u16, &[u8])>) -> Option<(u16, Vec<u8>)> {
+        self.batch(frame.as_slice()).into_iter().next()
+    }
+
+    /// Runs one batch of these frames (port, bytes); everything that came out.
+    fn batch(&mut self, frames: &[(u16, &[u8])]) -> Vec<(u16, Vec<u8>)> {
         let mut io = MemIo::new(8, 4096, TxSink::Capture);
-        if let Some((port, frame)) = frame {
-            assert!(io.inject(port, frame));
+        for (port, frame) in frames {
+            assert!(io.inject(*port, frame));
         }
         let mut batch = Batch::new(64);
         process_batch(
@@ -73,7 +78,7 @@ impl Lb {
             &mut NoNeighborRequests,
         );
         assert_eq!(io.free_frames(), 8, "frame leaked");
-        io.take_sent().into_iter().next()
+        io.take_sent()
     }
 }
 
@@ -607,4 +612,36 @@ fn a_reply_on_another_workers_queue_is_handed_to_the_connections_worker() {
         w1.send(1, &stray);
         assert_eq!(w1.stats.handoff_out.get(), 1);
     }
+}
+
+#[test]
+fn packets_of_one_batch_see_the_connections_earlier_ones_started_or_replaced() {
+    let mut lb = Lb::new(service_snapshot([1, 1, 2]));
+    // a new UDP flow's first datagrams in one batch: one connection, all translated alike
+    let mut s = PacketSpec::udp("10.10.0.2", "10.96.0.80", 5000, 53, b"q");
+    s.dst_mac = MAC_CLI_PORT;
+    s.src_mac = MAC_CLIENT;
+    let d = s.build();
+    let out = lb.batch(&[(0, &d), (0, &d), (0, &d)]);
+    assert_eq!(out.len(), 3, "none dropped");
+    let first = checked(&out[0].1);
+    for (_, o) in &out {
+        let p = checked(o);
+        assert_eq!((p.dst, p.src_port), (first.dst, first.src_port));
+    }
+    assert_eq!(lb.stats.lb_new_connections.get(), 1);
+    // a closed TCP connection reopened by a SYN, and its ACK, in one batch: the ACK follows the
+    // new connection, not the replaced one
+    lb.send(0, &tcp("10.10.0.2", "10.96.0.80", 40003, 80, SYN))
+        .unwrap();
+    lb.send(0, &tcp("10.10.0.2", "10.96.0.80", 40003, 80, FIN | ACK))
+        .unwrap();
+    let syn = tcp("10.10.0.2", "10.96.0.80", 40003, 80, SYN);
+    let ack = tcp("10.10.0.2", "10.96.0.80", 40003, 80, ACK);
+    let out = lb.batch(&[(0, &syn), (0, &ack)]);
+    assert_eq!(out.len(), 2);
+    let (a, b) = (checked(&out[0].1), checked(&out[1].1));
+    assert_eq!((a.dst, a.src_port), (b.dst, b.src_port));
+    assert_eq!(lb.stats.lb_new_connections.get(), 3);
+    assert_eq!(lb.stats.ct_entries.get(), 2);
 }

@@ -24,16 +24,18 @@
 pub mod affinity;
 pub mod conntrack;
 pub mod dsr;
+mod index;
 pub mod maglev;
 
 use crate::drop::DropReason;
-use crate::packet::{Batch, Verdict};
+use crate::packet::{Batch, Verdict, MAX_BATCH};
 use crate::region::Region;
 use crate::state::{Algorithm, Frontend, Snapshot};
 use crate::stats::WorkerStats;
 use crate::wire::parse::{parse_fast, Parsed, TunnelPorts};
 use crate::wire::{be16, checksum, set_be16, tcp, udp};
 use affinity::Affinity;
+use arrayvec::ArrayVec;
 use conntrack::{Addr, Dir, Endpoint, InsertError, Nat, Table, Timeouts, Tuple};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
@@ -138,6 +140,34 @@ impl<A: Addr> Family<A> {
             affinity: Affinity::default(),
         }
     }
+
+    fn table_of(&self, t: &Tuple<A>) -> &Table<A> {
+        if t.proto == tcp::PROTOCOL {
+            &self.tcp
+        } else {
+            &self.other
+        }
+    }
+
+    /// `t`'s hash, its index bucket prefetched (first pass of the stage).
+    #[inline]
+    fn hash(&self, t: &Tuple<A>) -> u64 {
+        let tb = self.table_of(t);
+        let h = tb.hash(t);
+        tb.prefetch_bucket(h);
+        h
+    }
+
+    /// The connection of `t`, its entry prefetched (second pass).
+    #[inline]
+    fn probe(&self, h: u64, t: &Tuple<A>) -> Option<(u32, Dir)> {
+        let tb = self.table_of(t);
+        let hit = tb.lookup_hashed(h, t);
+        if let Some((slot, _)) = hit {
+            tb.prefetch(slot);
+        }
+        hit
+    }
 }
 
 /// A worker's load-balancing state: its conntrack tables, its share of the SNAT ports, its clock.
@@ -241,7 +271,28 @@ impl LbState {
     }
 }
 
-/// The load-balancing stage.
+/// What the first pass over a batch learned about a packet the stage may act on.
+struct Pending<'s> {
+    i: usize,
+    p: Parsed,
+    tuple: FamilyTuple,
+    svc: Option<&'s std::sync::Arc<crate::state::ServiceEntry>>,
+    /// The tuple's conntrack hash, when the packet may belong to a tracked connection.
+    hash: Option<u64>,
+    /// The conntrack slot found in the second pass (checked again before use: an insert or
+    /// removal earlier in the batch may have changed it).
+    hit: Option<(u32, Dir)>,
+}
+
+enum FamilyTuple {
+    V4(Tuple<u32>),
+    V6(Tuple<[u8; 16]>),
+}
+
+/// The load-balancing stage, in three passes over the batch: the first parses every packet,
+/// looks up its frontend and prefetches its conntrack index bucket; the second probes the index
+/// and prefetches the entry; the third acts. The cache misses of a batch overlap instead of each
+/// packet waiting for its own in turn.
 pub fn service(
     snap: &Snapshot,
     region: &mut Region,
@@ -254,13 +305,15 @@ pub fn service(
     }
     lb.tick();
     let settings = &*snap.lb;
-    let mut new = 0;
+    let snat4 = settings.snat_v4.map(IpAddr::V4);
+    let snat6 = settings.snat_v6.map(IpAddr::V6);
+    let mut pending: ArrayVec<Pending, MAX_BATCH> = ArrayVec::new();
     for i in 0..batch.len() {
         if batch.verdict(i) != Verdict::Continue {
             continue;
         }
         let f = batch.frame(i);
-        let Some(pkt) = region.data_mut(&f) else {
+        let Some(pkt) = region.data(&f) else {
             continue;
         };
         // not parseable: the route stage drops it with its reason
@@ -270,18 +323,55 @@ pub fn service(
         if p.fragment || p.l4.is_none() || !matches!(p.protocol, tcp::PROTOCOL | udp::PROTOCOL) {
             continue;
         }
-        let out = match (p.src, p.dst) {
+        // Only packets to a frontend (original direction) or to the SNAT address (replies) can
+        // belong to a tracked connection: everything else skips the conntrack probe, a likely
+        // cache miss in a large table. (A connection whose frontend was deleted stops being
+        // translated.)
+        let svc = snap.cluster.services.get(&Frontend {
+            addr: p.dst,
+            proto: p.protocol,
+            port: p.dst_port,
+        });
+        let (tuple, hash) = match (p.src, p.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let t = tuple(u32::from(s), u32::from(d), &p);
-                let snat = settings.snat_v4.map(IpAddr::V4);
-                one(snap, &mut lb.v4, &mut lb.ctx, snat, t, pkt, &p)
+                let tracked = svc.is_some() || Some(p.dst) == snat4;
+                (FamilyTuple::V4(t), tracked.then(|| lb.v4.hash(&t)))
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let t = tuple(s.octets(), d.octets(), &p);
-                let snat = settings.snat_v6.map(IpAddr::V6);
-                one(snap, &mut lb.v6, &mut lb.ctx, snat, t, pkt, &p)
+                let tracked = svc.is_some() || Some(p.dst) == snat6;
+                (FamilyTuple::V6(t), tracked.then(|| lb.v6.hash(&t)))
             }
             _ => continue,
+        };
+        pending.push(Pending {
+            i,
+            p,
+            tuple,
+            svc,
+            hash,
+            hit: None,
+        });
+    }
+    for w in pending.iter_mut() {
+        if let Some(h) = w.hash {
+            w.hit = match &w.tuple {
+                FamilyTuple::V4(t) => lb.v4.probe(h, t),
+                FamilyTuple::V6(t) => lb.v6.probe(h, t),
+            };
+        }
+    }
+    let mut new = 0;
+    for w in &pending {
+        let (i, p) = (w.i, &w.p);
+        let f = batch.frame(i);
+        let Some(pkt) = region.data_mut(&f) else {
+            continue;
+        };
+        let out = match w.tuple {
+            FamilyTuple::V4(t) => one(snap, &mut lb.v4, &mut lb.ctx, snat4, t, pkt, p, w),
+            FamilyTuple::V6(t) => one(snap, &mut lb.v6, &mut lb.ctx, snat6, t, pkt, p, w),
         };
         match out {
             Outcome::Untouched | Outcome::Tracked => {}
@@ -290,7 +380,7 @@ pub fn service(
                 new += u64::from(n);
                 let h = maglev::flow_hash(p.src, p.dst, p.src_port, p.dst_port, p.protocol, 0);
                 let mut f = batch.frame(i);
-                let v = dsr::dispatch(snap, region, &mut f, &p, backend, h, stats);
+                let v = dsr::dispatch(snap, region, &mut f, p, backend, h, stats);
                 *batch.frame_mut(i) = f;
                 if v != Verdict::Continue {
                     batch.set_verdict(i, v);
@@ -328,6 +418,7 @@ fn tuple<A>(src: A, dst: A, p: &Parsed) -> Tuple<A> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn one<A: Addr>(
     snap: &Snapshot,
@@ -337,6 +428,7 @@ fn one<A: Addr>(
     t: Tuple<A>,
     pkt: &mut [u8],
     p: &Parsed,
+    w: &Pending,
 ) -> Outcome {
     let now = ctx.now;
     let Family {
@@ -349,17 +441,18 @@ fn one<A: Addr>(
     } else {
         other
     };
-    let fe = Frontend {
-        addr: p.dst,
-        proto: p.protocol,
-        port: p.dst_port,
-    };
-    // Only packets to a frontend (original direction) or to the SNAT address (replies) can
-    // belong to a tracked connection: everything else skips the conntrack probe, a likely cache
-    // miss in a large table. (A connection whose frontend was deleted stops being translated.)
-    let svc = snap.cluster.services.get(&fe);
+    let svc = w.svc;
     if svc.is_some() || Some(p.dst) == snat {
-        if let Some((slot, dir)) = tb.lookup(&t) {
+        // what the first pass found, if still what it was; a miss is looked up again (an
+        // earlier packet of the batch may have started the connection)
+        let hit = match w.hit {
+            Some((slot, dir)) if tb.holds(slot, dir, &t) => Some((slot, dir)),
+            _ => match w.hash {
+                Some(h) => tb.lookup_hashed(h, &t),
+                None => tb.lookup(&t),
+            },
+        };
+        if let Some((slot, dir)) = hit {
             if tb.reopens(slot, dir, p.tcp_flags, now) {
                 tb.remove(slot);
             } else if let Some(e) = tb.seen(slot, dir, p.tcp_flags, now) {
