@@ -67,6 +67,7 @@ pub fn router(api: Arc<Api>, open_reads: bool) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/status", get(status))
         .route("/v1/state", get(get_state).put(put_state))
+        .route("/v1/identities", get(list_identities))
         .route("/v1/{kind}", get(list_kind))
         .route(
             "/v1/{kind}/{a}",
@@ -351,6 +352,14 @@ async fn put_state(
         json!({"result": "replaced", "objects": n}),
     )
     .await)
+}
+
+/// Security identities: the reserved ones and those of the pods' label sets, with their pods.
+async fn list_identities(State(ctx): State<Ctx>, headers: HeaderMap) -> ApiResult {
+    authorize(&ctx, &headers, false)?;
+    let store = ctx.api.store.lock().unwrap_or_else(|p| p.into_inner());
+    let items: Vec<Value> = store.identities().into_iter().map(|i| json!(i)).collect();
+    Ok(Json(list_doc(items)).into_response())
 }
 
 async fn list_kind(

@@ -6,6 +6,7 @@
 
 pub use crate::compile::LbDefaults;
 use crate::compile::{compile_service, Compiled, Context};
+use crate::identity::{self, Allocator, IdentityView, Labels};
 use crate::model::{self, EndpointSliceView, Invalid, Kind, ObjectKey};
 use serde_json::Value;
 use sluice_dataplane::state::{ClusterTables, Frontend, HashMap, NodeEntry};
@@ -38,6 +39,12 @@ pub struct Store {
     /// This appliance's own Node name: its pod CIDR is local, not an overlay destination.
     local_node: Option<String>,
     lb: LbDefaults,
+    /// Security identities of the pods' label sets.
+    identities: Allocator,
+    /// Pods ("namespace/name") per identity, for `GET /v1/identities`.
+    endpoints_of: BTreeMap<u32, Vec<String>>,
+    /// Set while `replace_all` loads many objects: identities are computed once at the end.
+    bulk: bool,
 }
 
 impl Store {
@@ -50,6 +57,9 @@ impl Store {
             node_addresses,
             local_node: None,
             lb: LbDefaults::default(),
+            identities: Allocator::default(),
+            endpoints_of: BTreeMap::new(),
+            bulk: false,
         }
     }
 
@@ -122,9 +132,7 @@ impl Store {
         self.index(&key, previous.as_deref(), Some(&v));
         self.objects.insert(key.clone(), v);
         self.commit(plan);
-        if key.kind == Kind::Node {
-            self.rebuild_nodes();
-        }
+        self.after_change(key.kind);
         Ok((
             key,
             if previous.is_some() {
@@ -144,9 +152,7 @@ impl Store {
         self.index(key, Some(&previous), None);
         self.objects.remove(key);
         self.commit(plan);
-        if key.kind == Kind::Node {
-            self.rebuild_nodes();
-        }
+        self.after_change(key.kind);
         Some(Outcome::Deleted)
     }
 
@@ -155,6 +161,9 @@ impl Store {
         let mut fresh = Store::new(self.node_addresses.clone())
             .with_local_node(self.local_node.clone())
             .with_lb(self.lb);
+        // identities of the label sets that already had one stay the same
+        fresh.identities = self.identities.clone();
+        fresh.bulk = true;
         let mut seen = BTreeSet::new();
         for (i, v) in items.into_iter().enumerate() {
             let (key, _) = fresh.put(v, None).map_err(|mut e| {
@@ -173,6 +182,8 @@ impl Store {
                 });
             }
         }
+        fresh.bulk = false;
+        fresh.rebuild_identities();
         let n = fresh.len();
         *self = fresh;
         Ok(n)
@@ -320,6 +331,93 @@ impl Store {
                 .or_default()
                 .insert(key.name.clone());
         }
+    }
+
+    fn after_change(&mut self, kind: Kind) {
+        if kind == Kind::Node {
+            self.rebuild_nodes();
+        }
+        if matches!(kind, Kind::Node | Kind::Pod | Kind::Namespace) && !self.bulk {
+            self.rebuild_identities();
+        }
+    }
+
+    /// Identities of every pod's label set, and the ipcache: pod addresses -> their identity,
+    /// other nodes' addresses -> remote-node, this appliance's own -> host.
+    fn rebuild_identities(&mut self) {
+        let labels_of = |v: &Value| -> BTreeMap<String, String> {
+            v.pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        };
+        let ns_labels: BTreeMap<&str, BTreeMap<String, String>> = self
+            .list(Some(Kind::Namespace), None)
+            .map(|(k, v)| (k.name.as_str(), labels_of(v)))
+            .collect();
+        let no_labels = BTreeMap::new();
+        let pods: Vec<(String, Labels, Vec<IpAddr>)> = self
+            .list(Some(Kind::Pod), None)
+            .map(|(k, v)| {
+                let ns = ns_labels.get(k.namespace.as_str()).unwrap_or(&no_labels);
+                (
+                    format!("{}/{}", k.namespace, k.name),
+                    identity::endpoint_labels(&labels_of(v), &k.namespace, ns),
+                    model::pod(k, v).unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.identities
+            .resolve(&pods.iter().map(|(_, l, _)| l.clone()).collect());
+        let mut ipcache = sluice_dataplane::state::PrefixTable::default();
+        let host = |a: &IpAddr| if a.is_ipv4() { 32 } else { 128 };
+        for n in &self.tables.nodes {
+            let id = if Some(&*n.name) == self.local_node.as_deref() {
+                sluice_dataplane::identity::HOST
+            } else {
+                sluice_dataplane::identity::REMOTE_NODE
+            };
+            for a in &n.addrs {
+                ipcache.insert(*a, host(a), id);
+            }
+        }
+        for a in &self.node_addresses {
+            ipcache.insert(*a, host(a), sluice_dataplane::identity::HOST);
+        }
+        self.endpoints_of.clear();
+        for (name, labels, ips) in pods {
+            let Some(id) = self.identities.get(&labels) else {
+                continue;
+            };
+            for a in &ips {
+                ipcache.insert(*a, host(a), id);
+            }
+            self.endpoints_of.entry(id).or_default().push(name);
+        }
+        self.tables.ipcache = ipcache;
+    }
+
+    /// Every identity: the reserved ones, then those of the pods' label sets.
+    pub fn identities(&self) -> Vec<IdentityView> {
+        let reserved = sluice_dataplane::identity::RESERVED
+            .iter()
+            .map(|(id, label)| IdentityView {
+                id: *id,
+                labels: vec![label.to_string()],
+                endpoints: Vec::new(),
+            });
+        let allocated = self.endpoints_of.iter().map(|(id, pods)| IdentityView {
+            id: *id,
+            labels: self
+                .identities
+                .labels(*id)
+                .map(|l| l.iter().cloned().collect())
+                .unwrap_or_default(),
+            endpoints: pods.clone(),
+        });
+        reserved.chain(allocated).collect()
     }
 
     fn rebuild_nodes(&mut self) {
@@ -639,5 +737,67 @@ mod tests {
             name: "n1".into(),
         });
         assert!(s.tables.nodes.is_empty());
+    }
+
+    #[test]
+    fn pods_get_identities_by_labels_and_the_ipcache_maps_their_addresses() {
+        use sluice_dataplane::identity::{HOST, REMOTE_NODE};
+        let pod = |ns: &str, name: &str, app: &str, ip: &str| {
+            json!({"kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
+                   "status": {"podIPs": [{"ip": ip}]}})
+        };
+        let ns = |name: &str, team: &str| json!({"kind": "Namespace", "metadata": {"name": name, "labels": {"team": team}}});
+        let mut s =
+            Store::new(vec!["192.0.2.1".parse().unwrap()]).with_local_node(Some("me".into()));
+        s.put(ns("shop", "web"), None).unwrap();
+        s.put(pod("shop", "fe-1", "frontend", "10.0.1.5"), None)
+            .unwrap();
+        s.put(pod("shop", "fe-2", "frontend", "10.0.2.6"), None)
+            .unwrap();
+        s.put(pod("shop", "api-1", "api", "fd00:1::7"), None)
+            .unwrap();
+        s.put(
+            json!({"kind": "Node", "metadata": {"name": "n2"}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.2"}]}}),
+            None,
+        )
+        .unwrap();
+        fn id_of(s: &Store, a: &str) -> Option<u32> {
+            s.tables.ipcache.lookup(a.parse().unwrap()).copied()
+        }
+        let id = |a: &str| id_of(&s, a);
+        let fe = id("10.0.1.5").unwrap();
+        assert_eq!(id("10.0.2.6"), Some(fe), "same labels, same identity");
+        let api = id("fd00:1::7").unwrap();
+        assert_ne!(api, fe);
+        assert!(fe >= 256 && api >= 256);
+        assert_eq!(id("192.168.0.2"), Some(REMOTE_NODE));
+        assert_eq!(id("192.0.2.1"), Some(HOST));
+        assert_eq!(id("10.9.9.9"), None, "unknown: world");
+        let views = s.identities();
+        let v = views.iter().find(|v| v.id == fe).unwrap();
+        assert_eq!(v.endpoints, vec!["shop/fe-1", "shop/fe-2"]);
+        assert!(v
+            .labels
+            .contains(&"k8s:io.cilium.k8s.namespace.labels.team=web".to_string()));
+        assert_eq!(views[0].labels, vec!["reserved:host"]);
+        // the namespace's labels are part of the identity
+        s.put(ns("shop", "payments"), None).unwrap();
+        let fe2 = id_of(&s, "10.0.1.5").unwrap();
+        assert_ne!(fe2, fe);
+        // a full replace keeps the numbers of the label sets that stay
+        let objects: Vec<Value> = s.snapshot_objects().iter().map(|v| (**v).clone()).collect();
+        s.replace_all(objects).unwrap();
+        assert_eq!(
+            s.tables.ipcache.lookup("10.0.1.5".parse().unwrap()),
+            Some(&fe2)
+        );
+        // the last pod of a label set gone: its identity is free, its address unknown
+        s.delete(&ObjectKey {
+            kind: Kind::Pod,
+            namespace: "shop".into(),
+            name: "api-1".into(),
+        });
+        assert_eq!(s.tables.ipcache.lookup("fd00:1::7".parse().unwrap()), None);
+        assert!(s.identities().iter().all(|v| v.id != api));
     }
 }

@@ -279,3 +279,35 @@ fn a_token_file_others_can_read_is_refused_at_start() {
     assert!(err.contains("chmod 600"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn identities_of_pods_are_listed_with_their_labels_and_pods() {
+    let d = Daemon::start(true);
+    for (name, app, ip) in [
+        ("fe-1", "frontend", "10.0.1.5"),
+        ("fe-2", "frontend", "10.0.1.6"),
+        ("api-1", "api", "10.0.1.7"),
+    ] {
+        let pod = json!({"kind": "Pod", "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+                         "status": {"podIP": ip}});
+        let r = d.req("PUT", &format!("/v1/pods/shop/{name}"), Some(&pod));
+        assert_eq!(r.status, 201, "{}", r.error_text());
+    }
+    let list = d.client(false).get("/v1/identities").unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items[0]["labels"], json!(["reserved:host"]));
+    assert_eq!(items[1]["id"], 2, "reserved:world");
+    let fe: Vec<&Value> = items
+        .iter()
+        .filter(|i| {
+            i["labels"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("k8s:app=frontend"))
+        })
+        .collect();
+    assert_eq!(fe.len(), 1, "{list}");
+    assert_eq!(fe[0]["endpoints"], json!(["shop/fe-1", "shop/fe-2"]));
+    assert!(fe[0]["id"].as_u64().unwrap() >= 256);
+    assert_eq!(items.len(), 7 + 2, "7 reserved, frontend and api: {list}");
+}

@@ -12,6 +12,7 @@ pub mod drop;
 pub mod fixtures;
 pub mod handoff;
 pub mod hugepages;
+pub mod identity;
 pub mod io;
 pub mod lb;
 pub mod overlay;

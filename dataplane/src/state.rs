@@ -273,6 +273,9 @@ pub struct ClusterTables {
     pub pod_cidrs: PrefixTable<Arc<RemoteNode>>,
     /// Addresses of every node: the only senders whose tunnel traffic is accepted.
     pub node_ips: hashbrown::HashSet<IpAddr>,
+    /// IP / CIDR -> security identity (longest prefix); addresses it does not know are
+    /// `identity::WORLD`.
+    pub ipcache: PrefixTable<u32>,
 }
 
 /// How pod traffic to other nodes leaves (Cilium's routing modes).

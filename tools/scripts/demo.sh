@@ -88,6 +88,7 @@ export SLUICE_SERVER=unix:$RUNDIR/api.sock SLUICE_TOKEN_FILE=$RUNDIR/token
 if $BIN/sluice apply -f configs/lab-cluster.yaml; then echo "  ok    applied"; else echo "  FAIL  apply"; fail=1; fi
 $BIN/sluice get services
 $BIN/sluice get endpoints
+$BIN/sluice get identities
 echo
 $BIN/sluice status | head -4
 # split URL N: N new connections through a frontend, checked against the weights 1:1:2

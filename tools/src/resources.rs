@@ -177,8 +177,9 @@ pub fn resource_paths(what: &str) -> Result<Vec<&'static str>> {
         "policies" | "policy" | "netpol" | "networkpolicies" | "cnp" | "ciliumnetworkpolicies" => {
             vec!["networkpolicies", "ciliumnetworkpolicies"]
         }
+        "identities" | "identity" | "id" => vec!["identities"],
         other => bail!(
-            "unknown resource {other:?}: services, endpoints, pods, nodes, namespaces, policies"
+            "unknown resource {other:?}: services, endpoints, pods, nodes, namespaces, policies, identities"
         ),
     })
 }
@@ -190,6 +191,25 @@ pub fn render(resource: &str, items: &[Value]) -> String {
     }
     let mut rows = Vec::new();
     match resource {
+        "identities" => {
+            rows.push(vec!["ID".into(), "LABELS".into(), "ENDPOINTS".into()]);
+            let join = |v: &Value, key: &str| -> String {
+                v.get(key)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            for v in items {
+                rows.push(vec![
+                    v.get("id").and_then(Value::as_u64).unwrap_or(0).to_string(),
+                    join(v, "labels"),
+                    join(v, "endpoints"),
+                ]);
+            }
+        }
         "services" => {
             rows.push(
                 vec![

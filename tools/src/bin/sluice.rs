@@ -45,7 +45,7 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// List objects: services, endpoints, pods, nodes, namespaces, policies.
+    /// List objects: services, endpoints, pods, nodes, namespaces, policies, identities.
     Get {
         resource: String,
         /// Only this namespace.
@@ -123,7 +123,11 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let c = client(&cli, false)?;
             let mut all = Vec::new();
-            for plural in resource_paths(resource)? {
+            let paths = resource_paths(resource)?;
+            if namespace.is_some() && paths == ["identities"] {
+                bail!("identities are cluster-wide: drop --namespace");
+            }
+            for plural in paths {
                 let path = match namespace {
                     Some(ns) => format!("/v1/{plural}/{ns}"),
                     None => format!("/v1/{plural}"),
