@@ -8,6 +8,7 @@ pub mod config;
 pub mod identity;
 pub mod model;
 pub mod persist;
+pub mod policy;
 pub mod server;
 pub mod store;
 

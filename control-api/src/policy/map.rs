@@ -1,0 +1,193 @@
+//! A per-endpoint, per-direction policy map keyed like Cilium's: (peer identity, protocol,
+//! destination port with a prefix length). Port ranges (`endPort`) become the fewest
+//! (port, prefix) entries that cover them, so a lookup costs one probe per prefix length in use,
+//! whatever the number of rules: typically one or two.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Any peer (`toEntities: all`, or a rule without peers).
+pub const ANY_PEER: u32 = 0;
+/// Any protocol (`protocol: ANY`, or a rule without ports).
+pub const ANY_PROTO: u8 = 0;
+
+/// The (port, prefix length) blocks that cover `lo..=hi` exactly, fewest first-fit.
+pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
+    while lo <= hi {
+        // the largest aligned block starting at lo that stays within hi
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1u32 << lo.trailing_zeros()
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros() as u8));
+        lo += size;
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    peer: u32,
+    proto: u8,
+    port: u16,
+    plen: u8,
+}
+
+/// What the map says for a packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by the named policy.
+    Allow(Arc<str>),
+    /// Denied by an explicit deny rule of the named policy (Cilium's POLICY_DENY).
+    Deny(Arc<str>),
+    /// No rule allows it in an enforced direction (Cilium's POLICY_DENIED).
+    DefaultDeny,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    allow: Option<Arc<str>>,
+    deny: Option<Arc<str>>,
+}
+
+/// One endpoint's rules in one direction.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyMap {
+    entries: HashMap<Key, Entry>,
+    /// Bit n set: some entry has prefix length n (0..=16); lookups probe only those.
+    plens: u32,
+}
+
+impl PolicyMap {
+    /// Adds an allow (`deny` false) or deny entry for `peer`, `proto`, ports `lo..=hi`.
+    pub fn add(&mut self, peer: u32, proto: u8, lo: u16, hi: u16, deny: bool, policy: &Arc<str>) {
+        for (port, plen) in port_prefixes(lo, hi) {
+            self.plens |= 1 << plen;
+            let e = self
+                .entries
+                .entry(Key {
+                    peer,
+                    proto,
+                    port,
+                    plen,
+                })
+                .or_default();
+            let slot = if deny { &mut e.deny } else { &mut e.allow };
+            // the first policy named stays: deterministic across rebuilds (policies are
+            // compiled in name order)
+            slot.get_or_insert_with(|| policy.clone());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The decision for a packet from/to `peer` with this protocol and destination port. Deny
+    /// entries win over allow entries, whichever is more specific (Cilium's semantics).
+    pub fn lookup(&self, peer: u32, proto: u8, port: u16) -> Decision {
+        let mut allow = None;
+        for plen in (0..=16u8).rev().filter(|l| self.plens & (1 << l) != 0) {
+            let masked = if plen == 0 {
+                0
+            } else {
+                port & (u16::MAX << (16 - plen))
+            };
+            for p in [peer, ANY_PEER] {
+                for pr in [proto, ANY_PROTO] {
+                    if let Some(e) = self.entries.get(&Key {
+                        peer: p,
+                        proto: pr,
+                        port: masked,
+                        plen,
+                    }) {
+                        if let Some(d) = &e.deny {
+                            return Decision::Deny(d.clone());
+                        }
+                        if allow.is_none() {
+                            allow = e.allow.clone();
+                        }
+                    }
+                    if pr == ANY_PROTO {
+                        break;
+                    }
+                }
+                if p == ANY_PEER {
+                    break;
+                }
+            }
+        }
+        allow.map_or(Decision::DefaultDeny, Decision::Allow)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ranges_become_few_prefixes() {
+        assert_eq!(port_prefixes(80, 80), vec![(80, 16)]);
+        assert_eq!(port_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(port_prefixes(8080, 8081), vec![(8080, 15)]);
+        // 8000+64, 8064+128, 8192+512, 8704+256, 8960+32, 8992+8
+        assert_eq!(port_prefixes(8000, 8999).len(), 6);
+    }
+
+    proptest! {
+        #[test]
+        fn prefixes_cover_the_range_exactly(lo in any::<u16>(), len in 0u16..3000) {
+            let hi = lo.saturating_add(len);
+            let blocks = port_prefixes(lo, hi);
+            let mut covered = 0u32;
+            let mut next = u32::from(lo);
+            for (port, plen) in blocks {
+                prop_assert_eq!(u32::from(port), next, "contiguous, in order");
+                let size = 1u32 << (16 - plen);
+                prop_assert_eq!(u32::from(port) % size, 0, "aligned");
+                covered += size;
+                next += size;
+            }
+            prop_assert_eq!(covered, u32::from(hi) - u32::from(lo) + 1);
+        }
+    }
+
+    #[test]
+    fn deny_wins_over_allow_and_wildcards_apply() {
+        let (a, d): (Arc<str>, Arc<str>) = ("shop/allow-web".into(), "shop/deny-admin".into());
+        let mut m = PolicyMap::default();
+        m.add(300, 6, 8000, 8999, false, &a);
+        m.add(ANY_PEER, 6, 8443, 8443, true, &d);
+        m.add(400, ANY_PROTO, 0, 65535, false, &a);
+        assert_eq!(m.lookup(300, 6, 8080), Decision::Allow(a.clone()));
+        assert_eq!(
+            m.lookup(300, 6, 8443),
+            Decision::Deny(d.clone()),
+            "deny wins"
+        );
+        assert_eq!(
+            m.lookup(400, 6, 8443),
+            Decision::Deny(d.clone()),
+            "deny of any peer"
+        );
+        assert_eq!(m.lookup(300, 6, 9000), Decision::DefaultDeny);
+        assert_eq!(m.lookup(300, 17, 8080), Decision::DefaultDeny, "TCP only");
+        assert_eq!(
+            m.lookup(400, 17, 53),
+            Decision::Allow(a.clone()),
+            "any protocol, any port"
+        );
+        assert_eq!(m.lookup(500, 6, 8080), Decision::DefaultDeny);
+    }
+}
