@@ -1,7 +1,9 @@
-//! Network policy (CiliumNetworkPolicy and Kubernetes NetworkPolicy) building blocks: label
-//! selectors with Cilium's key rules, and the per-endpoint policy map keyed like Cilium's
-//! (peer identity, protocol, port prefix). Compilation of whole policies into these maps and
-//! enforcement in the datapath come next (issue 6).
+//! Network policy: CiliumNetworkPolicy and Kubernetes NetworkPolicy read into one rule model
+//! (rules.rs), label selectors with Cilium's key rules (selector.rs), compiled against the
+//! security identities (compile.rs) into per-endpoint policy maps keyed like Cilium's (peer
+//! identity, protocol, port prefix; map.rs). Enforcement in the datapath and L7 come next.
 
+pub mod compile;
 pub mod map;
+pub mod rules;
 pub mod selector;

@@ -1,0 +1,334 @@
+//! Rules compiled against the identities: per subject identity and direction, whether policy
+//! applies (then default deny) and the policy map of what is allowed and denied.
+//!
+//! A CIDR in a rule gets a local CIDR identity (Cilium's scope: bit 24 set, never on the wire)
+//! that the ipcache maps the prefix to; a rule's CIDR matches every CIDR identity inside it and
+//! outside its `except`s. `0.0.0.0/0` and `::/0` also match the world identity.
+
+use super::map::{Decision, PolicyMap, ANY_PEER, ANY_PROTO};
+use super::rules::{Cidr, Direction, Entity, Peer, Rule};
+use crate::identity::Labels;
+use sluice_dataplane::identity as reserved;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Cilium's local identity scope: CIDR identities live above it and never leave the node.
+pub const LOCAL_SCOPE: u32 = 1 << 24;
+
+/// The compiled policy of one identity.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointPolicy {
+    /// None: no policy selects the identity in that direction (default allow).
+    pub ingress: Option<PolicyMap>,
+    pub egress: Option<PolicyMap>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    pub endpoints: BTreeMap<u32, EndpointPolicy>,
+    /// CIDR identities: (prefix, length) -> identity, for the ipcache.
+    pub cidr_identities: BTreeMap<(IpAddr, u8), u32>,
+}
+
+fn contains(net: IpAddr, len: u8, a: IpAddr, alen: u8) -> bool {
+    if alen < len {
+        return false;
+    }
+    match (net, a) {
+        (IpAddr::V4(n), IpAddr::V4(x)) => {
+            let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(n) & m == u32::from(x) & m
+        }
+        (IpAddr::V6(n), IpAddr::V6(x)) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            u128::from(n) & m == u128::from(x) & m
+        }
+        _ => false,
+    }
+}
+
+/// Compiles `rules` for the label identities `identities` (id -> labels).
+pub fn compile(rules: &[Rule], identities: &BTreeMap<u32, Labels>) -> Compiled {
+    let mut out = Compiled::default();
+    // CIDR identities for every prefix the rules name (including excepts), in prefix order
+    let mut prefixes: BTreeSet<(IpAddr, u8)> = BTreeSet::new();
+    for r in rules {
+        for p in r.peers.iter().flatten() {
+            if let Peer::Cidr(c) = p {
+                prefixes.insert((c.net, c.len));
+                prefixes.extend(c.except.iter().copied());
+            }
+        }
+    }
+    for (i, p) in prefixes.into_iter().enumerate() {
+        out.cidr_identities.insert(p, LOCAL_SCOPE + 1 + i as u32);
+    }
+    let cluster: Vec<u32> = identities
+        .keys()
+        .copied()
+        .chain([
+            reserved::HOST,
+            reserved::REMOTE_NODE,
+            reserved::HEALTH,
+            reserved::INIT,
+            reserved::UNMANAGED,
+            reserved::KUBE_APISERVER,
+        ])
+        .collect();
+    let peers_of = |p: &Peer| -> Vec<u32> {
+        match p {
+            Peer::Endpoints(s) => identities
+                .iter()
+                .filter(|(_, l)| s.matches(l))
+                .map(|(id, _)| *id)
+                .collect(),
+            Peer::Cidr(Cidr { net, len, except }) => {
+                let mut ids: Vec<u32> = out
+                    .cidr_identities
+                    .iter()
+                    .filter(|((a, l), _)| {
+                        contains(*net, *len, *a, *l)
+                            && !except.iter().any(|(e, el)| contains(*e, *el, *a, *l))
+                    })
+                    .map(|(_, id)| *id)
+                    .collect();
+                if *len == 0 {
+                    ids.push(reserved::WORLD);
+                }
+                ids
+            }
+            Peer::Entity(e) => match e {
+                Entity::All => vec![ANY_PEER],
+                Entity::World => {
+                    let mut ids = vec![reserved::WORLD];
+                    ids.extend(out.cidr_identities.values());
+                    ids
+                }
+                Entity::Host => vec![reserved::HOST],
+                Entity::RemoteNode => vec![reserved::REMOTE_NODE],
+                Entity::Cluster => cluster.clone(),
+                Entity::KubeApiserver => vec![reserved::KUBE_APISERVER],
+                Entity::Health => vec![reserved::HEALTH],
+                Entity::Init => vec![reserved::INIT],
+                Entity::Unmanaged => vec![reserved::UNMANAGED],
+            },
+        }
+    };
+    // rules in policy-name order, so the policy named for an entry is the same on every rebuild
+    let mut sorted: Vec<&Rule> = rules.iter().collect();
+    sorted.sort_by(|a, b| a.policy.cmp(&b.policy));
+    for r in sorted {
+        let peers: Vec<u32> = match &r.peers {
+            None => vec![ANY_PEER],
+            Some(ps) => ps.iter().flat_map(&peers_of).collect(),
+        };
+        for (id, labels) in identities {
+            if !r.subject.matches(labels) {
+                continue;
+            }
+            let ep = out.endpoints.entry(*id).or_default();
+            let map = match r.dir {
+                Direction::Ingress => ep.ingress.get_or_insert_with(PolicyMap::default),
+                Direction::Egress => ep.egress.get_or_insert_with(PolicyMap::default),
+            };
+            for &peer in &peers {
+                if r.ports.is_empty() {
+                    map.add(peer, ANY_PROTO, 0, u16::MAX, r.deny, &r.policy);
+                }
+                for p in &r.ports {
+                    map.add(peer, p.proto, p.lo, p.hi, r.deny, &r.policy);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Compiled {
+    /// The verdict for a packet from identity `src` to identity `dst`: the sender's egress
+    /// policy, then the receiver's ingress policy (each default-allow unless enforced). An
+    /// allowed packet names the ingress policy that allowed it, else the egress one, else none
+    /// ("" — no policy applies).
+    pub fn verdict(&self, src: u32, dst: u32, proto: u8, port: u16) -> Decision {
+        let eg = self
+            .endpoints
+            .get(&src)
+            .and_then(|e| e.egress.as_ref())
+            .map(|m| m.lookup(dst, proto, port));
+        if let Some(d @ (Decision::Deny(_) | Decision::DefaultDeny)) = &eg {
+            return d.clone();
+        }
+        let ing = self
+            .endpoints
+            .get(&dst)
+            .and_then(|e| e.ingress.as_ref())
+            .map(|m| m.lookup(src, proto, port));
+        ing.or(eg).unwrap_or_else(|| Decision::Allow("".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rules::{cilium_policy, network_policy};
+    use super::*;
+    use crate::identity::endpoint_labels;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn id_of(ns: &str, app: &str, ns_team: &str, ids: &mut BTreeMap<u32, Labels>) -> u32 {
+        let l = endpoint_labels(
+            &[("app".to_string(), app.to_string())].into(),
+            ns,
+            &[("team".to_string(), ns_team.to_string())].into(),
+        );
+        let id = 256 + ids.len() as u32;
+        ids.insert(id, l);
+        id
+    }
+
+    /// The truth table of issue 6: allow, deny, CIDR with except, entities, port ranges,
+    /// namespace selectors, and Cilium's own example (frontend may reach api only on 8080).
+    #[test]
+    fn truth_table() {
+        let mut ids = BTreeMap::new();
+        let fe = id_of("shop", "frontend", "web", &mut ids);
+        let api = id_of("shop", "api", "web", &mut ids);
+        let other = id_of("shop", "other", "web", &mut ids);
+        let db = id_of("shop", "db", "web", &mut ids);
+        let tool = id_of("admin", "tool", "ops", &mut ids);
+        let api_in_other_ns = id_of("dev", "api", "web", &mut ids);
+        let mut rules = Vec::new();
+        let cnp = |name: &str, spec: serde_json::Value| {
+            cilium_policy(name, "shop", &json!({"spec": spec})).unwrap()
+        };
+        rules.extend(cnp(
+            "api-allow-frontend",
+            json!({"endpointSelector": {"matchLabels": {"app": "api"}},
+                   "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                                "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}),
+        ));
+        rules.extend(cnp(
+            "api-deny-other",
+            json!({"endpointSelector": {"matchLabels": {"app": "api"}},
+                   "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "other"}}]}]}),
+        ));
+        rules.extend(cnp(
+            "frontend-egress",
+            json!({"endpointSelector": {"matchLabels": {"app": "frontend"}},
+                   "egress": [
+                       {"toEndpoints": [{"matchLabels": {"app": "api"}}],
+                        "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]},
+                       {"toCIDRSet": [{"cidr": "10.0.0.0/8", "except": ["10.96.0.0/12"]}],
+                        "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]}]}),
+        ));
+        rules.extend(cnp(
+            "other-from-world",
+            json!({"endpointSelector": {"matchLabels": {"app": "other"}},
+                   "ingress": [{"fromEntities": ["world"],
+                                "toPorts": [{"ports": [{"port": "8000", "endPort": 8100, "protocol": "TCP"}]}]}]}),
+        ));
+        rules.extend(
+            network_policy(
+                "db-from-ops",
+                "shop",
+                &json!({"spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "ops"}}}],
+                                 "ports": [{"port": 5432}]}]}}),
+            )
+            .unwrap(),
+        );
+        let c = compile(&rules, &ids);
+        let cidr = |p: &str, l: u8| c.cidr_identities[&(p.parse().unwrap(), l)];
+        let (ten, svc_range) = (cidr("10.0.0.0", 8), cidr("10.96.0.0", 12));
+        let allow = |p: &str| Decision::Allow(Arc::from(format!("shop/{p}")));
+        let deny = |p: &str| Decision::Deny(Arc::from(format!("shop/{p}")));
+        let open = Decision::Allow("".into());
+        use Decision::DefaultDeny as D;
+        let grid = [
+            (fe, api, 6, 8080, allow("api-allow-frontend")),
+            (fe, api, 6, 80, D),
+            (fe, api, 17, 8080, D),
+            (other, api, 6, 8080, deny("api-deny-other")),
+            (tool, api, 6, 8080, D),
+            // the namespaced selector: frontend's egress names shop's api only
+            (fe, api_in_other_ns, 6, 8080, D),
+            (tool, db, 6, 5432, allow("db-from-ops")),
+            (other, db, 6, 5432, D),
+            (tool, db, 6, 5433, D),
+            (tool, db, 17, 5432, D),
+            (fe, ten, 6, 443, allow("frontend-egress")),
+            (fe, svc_range, 6, 443, D),
+            (fe, reserved::WORLD, 6, 443, D),
+            (reserved::WORLD, other, 6, 8000, allow("other-from-world")),
+            (reserved::WORLD, other, 6, 8100, allow("other-from-world")),
+            (reserved::WORLD, other, 6, 8101, D),
+            (ten, other, 6, 8050, allow("other-from-world")),
+            (fe, other, 6, 8050, D),
+            (api, fe, 6, 80, open.clone()),
+            (tool, api_in_other_ns, 6, 8080, open),
+        ];
+        for (src, dst, proto, port, want) in grid {
+            assert_eq!(
+                c.verdict(src, dst, proto, port),
+                want,
+                "{src} -> {dst} {proto}/{port}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_ingress_rule_denies_all_and_a_ports_only_rule_allows_every_peer() {
+        let mut ids = BTreeMap::new();
+        let a = id_of("shop", "a", "web", &mut ids);
+        let b = id_of("shop", "b", "web", &mut ids);
+        let rules = cilium_policy(
+            "lockdown",
+            "shop",
+            &json!({"specs": [
+                {"endpointSelector": {"matchLabels": {"app": "a"}}, "ingress": [{}]},
+                {"endpointSelector": {"matchLabels": {"app": "b"}},
+                 "ingress": [{"toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}]}]}]}]}),
+        )
+        .unwrap();
+        let c = compile(&rules, &ids);
+        assert_eq!(c.verdict(b, a, 6, 80), Decision::DefaultDeny);
+        assert!(matches!(
+            c.verdict(reserved::WORLD, b, 17, 53),
+            Decision::Allow(_)
+        ));
+        assert_eq!(c.verdict(a, b, 6, 80), Decision::DefaultDeny);
+    }
+
+    #[test]
+    fn bad_policies_name_the_field() {
+        for (spec, field) in [
+            (
+                json!({"endpointSelector": {}, "ingress": [{"fromEntities": ["moon"]}]}),
+                "spec.ingress[0].fromEntities[0]",
+            ),
+            (
+                json!({"endpointSelector": {}, "egress": [{"toCIDR": ["10.0.0.0/33"]}]}),
+                "spec.egress[0].toCIDR[0]",
+            ),
+            (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "http"}]}]}]}),
+                "spec.ingress[0].toPorts[0].ports[0].port",
+            ),
+            (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "90", "endPort": 80}]}]}]}),
+                "spec.ingress[0].toPorts[0].ports[0].endPort",
+            ),
+            (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80", "protocol": "ICMP"}]}]}]}),
+                "spec.ingress[0].toPorts[0].ports[0].protocol",
+            ),
+        ] {
+            let e = cilium_policy("p", "shop", &json!({"spec": spec})).unwrap_err();
+            assert_eq!(e.field, field, "{spec}");
+        }
+    }
+}
