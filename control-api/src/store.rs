@@ -337,7 +337,15 @@ impl Store {
         if kind == Kind::Node {
             self.rebuild_nodes();
         }
-        if matches!(kind, Kind::Node | Kind::Pod | Kind::Namespace) && !self.bulk {
+        if matches!(
+            kind,
+            Kind::Node
+                | Kind::Pod
+                | Kind::Namespace
+                | Kind::NetworkPolicy
+                | Kind::CiliumNetworkPolicy
+        ) && !self.bulk
+        {
             self.rebuild_identities();
         }
     }
@@ -371,7 +379,30 @@ impl Store {
             .collect();
         self.identities
             .resolve(&pods.iter().map(|(_, l, _)| l.clone()).collect());
+        self.endpoints_of.clear();
+        for (name, labels, _) in &pods {
+            if let Some(id) = self.identities.get(labels) {
+                self.endpoints_of.entry(id).or_default().push(name.clone());
+            }
+        }
+        // policy: compiled against the identities in use
+        let rules: Vec<crate::policy::rules::Rule> = self
+            .list(Some(Kind::NetworkPolicy), None)
+            .chain(self.list(Some(Kind::CiliumNetworkPolicy), None))
+            .flat_map(|(k, v)| model::policy(k, v).unwrap_or_default())
+            .collect();
+        let in_use: BTreeMap<u32, Labels> = self
+            .endpoints_of
+            .keys()
+            .filter_map(|id| Some((*id, self.identities.labels(*id)?.clone())))
+            .collect();
+        let compiled = crate::policy::compile::compile(&rules, &in_use);
+        // the ipcache: CIDRs of the rules first, then nodes and this appliance, then pods, so
+        // that a more specific entry for the same prefix (a pod's /32) wins
         let mut ipcache = sluice_dataplane::state::PrefixTable::default();
+        for ((a, len), id) in &compiled.cidr_identities {
+            ipcache.insert(*a, *len, *id);
+        }
         let host = |a: &IpAddr| if a.is_ipv4() { 32 } else { 128 };
         for n in &self.tables.nodes {
             let id = if Some(&*n.name) == self.local_node.as_deref() {
@@ -386,17 +417,15 @@ impl Store {
         for a in &self.node_addresses {
             ipcache.insert(*a, host(a), sluice_dataplane::identity::HOST);
         }
-        self.endpoints_of.clear();
-        for (name, labels, ips) in pods {
-            let Some(id) = self.identities.get(&labels) else {
-                continue;
-            };
-            for a in &ips {
-                ipcache.insert(*a, host(a), id);
+        for (_, labels, ips) in &pods {
+            if let Some(id) = self.identities.get(labels) {
+                for a in ips {
+                    ipcache.insert(*a, host(a), id);
+                }
             }
-            self.endpoints_of.entry(id).or_default().push(name);
         }
         self.tables.ipcache = ipcache;
+        self.tables.policy = Arc::new(compiled.tables);
     }
 
     /// Every identity: the reserved ones, then those of the pods' label sets.
@@ -799,5 +828,39 @@ mod tests {
         });
         assert_eq!(s.tables.ipcache.lookup("fd00:1::7".parse().unwrap()), None);
         assert!(s.identities().iter().all(|v| v.id != api));
+    }
+
+    #[test]
+    fn policies_are_validated_on_apply_and_compiled_for_the_pods() {
+        use sluice_dataplane::policy::Decision;
+        let mut s = Store::new(vec![]);
+        for (name, app, ip) in [("fe", "frontend", "10.0.1.5"), ("api", "api", "10.0.1.6")] {
+            s.put(
+                json!({"kind": "Pod", "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+                       "status": {"podIP": ip}}),
+                None,
+            )
+            .unwrap();
+        }
+        let cnp = |port: &str| {
+            json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                   "metadata": {"name": "api-from-frontend", "namespace": "shop"},
+                   "spec": {"endpointSelector": {"matchLabels": {"app": "api"}},
+                            "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                                         "toPorts": [{"ports": [{"port": port, "protocol": "TCP"}]}]}]}})
+        };
+        let e = s.put(cnp("http"), None).unwrap_err();
+        assert_eq!(e.field, "spec.ingress[0].toPorts[0].ports[0].port");
+        assert_eq!(s.count(Kind::CiliumNetworkPolicy), 0, "nothing applied");
+        s.put(cnp("8080"), None).unwrap();
+        let id = |a: &str| *s.tables.ipcache.lookup(a.parse().unwrap()).unwrap();
+        let (fe, api) = (id("10.0.1.5"), id("10.0.1.6"));
+        let p = &s.tables.policy;
+        assert_eq!(
+            p.verdict(fe, api, 6, 8080),
+            Decision::Allow("shop/api-from-frontend".into())
+        );
+        assert_eq!(p.verdict(fe, api, 6, 80), Decision::DefaultDeny);
+        assert_eq!(p.verdict(api, fe, 6, 80), Decision::Allow("".into()));
     }
 }

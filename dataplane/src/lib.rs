@@ -18,6 +18,7 @@ pub mod lb;
 pub mod overlay;
 pub mod packet;
 pub mod pipeline;
+pub mod policy;
 pub mod region;
 pub mod state;
 pub mod stats;

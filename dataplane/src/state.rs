@@ -276,6 +276,8 @@ pub struct ClusterTables {
     /// IP / CIDR -> security identity (longest prefix); addresses it does not know are
     /// `identity::WORLD`.
     pub ipcache: PrefixTable<u32>,
+    /// Network policy per identity.
+    pub policy: Arc<crate::policy::PolicyTables>,
 }
 
 /// How pod traffic to other nodes leaves (Cilium's routing modes).

@@ -319,7 +319,7 @@ pub fn validate(key: &ObjectKey, v: &Value) -> VResult<()> {
         Kind::EndpointSlice => endpoint_slice(key, v).map(|_| ()),
         Kind::Node => node(key, v).map(|_| ()),
         Kind::Pod => pod(key, v).map(|_| ()),
-        Kind::NetworkPolicy | Kind::CiliumNetworkPolicy => policy(key, v),
+        Kind::NetworkPolicy | Kind::CiliumNetworkPolicy => policy(key, v).map(|_| ()),
         Kind::Namespace => Ok(()),
     }
 }

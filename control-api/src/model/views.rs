@@ -445,8 +445,8 @@ pub fn pod(key: &ObjectKey, v: &Value) -> VResult<Vec<IpAddr>> {
     Ok(ips)
 }
 
-/// Policies: the structure is checked here; rule semantics with the policy engine.
-pub fn policy(key: &ObjectKey, v: &Value) -> VResult<()> {
+/// Policies: read in full into the policy engine's rules (every error names its field).
+pub fn policy(key: &ObjectKey, v: &Value) -> VResult<Vec<crate::policy::rules::Rule>> {
     let object = key.to_string();
     let at = At { object: &object };
     for f in ["spec", "specs"] {
@@ -467,5 +467,11 @@ pub fn policy(key: &ObjectKey, v: &Value) -> VResult<()> {
             }
         }
     }
-    Ok(())
+    let rules = match key.kind {
+        super::Kind::NetworkPolicy => {
+            crate::policy::rules::network_policy(&key.name, &key.namespace, v)
+        }
+        _ => crate::policy::rules::cilium_policy(&key.name, &key.namespace, v),
+    };
+    rules.map_err(|e| at.bad(&e.field, e.reason))
 }

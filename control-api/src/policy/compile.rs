@@ -5,7 +5,7 @@
 //! that the ipcache maps the prefix to; a rule's CIDR matches every CIDR identity inside it and
 //! outside its `except`s. `0.0.0.0/0` and `::/0` also match the world identity.
 
-use super::map::{Decision, PolicyMap, ANY_PEER, ANY_PROTO};
+use super::map::{PolicyMap, PolicyTables, ANY_PEER, ANY_PROTO};
 use super::rules::{Cidr, Direction, Entity, Peer, Rule};
 use crate::identity::Labels;
 use sluice_dataplane::identity as reserved;
@@ -15,17 +15,10 @@ use std::net::IpAddr;
 /// Cilium's local identity scope: CIDR identities live above it and never leave the node.
 pub const LOCAL_SCOPE: u32 = 1 << 24;
 
-/// The compiled policy of one identity.
-#[derive(Debug, Clone, Default)]
-pub struct EndpointPolicy {
-    /// None: no policy selects the identity in that direction (default allow).
-    pub ingress: Option<PolicyMap>,
-    pub egress: Option<PolicyMap>,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Compiled {
-    pub endpoints: BTreeMap<u32, EndpointPolicy>,
+    /// What the datapath enforces.
+    pub tables: PolicyTables,
     /// CIDR identities: (prefix, length) -> identity, for the ipcache.
     pub cidr_identities: BTreeMap<(IpAddr, u8), u32>,
 }
@@ -130,7 +123,7 @@ pub fn compile(rules: &[Rule], identities: &BTreeMap<u32, Labels>) -> Compiled {
             if !r.subject.matches(labels) {
                 continue;
             }
-            let ep = out.endpoints.entry(*id).or_default();
+            let ep = out.tables.endpoints.entry(*id).or_default();
             let map = match r.dir {
                 Direction::Ingress => ep.ingress.get_or_insert_with(PolicyMap::default),
                 Direction::Egress => ep.egress.get_or_insert_with(PolicyMap::default),
@@ -148,35 +141,13 @@ pub fn compile(rules: &[Rule], identities: &BTreeMap<u32, Labels>) -> Compiled {
     out
 }
 
-impl Compiled {
-    /// The verdict for a packet from identity `src` to identity `dst`: the sender's egress
-    /// policy, then the receiver's ingress policy (each default-allow unless enforced). An
-    /// allowed packet names the ingress policy that allowed it, else the egress one, else none
-    /// ("" — no policy applies).
-    pub fn verdict(&self, src: u32, dst: u32, proto: u8, port: u16) -> Decision {
-        let eg = self
-            .endpoints
-            .get(&src)
-            .and_then(|e| e.egress.as_ref())
-            .map(|m| m.lookup(dst, proto, port));
-        if let Some(d @ (Decision::Deny(_) | Decision::DefaultDeny)) = &eg {
-            return d.clone();
-        }
-        let ing = self
-            .endpoints
-            .get(&dst)
-            .and_then(|e| e.ingress.as_ref())
-            .map(|m| m.lookup(src, proto, port));
-        ing.or(eg).unwrap_or_else(|| Decision::Allow("".into()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::rules::{cilium_policy, network_policy};
     use super::*;
     use crate::identity::endpoint_labels;
     use serde_json::json;
+    use sluice_dataplane::policy::Decision;
     use std::sync::Arc;
 
     fn id_of(ns: &str, app: &str, ns_team: &str, ids: &mut BTreeMap<u32, Labels>) -> u32 {
@@ -273,7 +244,7 @@ mod tests {
         ];
         for (src, dst, proto, port, want) in grid {
             assert_eq!(
-                c.verdict(src, dst, proto, port),
+                c.tables.verdict(src, dst, proto, port),
                 want,
                 "{src} -> {dst} {proto}/{port}"
             );
@@ -295,12 +266,12 @@ mod tests {
         )
         .unwrap();
         let c = compile(&rules, &ids);
-        assert_eq!(c.verdict(b, a, 6, 80), Decision::DefaultDeny);
+        assert_eq!(c.tables.verdict(b, a, 6, 80), Decision::DefaultDeny);
         assert!(matches!(
-            c.verdict(reserved::WORLD, b, 17, 53),
+            c.tables.verdict(reserved::WORLD, b, 17, 53),
             Decision::Allow(_)
         ));
-        assert_eq!(c.verdict(a, b, 6, 80), Decision::DefaultDeny);
+        assert_eq!(c.tables.verdict(a, b, 6, 80), Decision::DefaultDeny);
     }
 
     #[test]

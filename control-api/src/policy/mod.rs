@@ -4,6 +4,7 @@
 //! identity, protocol, port prefix; map.rs). Enforcement in the datapath and L7 come next.
 
 pub mod compile;
-pub mod map;
 pub mod rules;
+/// The policy map lives with the datapath, which looks packets up in it.
+pub use sluice_dataplane::policy as map;
 pub mod selector;

@@ -1,3 +1,6 @@
+//! Network policy as the datapath holds it (compiled by the control plane, control-api's
+//! `policy` module).
+//!
 //! A per-endpoint, per-direction policy map keyed like Cilium's: (peer identity, protocol,
 //! destination port with a prefix length). Port ranges (`endPort`) become the fewest
 //! (port, prefix) entries that cover them, so a lookup costs one probe per prefix length in use,
@@ -128,6 +131,43 @@ impl PolicyMap {
             }
         }
         allow.map_or(Decision::DefaultDeny, Decision::Allow)
+    }
+}
+
+/// The compiled policy of one identity.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointPolicy {
+    /// None: no policy selects the identity in that direction (default allow).
+    pub ingress: Option<PolicyMap>,
+    pub egress: Option<PolicyMap>,
+}
+
+/// Every endpoint's policy, by identity.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyTables {
+    pub endpoints: hashbrown::HashMap<u32, EndpointPolicy>,
+}
+
+impl PolicyTables {
+    /// The verdict for a packet from identity `src` to identity `dst`: the sender's egress
+    /// policy, then the receiver's ingress policy (each default-allow unless enforced). An
+    /// allowed packet names the ingress policy that allowed it, else the egress one, else none
+    /// ("": no policy applies).
+    pub fn verdict(&self, src: u32, dst: u32, proto: u8, port: u16) -> Decision {
+        let eg = self
+            .endpoints
+            .get(&src)
+            .and_then(|e| e.egress.as_ref())
+            .map(|m| m.lookup(dst, proto, port));
+        if let Some(d @ (Decision::Deny(_) | Decision::DefaultDeny)) = &eg {
+            return d.clone();
+        }
+        let ing = self
+            .endpoints
+            .get(&dst)
+            .and_then(|e| e.ingress.as_ref())
+            .map(|m| m.lookup(src, proto, port));
+        ing.or(eg).unwrap_or_else(|| Decision::Allow("".into()))
     }
 }
 
