@@ -7,6 +7,7 @@ use sluice_dataplane::handoff::Handoff;
 use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
 use sluice_dataplane::lb::LbState;
 use sluice_dataplane::pipeline::Pipeline;
+use sluice_dataplane::policy_stage::PolicyState;
 use sluice_dataplane::state::{ClusterTables, HashMap, OverlayMode, PortInfo, StateHub};
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::wire::{tcp, udp};
@@ -221,6 +222,11 @@ pub fn start(
         let mut pipeline =
             Pipeline::with_lb(LbState::new(&ct, q as u16, cfg.dataplane.queues as u16));
         pipeline.handoff = handoff.as_ref().map(|h| h.port(q as usize));
+        // allowed flows of the policy stage: sized like the non-TCP conntrack bound
+        pipeline.policy = PolicyState::new(
+            ct.other_max / cfg.dataplane.queues.max(1) as usize,
+            ct.timeouts,
+        );
         let mut worker = Worker {
             io,
             pipeline,

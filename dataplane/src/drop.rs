@@ -30,6 +30,8 @@ macro_rules! drop_reasons {
 }
 
 drop_reasons! {
+    /// No policy rule allows it in a direction where policy applies (Cilium DROP_POLICY).
+    PolicyDenied = 133, "POLICY_DENIED";
     /// Truncated or inconsistent headers (Cilium DROP_INVALID).
     Malformed = 134, "INVALID_PACKET_DROPPED";
     /// Would not fit the underlay MTU once encapsulated; an ICMP error went back (DROP_FRAG_NEEDED).
@@ -52,6 +54,8 @@ drop_reasons! {
     UnknownSender = 172, "UNKNOWN_SENDER";
     /// A VNI that is not a valid identity (DROP_INVALID_VNI).
     InvalidVni = 183, "INVALID_VNI";
+    /// An explicit deny rule matched (Cilium DROP_POLICY_DENY).
+    PolicyDeny = 181, "POLICY_DENY";
     /// TTL or hop limit would reach zero (Cilium DROP_TTL_EXCEEDED).
     TtlExceeded = 196, "TTL_EXCEEDED";
     /// The next hop's MAC address is not known yet; resolution was requested from the kernel.

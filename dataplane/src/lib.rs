@@ -19,6 +19,7 @@ pub mod overlay;
 pub mod packet;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_stage;
 pub mod region;
 pub mod state;
 pub mod stats;

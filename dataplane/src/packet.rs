@@ -39,6 +39,8 @@ pub struct Meta {
     pub src_identity: u32,
     /// The packet arrived encapsulated and was decapsulated here.
     pub decapsulated: bool,
+    /// The load-balancing stage handled it (and checked its policy): the policy stage skips it.
+    pub lb: bool,
 }
 
 /// A vector of frames with one verdict each.

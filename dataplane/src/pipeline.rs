@@ -102,6 +102,8 @@ fn route_one(snap: &Snapshot, pkt: &mut [u8], neigh: &mut impl NeighborRequests)
 pub struct Pipeline {
     pub lb: crate::lb::LbState,
     pub encap: crate::overlay::EncapState,
+    /// Allowed flows of the policy stage (their replies pass).
+    pub policy: crate::policy_stage::PolicyState,
     /// This worker's end of the hand-off to the other workers (none with one worker).
     pub handoff: Option<crate::handoff::HandoffPort>,
 }
@@ -117,12 +119,14 @@ impl Pipeline {
         Pipeline {
             lb,
             encap: Default::default(),
+            policy: Default::default(),
             handoff: None,
         }
     }
 
-    /// Runs every stage over the batch: decapsulation, service load balancing, encapsulation (or native routing) toward
-    /// remote pods, then routing. Frames whose bytes are not addressable in `region` (a corrupt
+    /// Runs every stage over the batch: decapsulation, service load balancing (with the policy
+    /// of service traffic), network policy for the rest, encapsulation (or native routing)
+    /// toward remote pods, then routing. Frames whose bytes are not addressable in `region` (a corrupt
     /// descriptor) are dropped as malformed.
     pub fn run(
         &mut self,
@@ -134,6 +138,7 @@ impl Pipeline {
     ) {
         crate::overlay::decap(snap, region, batch, stats);
         crate::lb::service(snap, region, batch, stats, &mut self.lb);
+        crate::policy_stage::enforce(snap, region, batch, &mut self.policy);
         crate::overlay::encap(snap, region, batch, stats, neigh, &mut self.encap);
         for i in 0..batch.len() {
             if batch.verdict(i) != Verdict::Continue {

@@ -171,6 +171,49 @@ impl PolicyTables {
     }
 }
 
+impl PolicyTables {
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+}
+
+/// The identity the ipcache gives an address (world when it knows none).
+#[inline]
+pub fn identity_of(snap: &crate::state::Snapshot, a: std::net::IpAddr) -> u32 {
+    snap.cluster
+        .ipcache
+        .lookup(a)
+        .copied()
+        .unwrap_or(crate::identity::WORLD)
+}
+
+/// The policy check of a packet from `src_identity` (0: by the ipcache of `src`) to `dst`:
+/// Ok, or the drop reason.
+#[inline]
+pub fn check(
+    snap: &crate::state::Snapshot,
+    src_identity: u32,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    proto: u8,
+    port: u16,
+) -> Result<(), crate::DropReason> {
+    let p = &snap.cluster.policy;
+    if p.is_empty() {
+        return Ok(());
+    }
+    let s = if src_identity != 0 {
+        src_identity
+    } else {
+        identity_of(snap, src)
+    };
+    match p.verdict(s, identity_of(snap, dst), proto, port) {
+        Decision::Allow(_) => Ok(()),
+        Decision::Deny(_) => Err(crate::DropReason::PolicyDeny),
+        Decision::DefaultDeny => Err(crate::DropReason::PolicyDenied),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

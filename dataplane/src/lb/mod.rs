@@ -29,6 +29,7 @@ pub mod maglev;
 
 use crate::drop::DropReason;
 use crate::packet::{Batch, Verdict, MAX_BATCH};
+use crate::policy;
 use crate::region::Region;
 use crate::state::{Algorithm, Frontend, Snapshot};
 use crate::stats::WorkerStats;
@@ -369,10 +370,34 @@ pub fn service(
         let Some(pkt) = region.data_mut(&f) else {
             continue;
         };
+        let src_identity = batch.meta(i).src_identity;
         let out = match w.tuple {
-            FamilyTuple::V4(t) => one(snap, &mut lb.v4, &mut lb.ctx, snat4, t, pkt, p, w),
-            FamilyTuple::V6(t) => one(snap, &mut lb.v6, &mut lb.ctx, snat6, t, pkt, p, w),
+            FamilyTuple::V4(t) => one(
+                snap,
+                &mut lb.v4,
+                &mut lb.ctx,
+                snat4,
+                t,
+                pkt,
+                p,
+                w,
+                src_identity,
+            ),
+            FamilyTuple::V6(t) => one(
+                snap,
+                &mut lb.v6,
+                &mut lb.ctx,
+                snat6,
+                t,
+                pkt,
+                p,
+                w,
+                src_identity,
+            ),
         };
+        if !matches!(out, Outcome::Untouched) {
+            batch.meta_mut(i).lb = true;
+        }
         match out {
             Outcome::Untouched | Outcome::Tracked => {}
             Outcome::New => new += 1,
@@ -429,6 +454,7 @@ fn one<A: Addr>(
     pkt: &mut [u8],
     p: &Parsed,
     w: &Pending,
+    src_identity: u32,
 ) -> Outcome {
     let now = ctx.now;
     let Family {
@@ -457,6 +483,14 @@ fn one<A: Addr>(
                 tb.remove(slot);
             } else if let Some(e) = tb.seen(slot, dir, p.tcp_flags, now) {
                 let nat = e.nat();
+                // policy applies to every packet the client sends (client -> backend); replies
+                // of an allowed connection pass
+                if dir == Dir::Original {
+                    let (b, port) = (nat.backend.addr.ip(), nat.backend.port);
+                    if let Err(r) = policy::check(snap, src_identity, p.src, b, t.proto, port) {
+                        return Outcome::Drop(r);
+                    }
+                }
                 if e.dsr {
                     return Outcome::Dsr {
                         backend: nat.backend.addr.ip(),
@@ -524,6 +558,10 @@ fn one<A: Addr>(
     let Some(backend_addr) = A::from_ip(b.addr) else {
         return Outcome::Drop(DropReason::ServiceBackendNotFound);
     };
+    // the backend's ingress policy (and the client's egress) decide before anything is tracked
+    if let Err(r) = policy::check(snap, src_identity, p.src, b.addr, t.proto, b.port) {
+        return Outcome::Drop(r);
+    }
     let Some(source_addr) = snat.and_then(A::from_ip) else {
         return Outcome::Drop(DropReason::NatNoMapping);
     };

@@ -135,6 +135,7 @@ pub fn decap(snap: &Snapshot, region: &mut Region, batch: &mut Batch, stats: &Wo
         *batch.meta_mut(i) = Meta {
             src_identity: t.vni,
             decapsulated: true,
+            ..Meta::default()
         };
         done += 1;
     }

@@ -1,0 +1,179 @@
+//! The policy stage: network policy for the traffic the load-balancing stage did not handle
+//! (routed pod and client traffic; service traffic is checked there, against the backend).
+//!
+//! Precedence, for packets whose verdict is still Continue, when any policy exists:
+//!   1. handled by the LB stage (checked there)   -> skipped
+//!   2. reply of an allowed flow (per-worker table) -> passes
+//!   3. not parseable                              -> left to the route stage's drop
+//!   4. denied by an explicit deny rule            -> Drop(POLICY_DENY)
+//!   5. no rule allows it where policy applies     -> Drop(POLICY_DENIED)
+//!   6. allowed, flow table full, nothing to evict -> Drop(CT_MAP_INSERTION_FAILED)
+//!   7. allowed                                    -> passes; the flow is tracked, so its
+//!      replies pass too
+//!
+//! The original direction is checked on every packet, so a policy change applies to flows in
+//! progress; replies pass while the flow is tracked (Cilium's semantics).
+
+use crate::drop::DropReason;
+use crate::lb::conntrack::{Addr, Dir, Endpoint, Nat, Table, Timeouts, Tuple};
+use crate::packet::{Batch, Verdict};
+use crate::policy;
+use crate::region::Region;
+use crate::state::Snapshot;
+use crate::wire::parse::{parse_fast, TunnelPorts};
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// How many flow-table slots one GC step examines per batch (as the LB stage's GC).
+const GC_BUDGET: usize = 32;
+
+/// A worker's table of allowed flows.
+pub struct PolicyState {
+    v4: Table<u32>,
+    v6: Table<[u8; 16]>,
+    start: Instant,
+    now: u32,
+}
+
+impl Default for PolicyState {
+    /// Small tables for tests, replay and benches.
+    fn default() -> Self {
+        PolicyState::new(4096, Timeouts::default())
+    }
+}
+
+impl PolicyState {
+    /// Room for `max` allowed flows per family.
+    pub fn new(max: usize, timeouts: Timeouts) -> Self {
+        PolicyState {
+            v4: Table::new(max.max(1), timeouts),
+            v6: Table::new(max.max(1), timeouts),
+            start: Instant::now(),
+            now: 0,
+        }
+    }
+
+    pub fn flows(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+}
+
+/// A flow as the table keeps it: no translation (source and backend are the endpoints).
+fn flow<A: Addr>(t: &Tuple<A>) -> Nat<A> {
+    let (s, d) = (
+        Endpoint {
+            addr: t.src,
+            port: t.sport,
+        },
+        Endpoint {
+            addr: t.dst,
+            port: t.dport,
+        },
+    );
+    Nat {
+        client: s,
+        frontend: d,
+        backend: d,
+        source: s,
+    }
+}
+
+/// One packet: Ok to pass, or why it is dropped.
+#[allow(clippy::too_many_arguments)]
+fn one<A: Addr>(
+    snap: &Snapshot,
+    tb: &mut Table<A>,
+    t: Tuple<A>,
+    flags: u8,
+    now: u32,
+    src_identity: u32,
+    src: IpAddr,
+    dst: IpAddr,
+) -> Result<(), DropReason> {
+    let hit = tb.lookup(&t);
+    if let Some((slot, Dir::Reply)) = hit {
+        tb.seen(slot, Dir::Reply, flags, now);
+        return Ok(());
+    }
+    policy::check(snap, src_identity, src, dst, t.proto, t.dport)?;
+    match hit {
+        Some((slot, dir)) => {
+            tb.seen(slot, dir, flags, now);
+            Ok(())
+        }
+        None => tb
+            .insert(flow(&t), t.proto, flags, now)
+            .map(|_| ())
+            .map_err(|_| DropReason::CtMapInsertionFailed),
+    }
+}
+
+/// The stage.
+pub fn enforce(snap: &Snapshot, region: &Region, batch: &mut Batch, st: &mut PolicyState) {
+    if snap.cluster.policy.is_empty() {
+        return;
+    }
+    st.now = st.start.elapsed().as_secs() as u32;
+    st.v4.gc_step(st.now, GC_BUDGET);
+    st.v6.gc_step(st.now, GC_BUDGET);
+    for i in 0..batch.len() {
+        if batch.verdict(i) != Verdict::Continue || batch.meta(i).lb {
+            continue;
+        }
+        let f = batch.frame(i);
+        let Some(Ok(p)) = region.data(&f).map(|b| parse_fast(b, TunnelPorts::NONE)) else {
+            continue;
+        };
+        // a later fragment carries no ports: it is judged on port 0
+        let (sport, dport) = if p.l4.is_some() {
+            (p.src_port, p.dst_port)
+        } else {
+            (0, 0)
+        };
+        let src_identity = batch.meta(i).src_identity;
+        let r = match (p.src, p.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let t = Tuple {
+                    src: u32::from(s),
+                    dst: u32::from(d),
+                    sport,
+                    dport,
+                    proto: p.protocol,
+                };
+                one(
+                    snap,
+                    &mut st.v4,
+                    t,
+                    p.tcp_flags,
+                    st.now,
+                    src_identity,
+                    p.src,
+                    p.dst,
+                )
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let t = Tuple {
+                    src: s.octets(),
+                    dst: d.octets(),
+                    sport,
+                    dport,
+                    proto: p.protocol,
+                };
+                one(
+                    snap,
+                    &mut st.v6,
+                    t,
+                    p.tcp_flags,
+                    st.now,
+                    src_identity,
+                    p.src,
+                    p.dst,
+                )
+            }
+            _ => continue,
+        };
+        if let Err(reason) = r {
+            batch.set_verdict(i, Verdict::Drop(reason));
+        }
+    }
+}
