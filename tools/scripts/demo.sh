@@ -120,6 +120,20 @@ import json,sys; s=json.loads('$udp'); sys.exit(0 if s.get('error',0)==0 and all
 then echo "  ok    every request answered, by all three backends"; else echo "  FAIL  udp $udp"; fail=1; fi
 echo "  backends see the appliance (SNAT): $(tail -1 /run/sluice-lab/$P/http-be3.log 2>/dev/null | cut -d' ' -f1-4)"
 
+bold "network policy: the web pods admit only app=client on TCP 80 (configs/lab-policy.yaml)"
+$BIN/sluice apply -f configs/lab-policy.yaml | sed 's/^/  /'
+sleep 0.3
+check "curl http://10.96.0.80/ as app=client (allowed)" "ok" "$(ns cli curl -s -m 3 http://10.96.0.80/ | grep -q 'hello from backend' && echo ok || echo refused)"
+udp=$(ns cli python3 $UDP ask 10.96.0.53 53 3)
+check "UDP 10.96.0.53:53 (not TCP 80: denied)" '{"error": 3}' "$udp"
+sed 's/labels: {app: client}/labels: {app: intruder}/' configs/lab-policy.yaml | $BIN/sluice apply -f - >/dev/null
+sleep 0.3
+check "curl http://10.20.0.11/ relabelled app=intruder (dropped)" "refused" "$(ns cli curl -s -m 2 http://10.20.0.11/ | grep -q 'hello' && echo ok || echo refused)"
+echo "  drops by reason: $(python3 -c "import json; print(json.load(open('$STATS'))['totals']['drops'])" 2>/dev/null)"
+$BIN/sluice apply -f configs/lab-policy.yaml >/dev/null   # the client is app=client again
+# the rest of the demo is not about policy
+$BIN/sluice delete -f configs/lab-policy.yaml >/dev/null
+
 bold "overlay: a pod on node n2 behind a kernel vxlan device, through sluice's VXLAN"
 bash tools/lab/node2-vxlan.sh $P
 sleep 0.5   # the pod CIDR is steered on the control loop's next tick
