@@ -32,6 +32,11 @@ pub trait StatusSource: Send + Sync {
     fn counters(&self) -> Value;
     /// The snapshot generation each worker last ran.
     fn worker_generations(&self) -> Vec<u64>;
+    /// The generation whose frontends and prefixes the XDP steering map follows (a change is
+    /// live only once its traffic is steered too). Without XDP steering: always current.
+    fn steered_generation(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// Longest `?wait=true` before answering anyway (with `"converged": false`).
@@ -231,11 +236,13 @@ async fn published(ctx: &Ctx, generation: u64, wait: bool, mut body: Value) -> R
 }
 
 fn converged_now(ctx: &Ctx, generation: u64) -> bool {
-    ctx.api
-        .status
-        .worker_generations()
-        .iter()
-        .all(|g| *g >= generation)
+    ctx.api.status.steered_generation() >= generation
+        && ctx
+            .api
+            .status
+            .worker_generations()
+            .iter()
+            .all(|g| *g >= generation)
 }
 
 /// Runs a store mutation off the async runtime (compiling 10,000 services takes a while) and

@@ -181,9 +181,11 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         if let Some(n) = neighbors.as_mut() {
             n.tick(&hub);
         }
+        let snap = hub.current();
         if let Some(d) = dp.as_mut() {
-            d.sync_cluster(&hub.current().cluster);
+            d.sync_cluster(&snap.cluster);
         }
+        status.set_steered(snap.generation);
         if last_stats.elapsed() >= stats_every {
             last_stats = Instant::now();
             if let Err(e) = report(&dp) {

@@ -60,6 +60,8 @@ struct Status {
 pub struct DaemonStatus {
     latest: Mutex<serde_json::Value>,
     workers: Vec<Arc<WorkerStats>>,
+    /// The generation the control loop last synced the XDP steering map to.
+    steered: std::sync::atomic::AtomicU64,
 }
 
 impl DaemonStatus {
@@ -67,7 +69,12 @@ impl DaemonStatus {
         DaemonStatus {
             latest: Mutex::new(serde_json::json!({})),
             workers,
+            steered: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+    pub fn set_steered(&self, generation: u64) {
+        self.steered
+            .store(generation, std::sync::atomic::Ordering::Release);
     }
     pub fn set(&self, doc: serde_json::Value) {
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = doc;
@@ -83,6 +90,9 @@ impl StatusSource for DaemonStatus {
     }
     fn worker_generations(&self) -> Vec<u64> {
         self.workers.iter().map(|w| w.generation.get()).collect()
+    }
+    fn steered_generation(&self) -> u64 {
+        self.steered.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

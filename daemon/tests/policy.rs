@@ -89,5 +89,5 @@ fn a_policy_admits_the_labelled_client_and_drops_it_once_relabelled() {
         .filter(|x| x["reason"] == "POLICY_DENIED")
         .map(|x| x["packets"].as_u64().unwrap())
         .sum();
-    assert!(denied >= 1 + 3, "POLICY_DENIED {denied}: {s}");
+    assert!(denied > 3, "POLICY_DENIED {denied}: {s}");
 }
