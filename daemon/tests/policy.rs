@@ -62,19 +62,8 @@ fn a_policy_admits_the_labelled_client_and_drops_it_once_relabelled() {
         );
     }
     // the UDP service is not port 80/TCP: the web pods refuse it
-    let out = lab.exec(
-        "cli",
-        &[
-            "python3",
-            &format!("{}/../tools/lab/udp.py", env!("CARGO_MANIFEST_DIR")),
-            "ask",
-            "10.96.0.53",
-            "53",
-            "3",
-        ],
-    );
-    let udp: Value = serde_json::from_slice(&out.stdout).expect("udp JSON");
-    assert_eq!(udp["error"], 3, "{udp}");
+    let udp = common::udp_ask(&lab, "10.96.0.53", 53, 3);
+    assert_eq!(udp.get("error"), Some(&3), "{udp:?}");
 
     // the same client without the label: dropped, and the counters say why
     put(&lab, "/v1/pods/lab/client", &client_pod("intruder"));

@@ -99,18 +99,7 @@ fn every_frontend_splits_new_connections_by_weight() {
 
     // UDP request/response, each request a new flow: every backend answers, equal weights
     let n = 300;
-    let out = lab.exec(
-        "cli",
-        &[
-            "python3",
-            &repo_file("tools/lab/udp.py"),
-            "ask",
-            "10.96.0.53",
-            "53",
-            &n.to_string(),
-        ],
-    );
-    let got: HashMap<String, usize> = serde_json::from_slice(&out.stdout).expect("udp JSON");
+    let got = common::udp_ask(&lab, "10.96.0.53", 53, n);
     eprintln!("udp 10.96.0.53:53: {got:?}");
     let third = 1.0 / 3.0;
     assert_split(
@@ -412,18 +401,7 @@ fn dsr_and_hybrid_reach_backends_that_answer_the_client_directly() {
             "{mode}: NodePort"
         );
         // UDP 53 -> 5353 is masqueraded in both modes (hybrid: UDP always)
-        let out = lab.exec(
-            "cli",
-            &[
-                "python3",
-                &repo_file("tools/lab/udp.py"),
-                "ask",
-                "10.96.0.53",
-                "53",
-                "30",
-            ],
-        );
-        let udp: HashMap<String, usize> = serde_json::from_slice(&out.stdout).expect("udp JSON");
+        let udp = common::udp_ask(&lab, "10.96.0.53", 53, 30);
         assert_eq!(udp.get("error"), None, "{mode}: UDP {udp:?}");
         let s = d.stats();
         let icmp: u64 = s["workers"]

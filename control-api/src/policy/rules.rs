@@ -71,6 +71,20 @@ pub struct Rule {
     pub ports: Vec<Ports>,
 }
 
+impl Rule {
+    /// A rule that allows nothing but puts `subject` under policy in `dir` (default deny).
+    fn enforce_only(policy: &Arc<str>, subject: &Selector, dir: Direction) -> Rule {
+        Rule {
+            policy: policy.clone(),
+            subject: subject.clone(),
+            dir,
+            deny: false,
+            peers: Some(Vec::new()),
+            ports: Vec::new(),
+        }
+    }
+}
+
 /// A policy that could not be read: the field (from the object's root) and why.
 pub type RuleError = SelectorError;
 
@@ -293,14 +307,7 @@ pub fn cilium_policy(name: &str, ns: &str, v: &Value) -> Result<Vec<Rule>, RuleE
                 && spec.get(key).is_some_and(Value::is_array)
                 && list(spec, key, &f)?.is_empty()
             {
-                rules.push(Rule {
-                    policy: policy.clone(),
-                    subject: subject.clone(),
-                    dir,
-                    deny: false,
-                    peers: Some(Vec::new()),
-                    ports: Vec::new(),
-                });
+                rules.push(Rule::enforce_only(&policy, &subject, dir));
             }
         }
     }
@@ -347,14 +354,7 @@ pub fn network_policy(name: &str, ns: &str, v: &Value) -> Result<Vec<Rule>, Rule
             Direction::Egress => ("egress", "to"),
         };
         // under policy in this direction even with no rule: default deny
-        rules.push(Rule {
-            policy: policy.clone(),
-            subject: subject.clone(),
-            dir,
-            deny: false,
-            peers: Some(Vec::new()),
-            ports: Vec::new(),
-        });
+        rules.push(Rule::enforce_only(&policy, &subject, dir));
         for (i, r) in list(spec, key, "spec")?.iter().enumerate() {
             let rf = format!("spec.{key}[{i}]");
             let from = list(r, pfx, &rf)?;

@@ -335,6 +335,35 @@ impl Drop for Daemon {
     }
 }
 
+/// `tools/lab/udp.py ask`: `n` UDP requests to `addr:port` from the client, each from a new
+/// socket; answers per backend name ("error" for the lost ones).
+pub fn udp_ask(
+    lab: &Lab,
+    addr: &str,
+    port: u16,
+    n: usize,
+) -> std::collections::HashMap<String, usize> {
+    let script = repo().join("tools/lab/udp.py");
+    let out = lab.exec(
+        "cli",
+        &[
+            "python3",
+            &script.to_string_lossy(),
+            "ask",
+            addr,
+            &port.to_string(),
+            &n.to_string(),
+        ],
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "udp.py ask: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// configs/lab.toml with a few substitutions.
 pub fn lab_config(queues: u32, extra: &str) -> String {
     let base = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("configs/lab.toml");
