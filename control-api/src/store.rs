@@ -858,9 +858,9 @@ mod tests {
         let p = &s.tables.policy;
         assert_eq!(
             p.verdict(fe, api, 6, 8080),
-            Decision::Allow("shop/api-from-frontend".into())
+            Decision::Allow("shop/api-from-frontend")
         );
         assert_eq!(p.verdict(fe, api, 6, 80), Decision::DefaultDeny);
-        assert_eq!(p.verdict(api, fe, 6, 80), Decision::Allow("".into()));
+        assert_eq!(p.verdict(api, fe, 6, 80), Decision::Allow(""));
     }
 }

@@ -6,7 +6,6 @@
 //! (port, prefix) entries that cover them, so a lookup costs one probe per prefix length in use,
 //! whatever the number of rules: typically one or two.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Any peer (`toEntities: all`, or a rule without peers).
@@ -34,53 +33,76 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     out
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Key {
-    peer: u32,
-    proto: u8,
-    port: u16,
-    plen: u8,
-}
-
-/// What the map says for a packet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Allowed by the named policy.
-    Allow(Arc<str>),
+/// What the map says for a packet (borrowing the policy's name from the map: no reference
+/// counting on the fast path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// Allowed by the named policy ("" when no policy applies at all).
+    Allow(&'a str),
     /// Denied by an explicit deny rule of the named policy (Cilium's POLICY_DENY).
-    Deny(Arc<str>),
+    Deny(&'a str),
     /// No rule allows it in an enforced direction (Cilium's POLICY_DENIED).
     DefaultDeny,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Entry {
+/// One (protocol, port prefix) of a peer, with what it allows and denies.
+#[derive(Debug, Clone)]
+struct PortEntry {
+    proto: u8,
+    port: u16,
+    plen: u8,
     allow: Option<Arc<str>>,
     deny: Option<Arc<str>>,
 }
 
-/// One endpoint's rules in one direction.
+impl PortEntry {
+    #[inline]
+    fn covers(&self, proto: u8, port: u16) -> bool {
+        let mask = if self.plen == 0 {
+            0
+        } else {
+            u16::MAX << (16 - self.plen)
+        };
+        (self.proto == proto || self.proto == ANY_PROTO) && port & mask == self.port
+    }
+}
+
+/// One endpoint's rules in one direction: per peer identity, its port entries. A lookup is one
+/// hash probe (the peer) and a scan of its entries and those for any peer, which grow with the
+/// distinct ports named for that peer, not with the number of rules or identities.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyMap {
-    entries: HashMap<Key, Entry>,
-    /// Bit n set: some entry has prefix length n (0..=16); lookups probe only those.
-    plens: u32,
+    peers: hashbrown::HashMap<u32, Vec<PortEntry>>,
+    /// The entries for any peer, apart: no probe for them.
+    any: Vec<PortEntry>,
 }
 
 impl PolicyMap {
     /// Adds an allow (`deny` false) or deny entry for `peer`, `proto`, ports `lo..=hi`.
     pub fn add(&mut self, peer: u32, proto: u8, lo: u16, hi: u16, deny: bool, policy: &Arc<str>) {
+        let entries = if peer == ANY_PEER {
+            &mut self.any
+        } else {
+            self.peers.entry(peer).or_default()
+        };
         for (port, plen) in port_prefixes(lo, hi) {
-            self.plens |= 1 << plen;
-            let e = self
-                .entries
-                .entry(Key {
-                    peer,
-                    proto,
-                    port,
-                    plen,
-                })
-                .or_default();
+            let i = match entries
+                .iter()
+                .position(|e| (e.proto, e.port, e.plen) == (proto, port, plen))
+            {
+                Some(i) => i,
+                None => {
+                    entries.push(PortEntry {
+                        proto,
+                        port,
+                        plen,
+                        allow: None,
+                        deny: None,
+                    });
+                    entries.len() - 1
+                }
+            };
+            let e = &mut entries[i];
             let slot = if deny { &mut e.deny } else { &mut e.allow };
             // the first policy named stays: deterministic across rebuilds (policies are
             // compiled in name order)
@@ -88,46 +110,30 @@ impl PolicyMap {
         }
     }
 
+    /// Port entries in the map.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.any.len() + self.peers.values().map(Vec::len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.any.is_empty() && self.peers.is_empty()
     }
 
     /// The decision for a packet from/to `peer` with this protocol and destination port. Deny
     /// entries win over allow entries, whichever is more specific (Cilium's semantics).
-    pub fn lookup(&self, peer: u32, proto: u8, port: u16) -> Decision {
-        let mut allow = None;
-        for plen in (0..=16u8).rev().filter(|l| self.plens & (1 << l) != 0) {
-            let masked = if plen == 0 {
-                0
-            } else {
-                port & (u16::MAX << (16 - plen))
-            };
-            for p in [peer, ANY_PEER] {
-                for pr in [proto, ANY_PROTO] {
-                    if let Some(e) = self.entries.get(&Key {
-                        peer: p,
-                        proto: pr,
-                        port: masked,
-                        plen,
-                    }) {
-                        if let Some(d) = &e.deny {
-                            return Decision::Deny(d.clone());
-                        }
-                        if allow.is_none() {
-                            allow = e.allow.clone();
-                        }
-                    }
-                    if pr == ANY_PROTO {
-                        break;
-                    }
-                }
-                if p == ANY_PEER {
-                    break;
-                }
+    #[inline]
+    pub fn lookup(&self, peer: u32, proto: u8, port: u16) -> Decision<'_> {
+        let mut allow: Option<&str> = None;
+        let specific = self.peers.get(&peer).map(Vec::as_slice).unwrap_or(&[]);
+        for e in specific.iter().chain(&self.any) {
+            if !e.covers(proto, port) {
+                continue;
+            }
+            if let Some(d) = &e.deny {
+                return Decision::Deny(d);
+            }
+            if allow.is_none() {
+                allow = e.allow.as_deref();
             }
         }
         allow.map_or(Decision::DefaultDeny, Decision::Allow)
@@ -153,21 +159,22 @@ impl PolicyTables {
     /// policy, then the receiver's ingress policy (each default-allow unless enforced). An
     /// allowed packet names the ingress policy that allowed it, else the egress one, else none
     /// ("": no policy applies).
-    pub fn verdict(&self, src: u32, dst: u32, proto: u8, port: u16) -> Decision {
+    #[inline]
+    pub fn verdict(&self, src: u32, dst: u32, proto: u8, port: u16) -> Decision<'_> {
         let eg = self
             .endpoints
             .get(&src)
             .and_then(|e| e.egress.as_ref())
             .map(|m| m.lookup(dst, proto, port));
-        if let Some(d @ (Decision::Deny(_) | Decision::DefaultDeny)) = &eg {
-            return d.clone();
+        if let Some(d @ (Decision::Deny(_) | Decision::DefaultDeny)) = eg {
+            return d;
         }
         let ing = self
             .endpoints
             .get(&dst)
             .and_then(|e| e.ingress.as_ref())
             .map(|m| m.lookup(src, proto, port));
-        ing.or(eg).unwrap_or_else(|| Decision::Allow("".into()))
+        ing.or(eg).unwrap_or(Decision::Allow(""))
     }
 }
 
@@ -253,22 +260,18 @@ mod tests {
         m.add(300, 6, 8000, 8999, false, &a);
         m.add(ANY_PEER, 6, 8443, 8443, true, &d);
         m.add(400, ANY_PROTO, 0, 65535, false, &a);
-        assert_eq!(m.lookup(300, 6, 8080), Decision::Allow(a.clone()));
-        assert_eq!(
-            m.lookup(300, 6, 8443),
-            Decision::Deny(d.clone()),
-            "deny wins"
-        );
+        assert_eq!(m.lookup(300, 6, 8080), Decision::Allow(&a));
+        assert_eq!(m.lookup(300, 6, 8443), Decision::Deny(&d), "deny wins");
         assert_eq!(
             m.lookup(400, 6, 8443),
-            Decision::Deny(d.clone()),
+            Decision::Deny(&d),
             "deny of any peer"
         );
         assert_eq!(m.lookup(300, 6, 9000), Decision::DefaultDeny);
         assert_eq!(m.lookup(300, 17, 8080), Decision::DefaultDeny, "TCP only");
         assert_eq!(
             m.lookup(400, 17, 53),
-            Decision::Allow(a.clone()),
+            Decision::Allow(&a),
             "any protocol, any port"
         );
         assert_eq!(m.lookup(500, 6, 8080), Decision::DefaultDeny);

@@ -7,8 +7,10 @@
 
 use super::map::{PolicyMap, PolicyTables, ANY_PEER, ANY_PROTO};
 use super::rules::{Cidr, Direction, Entity, Peer, Rule};
+use super::selector::{split_key, Op, Selector};
 use crate::identity::Labels;
 use sluice_dataplane::identity as reserved;
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -44,8 +46,51 @@ fn contains(net: IpAddr, len: u8, a: IpAddr, alen: u8) -> bool {
     }
 }
 
+/// The identities by label (`key=value`, whatever the source), so a selector with a positive
+/// requirement looks at the identities that carry one of its values instead of all of them.
+struct ByLabel<'a> {
+    ids: &'a BTreeMap<u32, Labels>,
+    by_kv: HashMap<&'a str, Vec<u32>>,
+}
+
+impl<'a> ByLabel<'a> {
+    fn new(ids: &'a BTreeMap<u32, Labels>) -> Self {
+        let mut by_kv: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (id, labels) in ids {
+            for l in labels {
+                let kv = l.split_once(':').map_or(l.as_str(), |(_, kv)| kv);
+                by_kv.entry(kv).or_default().push(*id);
+            }
+        }
+        ByLabel { ids, by_kv }
+    }
+
+    /// The identities `s` selects, in identity order.
+    fn select(&self, s: &Selector) -> Vec<u32> {
+        let candidates: Option<BTreeSet<u32>> = s.reqs.iter().find_map(|r| match &r.op {
+            Op::In(vals) => {
+                let (_, key) = split_key(&r.key);
+                Some(
+                    vals.iter()
+                        .flat_map(|v| self.by_kv.get(format!("{key}={v}").as_str()))
+                        .flatten()
+                        .copied()
+                        .collect(),
+                )
+            }
+            _ => None,
+        });
+        let check = |id: &u32| self.ids.get(id).is_some_and(|l| s.matches(l));
+        match candidates {
+            Some(c) => c.into_iter().filter(check).collect(),
+            None => self.ids.keys().copied().filter(check).collect(),
+        }
+    }
+}
+
 /// Compiles `rules` for the label identities `identities` (id -> labels).
 pub fn compile(rules: &[Rule], identities: &BTreeMap<u32, Labels>) -> Compiled {
+    let by_label = ByLabel::new(identities);
     let mut out = Compiled::default();
     // CIDR identities for every prefix the rules name (including excepts), in prefix order
     let mut prefixes: BTreeSet<(IpAddr, u8)> = BTreeSet::new();
@@ -74,11 +119,7 @@ pub fn compile(rules: &[Rule], identities: &BTreeMap<u32, Labels>) -> Compiled {
         .collect();
     let peers_of = |p: &Peer| -> Vec<u32> {
         match p {
-            Peer::Endpoints(s) => identities
-                .iter()
-                .filter(|(_, l)| s.matches(l))
-                .map(|(id, _)| *id)
-                .collect(),
+            Peer::Endpoints(s) => by_label.select(s),
             Peer::Cidr(Cidr { net, len, except }) => {
                 let mut ids: Vec<u32> = out
                     .cidr_identities
@@ -119,11 +160,8 @@ pub fn compile(rules: &[Rule], identities: &BTreeMap<u32, Labels>) -> Compiled {
             None => vec![ANY_PEER],
             Some(ps) => ps.iter().flat_map(&peers_of).collect(),
         };
-        for (id, labels) in identities {
-            if !r.subject.matches(labels) {
-                continue;
-            }
-            let ep = out.tables.endpoints.entry(*id).or_default();
+        for id in by_label.select(&r.subject) {
+            let ep = out.tables.endpoints.entry(id).or_default();
             let map = match r.dir {
                 Direction::Ingress => ep.ingress.get_or_insert_with(PolicyMap::default),
                 Direction::Egress => ep.egress.get_or_insert_with(PolicyMap::default),
@@ -148,7 +186,6 @@ mod tests {
     use crate::identity::endpoint_labels;
     use serde_json::json;
     use sluice_dataplane::policy::Decision;
-    use std::sync::Arc;
 
     fn id_of(ns: &str, app: &str, ns_team: &str, ids: &mut BTreeMap<u32, Labels>) -> u32 {
         let l = endpoint_labels(
@@ -215,31 +252,43 @@ mod tests {
         let c = compile(&rules, &ids);
         let cidr = |p: &str, l: u8| c.cidr_identities[&(p.parse().unwrap(), l)];
         let (ten, svc_range) = (cidr("10.0.0.0", 8), cidr("10.96.0.0", 12));
-        let allow = |p: &str| Decision::Allow(Arc::from(format!("shop/{p}")));
-        let deny = |p: &str| Decision::Deny(Arc::from(format!("shop/{p}")));
-        let open = Decision::Allow("".into());
+        let allow = Decision::Allow;
+        let deny = Decision::Deny;
+        let open = Decision::Allow("");
         use Decision::DefaultDeny as D;
         let grid = [
-            (fe, api, 6, 8080, allow("api-allow-frontend")),
+            (fe, api, 6, 8080, allow("shop/api-allow-frontend")),
             (fe, api, 6, 80, D),
             (fe, api, 17, 8080, D),
-            (other, api, 6, 8080, deny("api-deny-other")),
+            (other, api, 6, 8080, deny("shop/api-deny-other")),
             (tool, api, 6, 8080, D),
             // the namespaced selector: frontend's egress names shop's api only
             (fe, api_in_other_ns, 6, 8080, D),
-            (tool, db, 6, 5432, allow("db-from-ops")),
+            (tool, db, 6, 5432, allow("shop/db-from-ops")),
             (other, db, 6, 5432, D),
             (tool, db, 6, 5433, D),
             (tool, db, 17, 5432, D),
-            (fe, ten, 6, 443, allow("frontend-egress")),
+            (fe, ten, 6, 443, allow("shop/frontend-egress")),
             (fe, svc_range, 6, 443, D),
             (fe, reserved::WORLD, 6, 443, D),
-            (reserved::WORLD, other, 6, 8000, allow("other-from-world")),
-            (reserved::WORLD, other, 6, 8100, allow("other-from-world")),
+            (
+                reserved::WORLD,
+                other,
+                6,
+                8000,
+                allow("shop/other-from-world"),
+            ),
+            (
+                reserved::WORLD,
+                other,
+                6,
+                8100,
+                allow("shop/other-from-world"),
+            ),
             (reserved::WORLD, other, 6, 8101, D),
-            (ten, other, 6, 8050, allow("other-from-world")),
+            (ten, other, 6, 8050, allow("shop/other-from-world")),
             (fe, other, 6, 8050, D),
-            (api, fe, 6, 80, open.clone()),
+            (api, fe, 6, 80, open),
             (tool, api_in_other_ns, 6, 8080, open),
         ];
         for (src, dst, proto, port, want) in grid {

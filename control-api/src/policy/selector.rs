@@ -40,12 +40,17 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> SelectorError {
     }
 }
 
-/// The value of label `key` in `labels` (`source:key=value` strings), if present.
-fn value_of<'l>(labels: &'l Labels, key: &str) -> Option<&'l str> {
-    let (source, bare) = match key.split_once(':') {
+/// A selector key split into its source (`k8s`, `any`; None: any source) and the label key.
+pub fn split_key(key: &str) -> (Option<&str>, &str) {
+    match key.split_once(':') {
         Some((s, k)) if !s.is_empty() && !s.contains('.') && !s.contains('/') => (Some(s), k),
         _ => (None, key),
-    };
+    }
+}
+
+/// The value of label `key` in `labels` (`source:key=value` strings), if present.
+fn value_of<'l>(labels: &'l Labels, key: &str) -> Option<&'l str> {
+    let (source, bare) = split_key(key);
     labels.iter().find_map(|l| {
         let (src, kv) = l.split_once(':')?;
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
