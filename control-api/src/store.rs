@@ -45,6 +45,10 @@ pub struct Store {
     endpoints_of: BTreeMap<u32, Vec<String>>,
     /// Set while `replace_all` loads many objects: identities are computed once at the end.
     bulk: bool,
+    /// Each policy's drop counter slot in the workers: given once, never reused by another
+    /// policy while the process runs (so a counter never mixes two policies).
+    policy_slots: BTreeMap<String, u16>,
+    next_policy_slot: u16,
 }
 
 impl Store {
@@ -60,6 +64,9 @@ impl Store {
             identities: Allocator::default(),
             endpoints_of: BTreeMap::new(),
             bulk: false,
+            policy_slots: BTreeMap::new(),
+            // slot 0 counts the policies beyond the counters' capacity
+            next_policy_slot: 1,
         }
     }
 
@@ -163,6 +170,8 @@ impl Store {
             .with_lb(self.lb);
         // identities of the label sets that already had one stay the same
         fresh.identities = self.identities.clone();
+        fresh.policy_slots = self.policy_slots.clone();
+        fresh.next_policy_slot = self.next_policy_slot;
         fresh.bulk = true;
         let mut seen = BTreeSet::new();
         for (i, v) in items.into_iter().enumerate() {
@@ -396,7 +405,31 @@ impl Store {
             .keys()
             .filter_map(|id| Some((*id, self.identities.labels(*id)?.clone())))
             .collect();
-        let compiled = crate::policy::compile::compile(&rules, &in_use);
+        let mut compiled = crate::policy::compile::compile(&rules, &in_use);
+        let names: BTreeSet<String> = self
+            .list(Some(Kind::NetworkPolicy), None)
+            .chain(self.list(Some(Kind::CiliumNetworkPolicy), None))
+            .map(|(k, _)| format!("{}/{}", k.namespace, k.name))
+            .collect();
+        self.policy_slots.retain(|n, _| names.contains(n));
+        for n in names {
+            if !self.policy_slots.contains_key(&n) {
+                let slot = if usize::from(self.next_policy_slot)
+                    < sluice_dataplane::policy::POLICY_SLOTS
+                {
+                    self.next_policy_slot += 1;
+                    self.next_policy_slot - 1
+                } else {
+                    0
+                };
+                self.policy_slots.insert(n, slot);
+            }
+        }
+        compiled.tables.slots = self
+            .policy_slots
+            .iter()
+            .map(|(n, s)| (Arc::from(n.as_str()), *s))
+            .collect();
         // the ipcache: CIDRs of the rules first, then nodes and this appliance, then pods, so
         // that a more specific entry for the same prefix (a pod's /32) wins
         let mut ipcache = sluice_dataplane::state::PrefixTable::default();
@@ -860,7 +893,10 @@ mod tests {
             p.verdict(fe, api, 6, 8080),
             Decision::Allow("shop/api-from-frontend")
         );
-        assert_eq!(p.verdict(fe, api, 6, 80), Decision::DefaultDeny);
+        assert_eq!(
+            p.verdict(fe, api, 6, 80),
+            Decision::DefaultDeny("shop/api-from-frontend")
+        );
         assert_eq!(p.verdict(api, fe, 6, 80), Decision::Allow(""));
     }
 }

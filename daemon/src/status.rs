@@ -42,6 +42,8 @@ struct Totals {
     tx_bytes: u64,
     dropped: u64,
     drops: BTreeMap<&'static str, u64>,
+    /// Policy drops (POLICY_DENIED, POLICY_DENY) by the policy that decided them.
+    policy_drops: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize)]
@@ -148,7 +150,15 @@ impl Reporter {
             tx_bytes: 0,
             dropped: 0,
             drops: BTreeMap::new(),
+            policy_drops: BTreeMap::new(),
         };
+        let policy_name: BTreeMap<u16, &str> = snap
+            .cluster
+            .policy
+            .slots
+            .iter()
+            .map(|(n, s)| (*s, &**n))
+            .collect();
         for w in &workers {
             totals.rx_packets += w.rx_packets;
             totals.tx_packets += w.tx_packets;
@@ -157,6 +167,15 @@ impl Reporter {
             for d in &w.drops {
                 totals.dropped += d.packets;
                 *totals.drops.entry(d.reason).or_default() += d.packets;
+            }
+            for (slot, n) in &w.policy_drops {
+                // a slot whose policy is gone keeps its count under a name that says so
+                let name = match (slot, policy_name.get(slot)) {
+                    (_, Some(p)) => p.to_string(),
+                    (0, None) => "(other policies)".to_string(),
+                    (_, None) => "(deleted policy)".to_string(),
+                };
+                *totals.policy_drops.entry(name).or_default() += n;
             }
         }
         let status = Status {

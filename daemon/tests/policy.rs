@@ -79,4 +79,10 @@ fn a_policy_admits_the_labelled_client_and_drops_it_once_relabelled() {
         .map(|x| x["packets"].as_u64().unwrap())
         .sum();
     assert!(denied > 3, "POLICY_DENIED {denied}: {s}");
+    // and which policy decided
+    assert_eq!(
+        s["totals"]["policy_drops"]["lab/web-from-client"].as_u64(),
+        Some(denied),
+        "{s}"
+    );
 }

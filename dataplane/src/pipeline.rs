@@ -138,7 +138,7 @@ impl Pipeline {
     ) {
         crate::overlay::decap(snap, region, batch, stats);
         crate::lb::service(snap, region, batch, stats, &mut self.lb);
-        crate::policy_stage::enforce(snap, region, batch, &mut self.policy);
+        crate::policy_stage::enforce(snap, region, batch, stats, &mut self.policy);
         crate::overlay::encap(snap, region, batch, stats, neigh, &mut self.encap);
         for i in 0..batch.len() {
             if batch.verdict(i) != Verdict::Continue {

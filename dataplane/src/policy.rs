@@ -41,8 +41,9 @@ pub enum Decision<'a> {
     Allow(&'a str),
     /// Denied by an explicit deny rule of the named policy (Cilium's POLICY_DENY).
     Deny(&'a str),
-    /// No rule allows it in an enforced direction (Cilium's POLICY_DENIED).
-    DefaultDeny,
+    /// No rule allows it in a direction where the named policy (the first, by name, that
+    /// selects the endpoint there) applies (Cilium's POLICY_DENIED).
+    DefaultDeny(&'a str),
 }
 
 /// One (protocol, port prefix) of a peer, with what it allows and denies.
@@ -72,6 +73,8 @@ impl PortEntry {
 /// distinct ports named for that peer, not with the number of rules or identities.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyMap {
+    /// The first policy (by name) that puts the endpoint under policy in this direction.
+    pub enforced_by: Option<Arc<str>>,
     peers: hashbrown::HashMap<u32, Vec<PortEntry>>,
     /// The entries for any peer, apart: no probe for them.
     any: Vec<PortEntry>,
@@ -136,7 +139,10 @@ impl PolicyMap {
                 allow = e.allow.as_deref();
             }
         }
-        allow.map_or(Decision::DefaultDeny, Decision::Allow)
+        allow.map_or_else(
+            || Decision::DefaultDeny(self.enforced_by.as_deref().unwrap_or("")),
+            Decision::Allow,
+        )
     }
 }
 
@@ -148,10 +154,15 @@ pub struct EndpointPolicy {
     pub egress: Option<PolicyMap>,
 }
 
+/// Per-policy drop counters per worker: slot 0 counts the drops of policies beyond the rest.
+pub const POLICY_SLOTS: usize = 4096;
+
 /// Every endpoint's policy, by identity.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyTables {
     pub endpoints: hashbrown::HashMap<u32, EndpointPolicy>,
+    /// Policy name -> its drop counter slot (stable while the policy exists).
+    pub slots: hashbrown::HashMap<Arc<str>, u16>,
 }
 
 impl PolicyTables {
@@ -166,7 +177,7 @@ impl PolicyTables {
             .get(&src)
             .and_then(|e| e.egress.as_ref())
             .map(|m| m.lookup(dst, proto, port));
-        if let Some(d @ (Decision::Deny(_) | Decision::DefaultDeny)) = eg {
+        if let Some(d @ (Decision::Deny(_) | Decision::DefaultDeny(_))) = eg {
             return d;
         }
         let ing = self
@@ -194,8 +205,26 @@ pub fn identity_of(snap: &crate::state::Snapshot, a: std::net::IpAddr) -> u32 {
         .unwrap_or(crate::identity::WORLD)
 }
 
+/// A drop by policy: why, and the drop counter slot of the policy that decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyDrop {
+    pub reason: crate::DropReason,
+    pub slot: u16,
+}
+
+impl PolicyDrop {
+    /// Counts it on the worker's per-policy counters; the reason is counted with the verdict.
+    #[inline]
+    pub fn count(self, stats: &crate::stats::WorkerStats) -> crate::DropReason {
+        if let Some(c) = stats.policy_drops.get(usize::from(self.slot)) {
+            c.add(1);
+        }
+        self.reason
+    }
+}
+
 /// The policy check of a packet from `src_identity` (0: by the ipcache of `src`) to `dst`:
-/// Ok, or the drop reason.
+/// Ok, or the drop.
 #[inline]
 pub fn check(
     snap: &crate::state::Snapshot,
@@ -204,7 +233,7 @@ pub fn check(
     dst: std::net::IpAddr,
     proto: u8,
     port: u16,
-) -> Result<(), crate::DropReason> {
+) -> Result<(), PolicyDrop> {
     let p = &snap.cluster.policy;
     if p.is_empty() {
         return Ok(());
@@ -214,10 +243,17 @@ pub fn check(
     } else {
         identity_of(snap, src)
     };
+    let slot = |name: &str| p.slots.get(name).copied().unwrap_or(0);
     match p.verdict(s, identity_of(snap, dst), proto, port) {
         Decision::Allow(_) => Ok(()),
-        Decision::Deny(_) => Err(crate::DropReason::PolicyDeny),
-        Decision::DefaultDeny => Err(crate::DropReason::PolicyDenied),
+        Decision::Deny(name) => Err(PolicyDrop {
+            reason: crate::DropReason::PolicyDeny,
+            slot: slot(name),
+        }),
+        Decision::DefaultDeny(name) => Err(PolicyDrop {
+            reason: crate::DropReason::PolicyDenied,
+            slot: slot(name),
+        }),
     }
 }
 
@@ -267,13 +303,17 @@ mod tests {
             Decision::Deny(&d),
             "deny of any peer"
         );
-        assert_eq!(m.lookup(300, 6, 9000), Decision::DefaultDeny);
-        assert_eq!(m.lookup(300, 17, 8080), Decision::DefaultDeny, "TCP only");
+        assert_eq!(m.lookup(300, 6, 9000), Decision::DefaultDeny(""));
+        assert_eq!(
+            m.lookup(300, 17, 8080),
+            Decision::DefaultDeny(""),
+            "TCP only"
+        );
         assert_eq!(
             m.lookup(400, 17, 53),
             Decision::Allow(&a),
             "any protocol, any port"
         );
-        assert_eq!(m.lookup(500, 6, 8080), Decision::DefaultDeny);
+        assert_eq!(m.lookup(500, 6, 8080), Decision::DefaultDeny(""));
     }
 }

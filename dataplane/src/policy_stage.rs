@@ -17,9 +17,10 @@
 use crate::drop::DropReason;
 use crate::lb::conntrack::{Addr, Dir, Endpoint, Nat, Table, Timeouts, Tuple};
 use crate::packet::{Batch, Verdict};
-use crate::policy;
+use crate::policy::{self, PolicyDrop};
 use crate::region::Region;
 use crate::state::Snapshot;
+use crate::stats::WorkerStats;
 use crate::wire::parse::{parse_fast, TunnelPorts};
 use std::net::IpAddr;
 use std::time::Instant;
@@ -78,7 +79,7 @@ fn flow<A: Addr>(t: &Tuple<A>) -> Nat<A> {
     }
 }
 
-/// One packet: Ok to pass, or why it is dropped.
+/// One packet: Ok to pass, or why it is dropped (and which policy's counter says so).
 #[allow(clippy::too_many_arguments)]
 fn one<A: Addr>(
     snap: &Snapshot,
@@ -89,7 +90,7 @@ fn one<A: Addr>(
     src_identity: u32,
     src: IpAddr,
     dst: IpAddr,
-) -> Result<(), DropReason> {
+) -> Result<(), PolicyDrop> {
     let hit = tb.lookup(&t);
     if let Some((slot, Dir::Reply)) = hit {
         tb.seen(slot, Dir::Reply, flags, now);
@@ -104,12 +105,22 @@ fn one<A: Addr>(
         None => tb
             .insert(flow(&t), t.proto, flags, now)
             .map(|_| ())
-            .map_err(|_| DropReason::CtMapInsertionFailed),
+            .map_err(|_| PolicyDrop {
+                reason: DropReason::CtMapInsertionFailed,
+                // not a policy's doing: no policy's counter
+                slot: u16::MAX,
+            }),
     }
 }
 
 /// The stage.
-pub fn enforce(snap: &Snapshot, region: &Region, batch: &mut Batch, st: &mut PolicyState) {
+pub fn enforce(
+    snap: &Snapshot,
+    region: &Region,
+    batch: &mut Batch,
+    stats: &WorkerStats,
+    st: &mut PolicyState,
+) {
     if snap.cluster.policy.is_empty() {
         return;
     }
@@ -172,8 +183,8 @@ pub fn enforce(snap: &Snapshot, region: &Region, batch: &mut Batch, st: &mut Pol
             }
             _ => continue,
         };
-        if let Err(reason) = r {
-            batch.set_verdict(i, Verdict::Drop(reason));
+        if let Err(d) = r {
+            batch.set_verdict(i, Verdict::Drop(d.count(stats)));
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct WorkerStats {
     pub xsk_rx_ring_full: Counter,
     pub xsk_fill_ring_empty: Counter,
     drops: Vec<Counter>,
+    /// Drops per policy (slot: `PolicyTables::slots`).
+    pub policy_drops: Box<[Counter]>,
 }
 
 impl Default for WorkerStats {
@@ -82,6 +84,9 @@ impl Default for WorkerStats {
             xsk_rx_ring_full: Counter::default(),
             xsk_fill_ring_empty: Counter::default(),
             drops: DropReason::ALL.iter().map(|_| Counter::default()).collect(),
+            policy_drops: (0..crate::policy::POLICY_SLOTS)
+                .map(|_| Counter::default())
+                .collect(),
         }
     }
 }
@@ -125,6 +130,13 @@ impl WorkerStats {
                     packets: self.drops(*r),
                 })
                 .collect(),
+            policy_drops: self
+                .policy_drops
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.get() > 0)
+                .map(|(slot, c)| (slot as u16, c.get()))
+                .collect(),
         }
     }
 }
@@ -160,4 +172,6 @@ pub struct WorkerStatsSnapshot {
     pub xsk_rx_ring_full: u64,
     pub xsk_fill_ring_empty: u64,
     pub drops: Vec<DropCount>,
+    /// (policy drop slot, packets), non-zero only; the stats document names them.
+    pub policy_drops: Vec<(u16, u64)>,
 }

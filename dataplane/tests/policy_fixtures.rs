@@ -17,6 +17,8 @@ use std::sync::Arc;
 const CLIENT: u32 = 300;
 const BE1: u32 = 301;
 const OTHERS: u32 = 302;
+/// The drop counter slot of the fixture's one policy.
+const POLICY_SLOT: u16 = 7;
 
 /// The service fixture with identities: the client 10.10.0.2 is CLIENT, backend .11 is BE1,
 /// .12/.13 are OTHERS. BE1 admits CLIENT on TCP 8080 only and denies OTHERS explicitly.
@@ -35,7 +37,9 @@ fn with_policy() -> Snapshot {
     let mut ingress = PolicyMap::default();
     ingress.add(CLIENT, 6, 8080, 8080, false, &name);
     ingress.add(OTHERS, ANY_PROTO, 0, u16::MAX, true, &name);
+    ingress.enforced_by = Some(name.clone());
     let mut t = PolicyTables::default();
+    t.slots.insert(name.clone(), POLICY_SLOT);
     t.endpoints.insert(
         BE1,
         EndpointPolicy {
@@ -117,6 +121,8 @@ fn routed_traffic_is_checked_and_replies_of_allowed_flows_pass() {
         .send(0, &tcp("10.10.0.99", "10.20.0.11", 5000, 8080, SYN, true))
         .is_none());
     assert_eq!(dp.stats.drops(DropReason::PolicyDenied), 2);
+    // every one of them on the deciding policy's counter
+    assert_eq!(dp.stats.policy_drops[usize::from(POLICY_SLOT)].get(), 3);
 }
 
 #[test]

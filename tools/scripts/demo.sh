@@ -129,7 +129,9 @@ check "UDP 10.96.0.53:53 (not TCP 80: denied)" '{"error": 3}' "$udp"
 sed 's/labels: {app: client}/labels: {app: intruder}/' configs/lab-policy.yaml | $BIN/sluice apply -f - >/dev/null
 sleep 0.3
 check "curl http://10.20.0.11/ relabelled app=intruder (dropped)" "refused" "$(ns cli curl -s -m 2 http://10.20.0.11/ | grep -q 'hello' && echo ok || echo refused)"
+sleep 0.6   # the stats file is rewritten every 500 ms
 echo "  drops by reason: $(python3 -c "import json; print(json.load(open('$STATS'))['totals']['drops'])" 2>/dev/null)"
+echo "  policy drops by policy: $(python3 -c "import json; print(json.load(open('$STATS'))['totals']['policy_drops'])" 2>/dev/null)"
 $BIN/sluice apply -f configs/lab-policy.yaml >/dev/null   # the client is app=client again
 # the rest of the demo is not about policy
 $BIN/sluice delete -f configs/lab-policy.yaml >/dev/null

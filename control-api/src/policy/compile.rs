@@ -166,6 +166,8 @@ pub fn compile(rules: &[Rule], identities: &BTreeMap<u32, Labels>) -> Compiled {
                 Direction::Ingress => ep.ingress.get_or_insert_with(PolicyMap::default),
                 Direction::Egress => ep.egress.get_or_insert_with(PolicyMap::default),
             };
+            // rules come in policy-name order: the first one names the default deny
+            map.enforced_by.get_or_insert_with(|| r.policy.clone());
             for &peer in &peers {
                 if r.ports.is_empty() {
                     map.add(peer, ANY_PROTO, 0, u16::MAX, r.deny, &r.policy);
@@ -255,22 +257,22 @@ mod tests {
         let allow = Decision::Allow;
         let deny = Decision::Deny;
         let open = Decision::Allow("");
-        use Decision::DefaultDeny as D;
+        let d = Decision::DefaultDeny;
         let grid = [
             (fe, api, 6, 8080, allow("shop/api-allow-frontend")),
-            (fe, api, 6, 80, D),
-            (fe, api, 17, 8080, D),
+            (fe, api, 6, 80, d("shop/frontend-egress")),
+            (fe, api, 17, 8080, d("shop/frontend-egress")),
             (other, api, 6, 8080, deny("shop/api-deny-other")),
-            (tool, api, 6, 8080, D),
+            (tool, api, 6, 8080, d("shop/api-allow-frontend")),
             // the namespaced selector: frontend's egress names shop's api only
-            (fe, api_in_other_ns, 6, 8080, D),
+            (fe, api_in_other_ns, 6, 8080, d("shop/frontend-egress")),
             (tool, db, 6, 5432, allow("shop/db-from-ops")),
-            (other, db, 6, 5432, D),
-            (tool, db, 6, 5433, D),
-            (tool, db, 17, 5432, D),
+            (other, db, 6, 5432, d("shop/db-from-ops")),
+            (tool, db, 6, 5433, d("shop/db-from-ops")),
+            (tool, db, 17, 5432, d("shop/db-from-ops")),
             (fe, ten, 6, 443, allow("shop/frontend-egress")),
-            (fe, svc_range, 6, 443, D),
-            (fe, reserved::WORLD, 6, 443, D),
+            (fe, svc_range, 6, 443, d("shop/frontend-egress")),
+            (fe, reserved::WORLD, 6, 443, d("shop/frontend-egress")),
             (
                 reserved::WORLD,
                 other,
@@ -285,9 +287,9 @@ mod tests {
                 8100,
                 allow("shop/other-from-world"),
             ),
-            (reserved::WORLD, other, 6, 8101, D),
+            (reserved::WORLD, other, 6, 8101, d("shop/other-from-world")),
             (ten, other, 6, 8050, allow("shop/other-from-world")),
-            (fe, other, 6, 8050, D),
+            (fe, other, 6, 8050, d("shop/frontend-egress")),
             (api, fe, 6, 80, open),
             (tool, api_in_other_ns, 6, 8080, open),
         ];
@@ -315,12 +317,18 @@ mod tests {
         )
         .unwrap();
         let c = compile(&rules, &ids);
-        assert_eq!(c.tables.verdict(b, a, 6, 80), Decision::DefaultDeny);
+        assert_eq!(
+            c.tables.verdict(b, a, 6, 80),
+            Decision::DefaultDeny("shop/lockdown")
+        );
         assert!(matches!(
             c.tables.verdict(reserved::WORLD, b, 17, 53),
             Decision::Allow(_)
         ));
-        assert_eq!(c.tables.verdict(a, b, 6, 80), Decision::DefaultDeny);
+        assert_eq!(
+            c.tables.verdict(a, b, 6, 80),
+            Decision::DefaultDeny("shop/lockdown")
+        );
     }
 
     #[test]

@@ -413,6 +413,7 @@ pub fn service(
             }
             Outcome::Handoff(w) => batch.set_verdict(i, Verdict::Handoff(w)),
             Outcome::Drop(r) => batch.set_verdict(i, Verdict::Drop(r)),
+            Outcome::PolicyDrop(d) => batch.set_verdict(i, Verdict::Drop(d.count(stats))),
         }
     }
     stats.lb_new_connections.add(new);
@@ -431,6 +432,8 @@ enum Outcome {
         new: bool,
     },
     Drop(DropReason),
+    /// Refused by network policy.
+    PolicyDrop(policy::PolicyDrop),
 }
 
 fn tuple<A>(src: A, dst: A, p: &Parsed) -> Tuple<A> {
@@ -487,8 +490,8 @@ fn one<A: Addr>(
                 // of an allowed connection pass
                 if dir == Dir::Original {
                     let (b, port) = (nat.backend.addr.ip(), nat.backend.port);
-                    if let Err(r) = policy::check(snap, src_identity, p.src, b, t.proto, port) {
-                        return Outcome::Drop(r);
+                    if let Err(d) = policy::check(snap, src_identity, p.src, b, t.proto, port) {
+                        return Outcome::PolicyDrop(d);
                     }
                 }
                 if e.dsr {
@@ -559,8 +562,8 @@ fn one<A: Addr>(
         return Outcome::Drop(DropReason::ServiceBackendNotFound);
     };
     // the backend's ingress policy (and the client's egress) decide before anything is tracked
-    if let Err(r) = policy::check(snap, src_identity, p.src, b.addr, t.proto, b.port) {
-        return Outcome::Drop(r);
+    if let Err(d) = policy::check(snap, src_identity, p.src, b.addr, t.proto, b.port) {
+        return Outcome::PolicyDrop(d);
     }
     let Some(source_addr) = snat.and_then(A::from_ip) else {
         return Outcome::Drop(DropReason::NatNoMapping);
