@@ -1,6 +1,6 @@
 //! Any bytes through the full parser (outer and, for tunnel packets, inner), and through the
-//! whole pipeline (decap, encap, route) on the mem backend: nothing may panic, every frame must
-//! come back to the pool.
+//! whole pipeline (decap, load balancing in SNAT and DSR mode, policy, encap, route) on the mem
+//! backend: nothing may panic, every frame must come back to the pool.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -48,6 +48,26 @@ fn publisher(mode: OverlayMode) -> Publisher {
     })
 }
 
+/// The service fixture (VIPs 10.96.0.80 / fd00:96::80) with a policy on one backend, in `mode`.
+fn services(mode: sluice_dataplane::lb::LbMode) -> Publisher {
+    use sluice_dataplane::policy::{EndpointPolicy, PolicyMap, PolicyTables};
+    let mut s = sluice_dataplane::fixtures::service_snapshot([1, 1, 2]);
+    let mut c = (*s.cluster).clone();
+    c.ipcache.insert(ip("10.10.0.2"), 32, 300);
+    c.ipcache.insert(ip("10.20.0.11"), 32, 301);
+    let name: Arc<str> = "fuzz/p".into();
+    let mut m = PolicyMap::default();
+    m.add(300, 6, 8000, 8100, false, &name);
+    m.add(0, 17, 53, 53, true, &name);
+    let mut t = PolicyTables::default();
+    t.endpoints.insert(301, EndpointPolicy { ingress: Some(m), egress: None });
+    t.slots.insert(name, 1);
+    c.policy = Arc::new(t);
+    s.cluster = Arc::new(c);
+    s.lb = Arc::new(sluice_dataplane::lb::LbSettings { mode, ..(*s.lb).clone() });
+    Publisher::new(s)
+}
+
 fuzz_target!(|data: &[u8]| {
     for ports in [TunnelPorts::DEFAULT, TunnelPorts::NONE] {
         assert_eq!(parse_fast(data, ports), parse(data, ports), "the fast path disagrees");
@@ -57,15 +77,34 @@ fuzz_target!(|data: &[u8]| {
             let _ = parse(&data[t.inner..], TunnelPorts::DEFAULT);
         }
     }
-    static PUBS: OnceLock<[Publisher; 3]> = OnceLock::new();
-    let pubs = PUBS.get_or_init(|| [publisher(OverlayMode::Vxlan), publisher(OverlayMode::Geneve), publisher(OverlayMode::Native)]);
-    let which = data.first().copied().unwrap_or(0) as usize % 3;
+    static PUBS: OnceLock<[Publisher; 5]> = OnceLock::new();
+    let pubs = PUBS.get_or_init(|| {
+        [
+            publisher(OverlayMode::Vxlan),
+            publisher(OverlayMode::Geneve),
+            publisher(OverlayMode::Native),
+            services(sluice_dataplane::lb::LbMode::Snat),
+            services(sluice_dataplane::lb::LbMode::Dsr),
+        ]
+    });
+    let which = data.first().copied().unwrap_or(0) as usize % pubs.len();
     let mut io = MemIo::new(4, 4096, TxSink::Discard);
     if !io.inject((data.len() % 2) as u16, data) {
         return; // larger than a buffer: the NIC would not deliver it
     }
     let stats = WorkerStats::default();
     let mut batch = Batch::new(8);
-    process_batch(&mut io, &mut Pipeline::new(), &pubs[which], &mut batch, &stats, &mut NoNeighborRequests);
+    // one pipeline per snapshot, kept across inputs as a worker keeps it (making one costs a
+    // millisecond of table setup; kept, earlier inputs also leave connections for later ones)
+    thread_local! {
+        static PIPES: std::cell::RefCell<Vec<Pipeline>> = std::cell::RefCell::new(Vec::new());
+    }
+    PIPES.with(|p| {
+        let mut p = p.borrow_mut();
+        while p.len() < pubs.len() {
+            p.push(Pipeline::new());
+        }
+        process_batch(&mut io, &mut p[which], &pubs[which], &mut batch, &stats, &mut NoNeighborRequests);
+    });
     assert_eq!(io.free_frames(), 4, "a frame was lost");
 });

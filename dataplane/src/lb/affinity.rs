@@ -17,9 +17,10 @@ use super::conntrack::{Addr, Endpoint};
 
 /// 4 ways: a few entries compared per probe, one or two cache lines for IPv4 keys.
 const WAYS: usize = 4;
-/// 4096 sets x 4 ways = 16,384 clients per worker and family (about 0.5 MB for IPv4, 1 MB for
-/// IPv6 per worker); beyond that, clients seen least recently lose their stickiness first.
-const SETS: usize = 4096;
+/// At most 4096 sets x 4 ways = 16,384 clients per worker and family (about 0.5 MB for IPv4,
+/// 1 MB for IPv6 per worker); beyond that, clients seen least recently lose their stickiness
+/// first.
+pub const MAX_SETS: usize = 4096;
 
 /// Whose affinity: a client toward one frontend.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
@@ -43,20 +44,30 @@ struct Entry<A> {
 /// One worker's affinity table for one address family.
 pub struct Affinity<A> {
     ways: Box<[Entry<A>]>,
+    sets: usize,
 }
 
 impl<A: Addr> Default for Affinity<A> {
     fn default() -> Self {
+        Affinity::new(MAX_SETS)
+    }
+}
+
+impl<A: Addr> Affinity<A> {
+    /// A table of `sets` sets (at least 1, at most `MAX_SETS`).
+    pub fn new(sets: usize) -> Self {
+        let sets = sets.clamp(1, MAX_SETS);
         Affinity {
-            ways: vec![Entry::default(); SETS * WAYS].into_boxed_slice(),
+            ways: vec![Entry::default(); sets * WAYS].into_boxed_slice(),
+            sets,
         }
     }
 }
 
 impl<A: Addr> Affinity<A> {
     /// The first way of the set a hash of the key selects.
-    fn set(hash: u64) -> usize {
-        (hash as usize % SETS) * WAYS
+    fn set(&self, hash: u64) -> usize {
+        (hash as usize % self.sets) * WAYS
     }
 
     /// The backend this client was sent to through this frontend within `timeout` seconds:
@@ -69,7 +80,7 @@ impl<A: Addr> Affinity<A> {
         now: u32,
         timeout: u32,
     ) -> Option<(Endpoint<A>, u16)> {
-        let at = Self::set(hash);
+        let at = self.set(hash);
         self.ways[at..at + WAYS]
             .iter()
             .find_map(|e| match e.last_used {
@@ -83,7 +94,7 @@ impl<A: Addr> Affinity<A> {
     /// Records that the client's new connection went to `backend` (refreshing its timer).
     #[inline]
     pub fn put(&mut self, key: Key<A>, hash: u64, now: u32, backend: Endpoint<A>, index: u16) {
-        let at = Self::set(hash);
+        let at = self.set(hash);
         let set = &mut self.ways[at..at + WAYS];
         // the client's own way, else a free one, else the least recently used
         let w = set

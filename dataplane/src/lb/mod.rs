@@ -138,7 +138,9 @@ impl<A: Addr> Family<A> {
         Family {
             tcp: Table::new((l.tcp_max / share).max(1), l.timeouts),
             other: Table::new((l.other_max / share).max(1), l.timeouts),
-            affinity: Affinity::default(),
+            // room for one client with affinity per 32 tracked TCP connections: 32 sets for the
+            // small test tables, the maximum (4,096) with Cilium's default bound
+            affinity: Affinity::new(l.tcp_max / share / 32 / 4),
         }
     }
 
