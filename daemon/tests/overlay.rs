@@ -124,7 +124,7 @@ fn interop(kind: &str, v6: bool) {
     let _ = lab.udp_burst("n2", format!("{POD}:9099").parse().unwrap(), 5, 1, None);
 
     let pcap = lab.dir.join("n2.pcap");
-    let cap = Bg(Command::new("ip")
+    let mut cap = Bg(Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -132,16 +132,28 @@ fn interop(kind: &str, v6: bool) {
             "tcpdump",
             "-i",
             "eth0",
+            "--immediate-mode",
             "-U",
             "-w",
         ])
         .arg(&pcap)
         .arg(format!("udp port {port}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("tcpdump"));
-    std::thread::sleep(Duration::from_millis(800));
+    // capture only once tcpdump says it listens (a fixed sleep lost the race on a loaded host)
+    let mut err = std::io::BufReader::new(cap.0.stderr.take().expect("tcpdump stderr"));
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
+        if line.contains("listening on") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(line.contains("listening on"), "tcpdump did not start: {line}");
+    // keep draining its stderr so it never blocks on a full pipe
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
 
     // client -> pod through sluice's encapsulation, into a socket behind the kernel device
     let sent = 500;
@@ -227,8 +239,9 @@ fn interop(kind: &str, v6: bool) {
     let out = String::from_utf8_lossy(&check.stdout);
     assert!(
         check.status.success(),
-        "scapy check failed: {out}{}",
-        String::from_utf8_lossy(&check.stderr)
+        "scapy check failed: {out}{} (capture: {} bytes)",
+        String::from_utf8_lossy(&check.stderr),
+        std::fs::metadata(&pcap).map_or(0, |m| m.len())
     );
     eprintln!(
         "{kind} over IPv{}: {got}/{sent} UDP, HTTP ok, scapy: {out}",
