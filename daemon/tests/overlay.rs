@@ -151,7 +151,10 @@ fn interop(kind: &str, v6: bool) {
         }
         line.clear();
     }
-    assert!(line.contains("listening on"), "tcpdump did not start: {line}");
+    assert!(
+        line.contains("listening on"),
+        "tcpdump did not start: {line}"
+    );
     // keep draining its stderr so it never blocks on a full pipe
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
 

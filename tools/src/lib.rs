@@ -163,6 +163,12 @@ pub fn stats_table(v: &Value) -> String {
             let _ = writeln!(s, "  dropped {:>10}  {}", n.as_u64().unwrap_or(0), reason);
         }
     }
+    if let Some(d) = t["policy_drops"].as_object().filter(|d| !d.is_empty()) {
+        let _ = writeln!(s, "POLICY DROPS (by the policy that decided)");
+        for (policy, n) in d {
+            let _ = writeln!(s, "  dropped {:>10}  {}", n.as_u64().unwrap_or(0), policy);
+        }
+    }
     s
 }
 
@@ -176,7 +182,8 @@ mod tests {
             r#"{"appliance":"lab","pid":7,"uptime_s":3.2,"generation":4,
                 "interfaces":[{"name":"eth-cli","xdp_mode":"native","xdp_steered":10,"xdp_passed":2,"xdp_no_socket":1,"mac":"02:00:00:00:00:01"}],
                 "workers":[{"worker":0,"rx_packets":10,"tx_packets":9,"rx_bytes":640,"tx_bytes":576,"wakeups":3,"sleeps":1,"generation":4,"xsk_rx_ring_full":5,"xsk_fill_ring_empty":0}],
-                "totals":{"rx_packets":10,"tx_packets":9,"dropped":1,"drops":{"TTL_EXCEEDED":1}}}"#,
+                "totals":{"rx_packets":10,"tx_packets":9,"dropped":1,"drops":{"TTL_EXCEEDED":1},
+                          "policy_drops":{"lab/web-from-client":4}}}"#,
         )
         .unwrap();
         let t = stats_table(&v);
@@ -195,6 +202,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("dropped          1  TTL_EXCEEDED"), "{t}");
+        assert!(t.contains("dropped          4  lab/web-from-client"), "{t}");
         // a document missing fields renders zeros, not a panic
         assert!(stats_table(&serde_json::json!({})).contains("TOTAL rx 0 tx 0 dropped 0"));
     }
