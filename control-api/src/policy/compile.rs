@@ -332,6 +332,34 @@ mod tests {
     }
 
     #[test]
+    fn a_network_policy_ip_block_honours_its_except() {
+        let mut ids = BTreeMap::new();
+        let web = id_of("shop", "web", "web", &mut ids);
+        let rules = network_policy(
+            "web-egress",
+            "shop",
+            &json!({"spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]}]}}),
+        )
+        .unwrap();
+        let c = compile(&rules, &ids);
+        let id = |p: &str, l: u8| c.cidr_identities[&(p.parse().unwrap(), l)];
+        assert_eq!(
+            c.tables.verdict(web, id("10.0.0.0", 8), 6, 443),
+            Decision::Allow("shop/web-egress")
+        );
+        assert_eq!(
+            c.tables.verdict(web, id("10.1.0.0", 16), 6, 443),
+            Decision::DefaultDeny("shop/web-egress")
+        );
+        // policyTypes defaulted to Ingress too: nothing may come in
+        assert_eq!(
+            c.tables.verdict(reserved::WORLD, web, 6, 80),
+            Decision::DefaultDeny("shop/web-egress")
+        );
+    }
+
+    #[test]
     fn bad_policies_name_the_field() {
         for (spec, field) in [
             (

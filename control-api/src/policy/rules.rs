@@ -120,6 +120,22 @@ fn parse_cidr(s: &str, field: &str) -> Result<(IpAddr, u8), RuleError> {
     Ok((addr, len))
 }
 
+/// `{cidr, except: [...]}`: Cilium's CIDRSet and Kubernetes' ipBlock have the same shape.
+fn cidr_set(v: &Value, field: &str) -> Result<Cidr, RuleError> {
+    let s = v
+        .get("cidr")
+        .and_then(Value::as_str)
+        .ok_or_else(|| err(format!("{field}.cidr"), "is required"))?;
+    let (net, len) = parse_cidr(s, &format!("{field}.cidr"))?;
+    let mut except = Vec::new();
+    for (k, e) in list(v, "except", field)?.iter().enumerate() {
+        let ef = format!("{field}.except[{k}]");
+        let e = e.as_str().ok_or_else(|| err(&ef, "must be a string"))?;
+        except.push(parse_cidr(e, &ef)?);
+    }
+    Ok(Cidr { net, len, except })
+}
+
 fn entity(s: &str, field: &str) -> Result<Entity, RuleError> {
     Ok(match s {
         "world" => Entity::World,
@@ -254,18 +270,7 @@ pub fn cilium_policy(name: &str, ns: &str, v: &Value) -> Result<Vec<Rule>, RuleE
                 for (j, c) in list(r, &format!("{pfx}CIDRSet"), &rf)?.iter().enumerate() {
                     any_peer_field = true;
                     let cf = format!("{rf}.{pfx}CIDRSet[{j}]");
-                    let s = c
-                        .get("cidr")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| err(format!("{cf}.cidr"), "is required"))?;
-                    let (net, len) = parse_cidr(s, &format!("{cf}.cidr"))?;
-                    let mut except = Vec::new();
-                    for (k, e) in list(c, "except", &cf)?.iter().enumerate() {
-                        let ef = format!("{cf}.except[{k}]");
-                        let e = e.as_str().ok_or_else(|| err(&ef, "must be a string"))?;
-                        except.push(parse_cidr(e, &ef)?);
-                    }
-                    peers.push(Peer::Cidr(Cidr { net, len, except }));
+                    peers.push(Peer::Cidr(cidr_set(c, &cf)?));
                 }
                 for (j, e) in list(r, &format!("{pfx}Entities"), &rf)?.iter().enumerate() {
                     any_peer_field = true;
@@ -365,21 +370,7 @@ pub fn network_policy(name: &str, ns: &str, v: &Value) -> Result<Vec<Rule>, Rule
                 for (j, p) in from.iter().enumerate() {
                     let pf = format!("{rf}.{pfx}[{j}]");
                     if let Some(b) = p.get("ipBlock").filter(|b| !b.is_null()) {
-                        let s = b
-                            .get("cidr")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| err(format!("{pf}.ipBlock.cidr"), "is required"))?;
-                        let (net, len) = parse_cidr(s, &format!("{pf}.ipBlock.cidr"))?;
-                        let mut except = Vec::new();
-                        for (k, e) in list(b, "except", &format!("{pf}.ipBlock"))?
-                            .iter()
-                            .enumerate()
-                        {
-                            let ef = format!("{pf}.ipBlock.except[{k}]");
-                            let e = e.as_str().ok_or_else(|| err(&ef, "must be a string"))?;
-                            except.push(parse_cidr(e, &ef)?);
-                        }
-                        peers.push(Peer::Cidr(Cidr { net, len, except }));
+                        peers.push(Peer::Cidr(cidr_set(b, &format!("{pf}.ipBlock"))?));
                         continue;
                     }
                     let pods = p.get("podSelector").filter(|x| !x.is_null());
