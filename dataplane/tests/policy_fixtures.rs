@@ -2,16 +2,15 @@
 //! with replies of allowed flows passing, service traffic checked against the backend in the
 //! LB stage, the two drop reasons, and no effect at all while no policy exists.
 
+mod common;
+
+use common::Lb;
 use sluice_dataplane::fixtures::{service_snapshot, MAC_CLIENT, MAC_CLI_PORT};
-use sluice_dataplane::io::mem::{MemIo, TxSink};
-use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
 use sluice_dataplane::policy::{EndpointPolicy, PolicyMap, PolicyTables, ANY_PROTO};
-use sluice_dataplane::state::{Publisher, Snapshot};
-use sluice_dataplane::stats::WorkerStats;
+use sluice_dataplane::state::Snapshot;
 use sluice_dataplane::wire::build::{PacketSpec, L4};
 use sluice_dataplane::wire::tcp::flags::{ACK, SYN};
-use sluice_dataplane::worker::process_batch;
-use sluice_dataplane::{Batch, DropReason};
+use sluice_dataplane::DropReason;
 use std::sync::Arc;
 
 const CLIENT: u32 = 300;
@@ -52,36 +51,6 @@ fn with_policy() -> Snapshot {
     s
 }
 
-struct Dp {
-    publisher: Publisher,
-    pipeline: Pipeline,
-    stats: WorkerStats,
-}
-
-impl Dp {
-    fn new(s: Snapshot) -> Dp {
-        Dp {
-            publisher: Publisher::new(s),
-            pipeline: Pipeline::new(),
-            stats: WorkerStats::default(),
-        }
-    }
-    fn send(&mut self, port: u16, frame: &[u8]) -> Option<Vec<u8>> {
-        let mut io = MemIo::new(8, 4096, TxSink::Capture);
-        assert!(io.inject(port, frame));
-        let mut batch = Batch::new(64);
-        process_batch(
-            &mut io,
-            &mut self.pipeline,
-            &self.publisher,
-            &mut batch,
-            &self.stats,
-            &mut NoNeighborRequests,
-        );
-        io.take_sent().into_iter().next().map(|(_, b)| b)
-    }
-}
-
 fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, from_client: bool) -> Vec<u8> {
     let mut s = PacketSpec::udp(src, dst, sport, dport, b"x");
     s.l4 = L4::Tcp(flags);
@@ -94,7 +63,7 @@ fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, from_client: boo
 
 #[test]
 fn routed_traffic_is_checked_and_replies_of_allowed_flows_pass() {
-    let mut dp = Dp::new(with_policy());
+    let mut dp = Lb::new(with_policy());
     // client -> be1:8080 directly (routed, no service): allowed
     assert!(dp
         .send(0, &tcp("10.10.0.2", "10.20.0.11", 40000, 8080, SYN, true))
@@ -128,7 +97,7 @@ fn routed_traffic_is_checked_and_replies_of_allowed_flows_pass() {
 #[test]
 fn a_reply_into_a_policed_endpoint_passes_only_for_a_flow_it_started() {
     // BE1 under ingress policy; BE1 opens a flow to OTHERS' .12 (BE1's egress: default allow)
-    let mut dp = Dp::new(with_policy());
+    let mut dp = Lb::new(with_policy());
     assert!(dp
         .send(1, &tcp("10.20.0.11", "10.20.0.12", 41000, 9000, SYN, false))
         .is_some());
@@ -154,7 +123,7 @@ fn a_reply_into_a_policed_endpoint_passes_only_for_a_flow_it_started() {
 fn service_traffic_is_checked_against_the_backend_it_is_sent_to() {
     // the service's backends listen on 8080; be1 admits the client there, the others have no
     // policy (default allow)
-    let mut dp = Dp::new(with_policy());
+    let mut dp = Lb::new(with_policy());
     for sport in 20000..20100u16 {
         assert!(dp
             .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN, true))
@@ -165,7 +134,7 @@ fn service_traffic_is_checked_against_the_backend_it_is_sent_to() {
     let (mut passed, mut denied) = (0u64, 0u64);
     for sport in 20000..20200u16 {
         match dp.send(0, &tcp("10.10.0.99", "10.96.0.80", sport, 80, SYN, true)) {
-            Some(out) => {
+            Some((_, out)) => {
                 assert_ne!(&out[30..34], &[10, 20, 0, 11], "be1 admits only the client");
                 passed += 1;
             }
@@ -184,7 +153,7 @@ fn service_traffic_is_checked_against_the_backend_it_is_sent_to() {
 
 #[test]
 fn without_policy_nothing_is_checked() {
-    let mut dp = Dp::new(service_snapshot([1, 1, 2]));
+    let mut dp = Lb::new(service_snapshot([1, 1, 2]));
     assert!(dp
         .send(0, &tcp("10.10.0.2", "10.20.0.11", 40000, 80, SYN, true))
         .is_some());
