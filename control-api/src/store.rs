@@ -394,42 +394,7 @@ impl Store {
                 self.endpoints_of.entry(id).or_default().push(name.clone());
             }
         }
-        // policy: compiled against the identities in use
-        let rules: Vec<crate::policy::rules::Rule> = self
-            .list(Some(Kind::NetworkPolicy), None)
-            .chain(self.list(Some(Kind::CiliumNetworkPolicy), None))
-            .flat_map(|(k, v)| model::policy(k, v).unwrap_or_default())
-            .collect();
-        let in_use: BTreeMap<u32, Labels> = self
-            .endpoints_of
-            .keys()
-            .filter_map(|id| Some((*id, self.identities.labels(*id)?.clone())))
-            .collect();
-        let mut compiled = crate::policy::compile::compile(&rules, &in_use);
-        let names: BTreeSet<String> = self
-            .list(Some(Kind::NetworkPolicy), None)
-            .chain(self.list(Some(Kind::CiliumNetworkPolicy), None))
-            .map(|(k, _)| format!("{}/{}", k.namespace, k.name))
-            .collect();
-        self.policy_slots.retain(|n, _| names.contains(n));
-        for n in names {
-            if !self.policy_slots.contains_key(&n) {
-                let slot = if usize::from(self.next_policy_slot)
-                    < sluice_dataplane::policy::POLICY_SLOTS
-                {
-                    self.next_policy_slot += 1;
-                    self.next_policy_slot - 1
-                } else {
-                    0
-                };
-                self.policy_slots.insert(n, slot);
-            }
-        }
-        compiled.tables.slots = self
-            .policy_slots
-            .iter()
-            .map(|(n, s)| (Arc::from(n.as_str()), *s))
-            .collect();
+        let compiled = self.compile_policy();
         // the ipcache: CIDRs of the rules first, then nodes and this appliance, then pods, so
         // that a more specific entry for the same prefix (a pod's /32) wins
         let mut ipcache = sluice_dataplane::state::PrefixTable::default();
@@ -459,6 +424,45 @@ impl Store {
         }
         self.tables.ipcache = ipcache;
         self.tables.policy = Arc::new(compiled.tables);
+    }
+
+    /// Every policy compiled against the identities in use, each with its drop counter slot.
+    fn compile_policy(&mut self) -> crate::policy::compile::Compiled {
+        let mut rules = Vec::new();
+        let mut names = BTreeSet::new();
+        for (k, v) in self
+            .list(Some(Kind::NetworkPolicy), None)
+            .chain(self.list(Some(Kind::CiliumNetworkPolicy), None))
+        {
+            rules.extend(model::policy(k, v).unwrap_or_default());
+            names.insert(format!("{}/{}", k.namespace, k.name));
+        }
+        let in_use: BTreeMap<u32, Labels> = self
+            .endpoints_of
+            .keys()
+            .filter_map(|id| Some((*id, self.identities.labels(*id)?.clone())))
+            .collect();
+        let mut compiled = crate::policy::compile::compile(&rules, &in_use);
+        self.policy_slots.retain(|n, _| names.contains(n));
+        for n in names {
+            if !self.policy_slots.contains_key(&n) {
+                let slot = if usize::from(self.next_policy_slot)
+                    < sluice_dataplane::policy::POLICY_SLOTS
+                {
+                    self.next_policy_slot += 1;
+                    self.next_policy_slot - 1
+                } else {
+                    0
+                };
+                self.policy_slots.insert(n, slot);
+            }
+        }
+        compiled.tables.slots = self
+            .policy_slots
+            .iter()
+            .map(|(n, s)| (Arc::from(n.as_str()), *s))
+            .collect();
+        compiled
     }
 
     /// Every identity: the reserved ones, then those of the pods' label sets.
