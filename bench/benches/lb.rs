@@ -97,6 +97,7 @@ fn conntrack(c: &mut Criterion) {
     let mut io = MemIo::new(256, 2048, TxSink::Discard);
     let stats = WorkerStats::default();
     let mut batch = Batch::new(MAX_BATCH);
+    let mut outbox = sluice_dataplane::l7::Outbox::default();
     let mut run = |io: &mut MemIo, lb: &mut LbState, frames: &mut dyn Iterator<Item = Vec<u8>>| {
         let mut total = Duration::ZERO;
         loop {
@@ -110,7 +111,7 @@ fn conntrack(c: &mut Criterion) {
             }
             io.rx_burst(&mut batch, &stats);
             let t = Instant::now();
-            service(&snap, io.region_mut(), &mut batch, &stats, lb);
+            service(&snap, io.region_mut(), &mut batch, &stats, lb, &mut outbox);
             total += t.elapsed();
             io.recycle(&mut batch);
         }

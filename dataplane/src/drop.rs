@@ -71,6 +71,12 @@ drop_reasons! {
     /// The packet belongs to another worker's connection and that worker's hand-off queue (or
     /// its buffer pool) was full.
     HandoffQueueFull = 1006, "HANDOFF_QUEUE_FULL";
+    /// A packet of an HTTP request that L7 policy refused (answered 403), or a later packet of
+    /// that refused connection.
+    PolicyL7Denied = 1007, "POLICY_L7_DENIED";
+    /// A TCP segment of an L7-inspected connection beyond a hole in its byte stream: the client
+    /// resends in order.
+    L7OutOfOrder = 1008, "L7_SEGMENT_OUT_OF_ORDER";
 }
 
 #[cfg(test)]

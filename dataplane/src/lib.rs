@@ -14,6 +14,7 @@ pub mod handoff;
 pub mod hugepages;
 pub mod identity;
 pub mod io;
+pub mod l7;
 pub mod lb;
 pub mod overlay;
 pub mod packet;

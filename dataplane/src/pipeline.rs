@@ -106,6 +106,8 @@ pub struct Pipeline {
     pub policy: crate::policy_stage::PolicyState,
     /// This worker's end of the hand-off to the other workers (none with one worker).
     pub handoff: Option<crate::handoff::HandoffPort>,
+    /// Packets the stages generated in this batch (L7 403 answers and resets).
+    pub outbox: crate::l7::Outbox,
 }
 
 impl Pipeline {
@@ -121,6 +123,7 @@ impl Pipeline {
             encap: Default::default(),
             policy: Default::default(),
             handoff: None,
+            outbox: Default::default(),
         }
     }
 
@@ -137,9 +140,26 @@ impl Pipeline {
         neigh: &mut impl NeighborRequests,
     ) {
         crate::overlay::decap(snap, region, batch, stats);
-        crate::lb::service(snap, region, batch, stats, &mut self.lb);
-        crate::policy_stage::enforce(snap, region, batch, stats, &mut self.policy);
+        crate::lb::service(snap, region, batch, stats, &mut self.lb, &mut self.outbox);
+        crate::policy_stage::enforce(
+            snap,
+            region,
+            batch,
+            stats,
+            &mut self.policy,
+            &mut self.outbox,
+        );
         crate::overlay::encap(snap, region, batch, stats, neigh, &mut self.encap);
+        Self::route(snap, region, batch, neigh);
+    }
+
+    /// The route stage alone: for the packets the stages generated, which are final already.
+    pub fn route(
+        snap: &Snapshot,
+        region: &mut Region,
+        batch: &mut Batch,
+        neigh: &mut impl NeighborRequests,
+    ) {
         for i in 0..batch.len() {
             if batch.verdict(i) != Verdict::Continue {
                 continue;

@@ -46,6 +46,9 @@ pub enum Decision<'a> {
     DefaultDeny(&'a str),
 }
 
+/// The HTTP rules of one `toPorts` entry (shared by its ports and peers).
+pub type HttpRules = Arc<[crate::l7::rules::HttpRule]>;
+
 /// One (protocol, port prefix) of a peer, with what it allows and denies.
 #[derive(Debug, Clone)]
 struct PortEntry {
@@ -54,6 +57,30 @@ struct PortEntry {
     plen: u8,
     allow: Option<Arc<str>>,
     deny: Option<Arc<str>>,
+    /// Some allow rule for this entry has no HTTP rules: every request is allowed (Cilium
+    /// merges an L4-only rule on the same port and peer as "allow all" at L7).
+    l4_only: bool,
+    /// The HTTP rules of the allow rules that have them, with their policy.
+    http: Vec<(HttpRules, Arc<str>)>,
+}
+
+impl PortEntry {
+    /// Whether the allow of this entry is subject to HTTP rules.
+    #[inline]
+    fn l7(&self) -> bool {
+        self.allow.is_some() && !self.l4_only && !self.http.is_empty()
+    }
+}
+
+/// The L7 judgement of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVerdict<'a> {
+    /// No HTTP rules apply (L3/L4 policy only).
+    NotInspected,
+    /// Allowed by the named policy's HTTP rules.
+    Allow(&'a str),
+    /// No HTTP rule allows it; the named policy holds the rules.
+    Deny(&'a str),
 }
 
 impl PortEntry {
@@ -81,8 +108,19 @@ pub struct PolicyMap {
 }
 
 impl PolicyMap {
-    /// Adds an allow (`deny` false) or deny entry for `peer`, `proto`, ports `lo..=hi`.
-    pub fn add(&mut self, peer: u32, proto: u8, lo: u16, hi: u16, deny: bool, policy: &Arc<str>) {
+    /// Adds an allow (`deny` false) or deny entry for `peer`, `proto`, ports `lo..=hi`; an
+    /// allow may carry HTTP rules.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        peer: u32,
+        proto: u8,
+        lo: u16,
+        hi: u16,
+        deny: bool,
+        http: Option<&HttpRules>,
+        policy: &Arc<str>,
+    ) {
         let entries = if peer == ANY_PEER {
             &mut self.any
         } else {
@@ -101,6 +139,8 @@ impl PolicyMap {
                         plen,
                         allow: None,
                         deny: None,
+                        l4_only: false,
+                        http: Vec::new(),
                     });
                     entries.len() - 1
                 }
@@ -110,7 +150,56 @@ impl PolicyMap {
             // the first policy named stays: deterministic across rebuilds (policies are
             // compiled in name order)
             slot.get_or_insert_with(|| policy.clone());
+            if !deny {
+                match http {
+                    None => e.l4_only = true,
+                    Some(h) => e.http.push((h.clone(), policy.clone())),
+                }
+            }
         }
+    }
+
+    /// The allow entries that cover TCP `port` for `peer`.
+    fn covering(&self, peer: u32, port: u16) -> impl Iterator<Item = &PortEntry> {
+        let specific = self.peers.get(&peer).map(Vec::as_slice).unwrap_or(&[]);
+        specific
+            .iter()
+            .chain(&self.any)
+            .filter(move |e| e.allow.is_some() && e.covers(crate::wire::tcp::PROTOCOL, port))
+    }
+
+    /// Whether connections from/to `peer` on TCP `port` are inspected at L7 (some allow entry
+    /// covers them and every one that does has HTTP rules): the policy whose rules apply.
+    pub fn inspected_by(&self, peer: u32, port: u16) -> Option<&str> {
+        let mut by = None;
+        for e in self.covering(peer, port) {
+            if !e.l7() {
+                return None;
+            }
+            by = by.or(e.http.first().map(|h| &*h.1));
+        }
+        by
+    }
+
+    /// The HTTP judgement of a request from/to `peer` on TCP `port` (already allowed at L4):
+    /// one rule of any covering entry must match.
+    pub fn http(
+        &self,
+        peer: u32,
+        port: u16,
+        req: &crate::l7::rules::Request<'_>,
+    ) -> HttpVerdict<'_> {
+        let Some(by) = self.inspected_by(peer, port) else {
+            return HttpVerdict::NotInspected;
+        };
+        for e in self.covering(peer, port) {
+            for (rules, policy) in &e.http {
+                if rules.iter().any(|r| r.matches(req)) {
+                    return HttpVerdict::Allow(policy);
+                }
+            }
+        }
+        HttpVerdict::Deny(by)
     }
 
     /// Port entries in the map.
@@ -190,6 +279,51 @@ impl PolicyTables {
 }
 
 impl PolicyTables {
+    fn maps(&self, src: u32, dst: u32) -> [Option<(&PolicyMap, u32)>; 2] {
+        let map = |id: u32, egress: bool| {
+            self.endpoints.get(&id).and_then(|e| {
+                if egress {
+                    e.egress.as_ref()
+                } else {
+                    e.ingress.as_ref()
+                }
+            })
+        };
+        [
+            map(src, true).map(|m| (m, dst)),
+            map(dst, false).map(|m| (m, src)),
+        ]
+    }
+
+    /// Whether a TCP connection from identity `src` to `dst` on `port` is inspected at L7 (by
+    /// the sender's egress or the receiver's ingress rules): the policy whose rules apply.
+    pub fn inspected_by(&self, src: u32, dst: u32, port: u16) -> Option<&str> {
+        self.maps(src, dst)
+            .into_iter()
+            .flatten()
+            .find_map(|(m, peer)| m.inspected_by(peer, port))
+    }
+
+    /// The HTTP judgement of a request from identity `src` to `dst` on TCP `port`: the sender's
+    /// egress rules and the receiver's ingress rules must both allow it.
+    pub fn http(
+        &self,
+        src: u32,
+        dst: u32,
+        port: u16,
+        req: &crate::l7::rules::Request<'_>,
+    ) -> HttpVerdict<'_> {
+        let mut v = HttpVerdict::NotInspected;
+        for (m, peer) in self.maps(src, dst).into_iter().flatten() {
+            match m.http(peer, port, req) {
+                d @ HttpVerdict::Deny(_) => return d,
+                a @ HttpVerdict::Allow(_) => v = a,
+                HttpVerdict::NotInspected => {}
+            }
+        }
+        v
+    }
+
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }
@@ -293,9 +427,9 @@ mod tests {
     fn deny_wins_over_allow_and_wildcards_apply() {
         let (a, d): (Arc<str>, Arc<str>) = ("shop/allow-web".into(), "shop/deny-admin".into());
         let mut m = PolicyMap::default();
-        m.add(300, 6, 8000, 8999, false, &a);
-        m.add(ANY_PEER, 6, 8443, 8443, true, &d);
-        m.add(400, ANY_PROTO, 0, 65535, false, &a);
+        m.add(300, 6, 8000, 8999, false, None, &a);
+        m.add(ANY_PEER, 6, 8443, 8443, true, None, &d);
+        m.add(400, ANY_PROTO, 0, 65535, false, None, &a);
         assert_eq!(m.lookup(300, 6, 8080), Decision::Allow(&a));
         assert_eq!(m.lookup(300, 6, 8443), Decision::Deny(&d), "deny wins");
         assert_eq!(

@@ -11,17 +11,25 @@
 //!   7. allowed                                    -> passes; the flow is tracked, so its
 //!      replies pass too
 //!
+//! A TCP flow that HTTP rules apply to when it opens is inspected at L7 (`l7`), after the
+//! checks above: a refused request is dropped (POLICY_L7_DENIED) and answered 403; a segment
+//! beyond a hole in the client's stream is dropped (L7_SEGMENT_OUT_OF_ORDER); no room to
+//! inspect one more connection drops its SYN (CT_MAP_INSERTION_FAILED): fail closed.
+//!
 //! The original direction is checked on every packet, so a policy change applies to flows in
 //! progress; replies pass while the flow is tracked (Cilium's semantics).
 
 use crate::drop::DropReason;
+use crate::l7::inspect::{inspect, Conns, Judged, Step};
+use crate::l7::{Ends, Outbox};
 use crate::lb::conntrack::{Addr, Dir, Endpoint, Nat, Table, Timeouts, Tuple};
-use crate::packet::{Batch, Verdict};
+use crate::packet::{Batch, Port, Verdict};
 use crate::policy::{self, PolicyDrop};
 use crate::region::Region;
 use crate::state::Snapshot;
 use crate::stats::WorkerStats;
-use crate::wire::parse::{parse_fast, TunnelPorts};
+use crate::wire::parse::{parse_fast, Parsed, TunnelPorts};
+use crate::wire::tcp;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -32,6 +40,8 @@ const GC_BUDGET: usize = 32;
 pub struct PolicyState {
     v4: Table<u32>,
     v6: Table<[u8; 16]>,
+    l7_v4: Conns<u32>,
+    l7_v6: Conns<[u8; 16]>,
     start: Instant,
     now: u32,
 }
@@ -46,9 +56,12 @@ impl Default for PolicyState {
 impl PolicyState {
     /// Room for `max` allowed flows per family.
     pub fn new(max: usize, timeouts: Timeouts) -> Self {
+        let max = max.max(1);
         PolicyState {
-            v4: Table::new(max.max(1), timeouts),
-            v6: Table::new(max.max(1), timeouts),
+            v4: Table::new(max, timeouts),
+            v6: Table::new(max, timeouts),
+            l7_v4: Conns::new(max),
+            l7_v6: Conns::new(max),
             start: Instant::now(),
             now: 0,
         }
@@ -79,7 +92,8 @@ fn flow<A: Addr>(t: &Tuple<A>) -> Nat<A> {
     }
 }
 
-/// One packet: Ok to pass, or why it is dropped (and which policy's counter says so).
+/// One packet: its flow's slot and direction (and whether it just opened), or why it is
+/// dropped (and which policy's counter says so).
 #[allow(clippy::too_many_arguments)]
 fn one<A: Addr>(
     snap: &Snapshot,
@@ -90,21 +104,21 @@ fn one<A: Addr>(
     src_identity: u32,
     src: IpAddr,
     dst: IpAddr,
-) -> Result<(), PolicyDrop> {
+) -> Result<(u32, Dir, bool), PolicyDrop> {
     let hit = tb.lookup(&t);
     if let Some((slot, Dir::Reply)) = hit {
         tb.seen(slot, Dir::Reply, flags, now);
-        return Ok(());
+        return Ok((slot, Dir::Reply, false));
     }
     policy::check(snap, src_identity, src, dst, t.proto, t.dport)?;
     match hit {
         Some((slot, dir)) => {
             tb.seen(slot, dir, flags, now);
-            Ok(())
+            Ok((slot, dir, false))
         }
         None => tb
             .insert(flow(&t), t.proto, flags, now)
-            .map(|_| ())
+            .map(|slot| (slot, Dir::Original, true))
             .map_err(|_| PolicyDrop {
                 reason: DropReason::CtMapInsertionFailed,
                 // not a policy's doing: no policy's counter
@@ -113,13 +127,55 @@ fn one<A: Addr>(
     }
 }
 
-/// The stage.
+/// The policy of one packet of flow `t` (and its L7 inspection if TCP).
+#[allow(clippy::too_many_arguments)]
+fn step<A: Addr>(
+    snap: &Snapshot,
+    tb: &mut Table<A>,
+    conns: &mut Conns<A>,
+    outbox: &mut Outbox,
+    stats: &WorkerStats,
+    t: Tuple<A>,
+    p: &Parsed,
+    pkt: &mut [u8],
+    port: Port,
+    src_identity: u32,
+    now: u32,
+) -> Step {
+    let flow = match one(snap, tb, t, p.tcp_flags, now, src_identity, p.src, p.dst) {
+        Ok(flow) => flow,
+        Err(d) => return Step::Drop(d),
+    };
+    if t.proto != tcp::PROTOCOL {
+        return Step::Pass;
+    }
+    let judged = || {
+        let src = if src_identity != 0 {
+            src_identity
+        } else {
+            policy::identity_of(snap, p.src)
+        };
+        Judged {
+            policy: &snap.cluster.policy,
+            ends: Ends {
+                client: (p.src, t.sport),
+                server: (p.dst, t.dport),
+            },
+            identities: (src, policy::identity_of(snap, p.dst)),
+            port: t.dport,
+        }
+    };
+    inspect(conns, tb, flow, judged, pkt, p, outbox, port, stats)
+}
+
+/// The stage. Packets it generates (403 answers, resets) go to `outbox`.
 pub fn enforce(
     snap: &Snapshot,
-    region: &Region,
+    region: &mut Region,
     batch: &mut Batch,
     stats: &WorkerStats,
     st: &mut PolicyState,
+    outbox: &mut Outbox,
 ) {
     if snap.cluster.policy.is_empty() {
         return;
@@ -132,7 +188,10 @@ pub fn enforce(
             continue;
         }
         let f = batch.frame(i);
-        let Some(Ok(p)) = region.data(&f).map(|b| parse_fast(b, TunnelPorts::NONE)) else {
+        let Some(pkt) = region.data_mut(&f) else {
+            continue;
+        };
+        let Ok(p) = parse_fast(pkt, TunnelPorts::NONE) else {
             continue;
         };
         // a later fragment carries no ports: it is judged on port 0
@@ -151,15 +210,19 @@ pub fn enforce(
                     dport,
                     proto: p.protocol,
                 };
-                one(
+                let (tb, conns) = (&mut st.v4, &mut st.l7_v4);
+                step(
                     snap,
-                    &mut st.v4,
+                    tb,
+                    conns,
+                    outbox,
+                    stats,
                     t,
-                    p.tcp_flags,
-                    st.now,
+                    &p,
+                    pkt,
+                    f.port,
                     src_identity,
-                    p.src,
-                    p.dst,
+                    st.now,
                 )
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -170,21 +233,27 @@ pub fn enforce(
                     dport,
                     proto: p.protocol,
                 };
-                one(
+                let (tb, conns) = (&mut st.v6, &mut st.l7_v6);
+                step(
                     snap,
-                    &mut st.v6,
+                    tb,
+                    conns,
+                    outbox,
+                    stats,
                     t,
-                    p.tcp_flags,
-                    st.now,
+                    &p,
+                    pkt,
+                    f.port,
                     src_identity,
-                    p.src,
-                    p.dst,
+                    st.now,
                 )
             }
             _ => continue,
         };
-        if let Err(d) = r {
-            batch.set_verdict(i, Verdict::Drop(d.count(stats)));
+        match r {
+            Step::Pass => {}
+            Step::Reset(len) => batch.frame_mut(i).len = len,
+            Step::Drop(d) => batch.set_verdict(i, Verdict::Drop(d.count(stats))),
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct WorkerStats {
     pub decapsulated: Counter,
     pub encapsulated: Counter,
     pub icmp_errors: Counter,
+    /// HTTP requests judged on L7-inspected connections, and those refused (403).
+    pub l7_requests: Counter,
+    pub l7_refused: Counter,
     /// Load-balanced connections started.
     pub lb_new_connections: Counter,
     /// Tracked connections now (a gauge).
@@ -76,6 +79,8 @@ impl Default for WorkerStats {
             decapsulated: Counter::default(),
             encapsulated: Counter::default(),
             icmp_errors: Counter::default(),
+            l7_requests: Counter::default(),
+            l7_refused: Counter::default(),
             lb_new_connections: Counter::default(),
             ct_entries: Counter::default(),
             handoff_out: Counter::default(),
@@ -114,6 +119,8 @@ impl WorkerStats {
             decapsulated: self.decapsulated.get(),
             encapsulated: self.encapsulated.get(),
             icmp_errors: self.icmp_errors.get(),
+            l7_requests: self.l7_requests.get(),
+            l7_refused: self.l7_refused.get(),
             lb_new_connections: self.lb_new_connections.get(),
             ct_entries: self.ct_entries.get(),
             handoff_out: self.handoff_out.get(),
@@ -164,6 +171,8 @@ pub struct WorkerStatsSnapshot {
     pub decapsulated: u64,
     pub encapsulated: u64,
     pub icmp_errors: u64,
+    pub l7_requests: u64,
+    pub l7_refused: u64,
     pub lb_new_connections: u64,
     pub ct_entries: u64,
     pub handoff_out: u64,

@@ -51,7 +51,32 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
     stats.batches.add(1);
     pipeline.run(&snap, io.region_mut(), batch, stats, neigh);
     io.tx_burst(batch, stats);
-    // What is left was dropped by a stage, found its tx ring full, or goes to another worker.
+    settle(io, pipeline, batch, stats);
+    while !pipeline.outbox.is_empty() {
+        // the packets the stages generated (L7 403 answers and resets): final already, routed
+        // and sent in batches of their own
+        while batch.room() > 0 {
+            let Some((bytes, port)) = pipeline.outbox.next() else {
+                break;
+            };
+            match io.adopt(port, bytes) {
+                Some(f) => {
+                    batch.push(f);
+                }
+                // no free buffer to send it from: lost like a packet on a full ring
+                None => stats.drop(DropReason::TxRingFull, 1),
+            }
+        }
+        Pipeline::route(&snap, io.region_mut(), batch, neigh);
+        io.tx_burst(batch, stats);
+        settle(io, pipeline, batch, stats);
+    }
+    n
+}
+
+/// Accounts for what is left of a batch after transmission (dropped by a stage, found its tx
+/// ring full, or goes to another worker) and recycles its buffers.
+fn settle<I: PacketIo>(io: &mut I, pipeline: &Pipeline, batch: &mut Batch, stats: &WorkerStats) {
     let (mut handed, mut to_wake) = (0u64, 0u64);
     for (f, v) in batch.iter() {
         match v {
@@ -80,7 +105,6 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
         }
     }
     io.recycle(batch);
-    n
 }
 
 /// Waits on readiness of a set of fds with epoll (through mio), plus a waker the control plane

@@ -170,10 +170,18 @@ pub fn compile(rules: &[Rule], identities: &BTreeMap<u32, Labels>) -> Compiled {
             map.enforced_by.get_or_insert_with(|| r.policy.clone());
             for &peer in &peers {
                 if r.ports.is_empty() {
-                    map.add(peer, ANY_PROTO, 0, u16::MAX, r.deny, &r.policy);
+                    map.add(peer, ANY_PROTO, 0, u16::MAX, r.deny, None, &r.policy);
                 }
                 for p in &r.ports {
-                    map.add(peer, p.proto, p.lo, p.hi, r.deny, &r.policy);
+                    map.add(
+                        peer,
+                        p.proto,
+                        p.lo,
+                        p.hi,
+                        r.deny,
+                        p.http.as_ref(),
+                        &r.policy,
+                    );
                 }
             }
         }
@@ -187,7 +195,8 @@ mod tests {
     use super::*;
     use crate::identity::endpoint_labels;
     use serde_json::json;
-    use sluice_dataplane::policy::Decision;
+    use sluice_dataplane::l7::rules::Request;
+    use sluice_dataplane::policy::{Decision, HttpVerdict};
 
     fn id_of(ns: &str, app: &str, ns_team: &str, ids: &mut BTreeMap<u32, Labels>) -> u32 {
         let l = endpoint_labels(
@@ -232,6 +241,8 @@ mod tests {
                    "egress": [
                        {"toEndpoints": [{"matchLabels": {"app": "api"}}],
                         "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]},
+                       {"toEndpoints": [{"matchLabels": {"app": "api"}}],
+                        "toPorts": [{"ports": [{"port": "80", "endPort": 81, "protocol": "TCP"}]}]},
                        {"toCIDRSet": [{"cidr": "10.0.0.0/8", "except": ["10.96.0.0/12"]}],
                         "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]}]}),
         ));
@@ -251,6 +262,25 @@ mod tests {
             )
             .unwrap(),
         );
+        // Cilium's L7 example: frontend may only GET /api/users/.* and POST /api/login on 80;
+        // db may use port 80 at L4; on 81 an L4-only rule for frontend too (it wins the merge)
+        rules.extend(cnp(
+            "api-l7",
+            json!({"endpointSelector": {"matchLabels": {"app": "api"}},
+                   "ingress": [
+                       {"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                        "toPorts": [{"ports": [{"port": "80", "endPort": 81, "protocol": "TCP"}],
+                                     "rules": {"http": [{"method": "GET", "path": "/api/users/.*"},
+                                                        {"method": "POST", "path": "/api/login"}]}}]},
+                       {"fromEndpoints": [{"matchLabels": {"app": "db"}}],
+                        "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}),
+        ));
+        rules.extend(cnp(
+            "api-l4-81",
+            json!({"endpointSelector": {"matchLabels": {"app": "api"}},
+                   "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                                "toPorts": [{"ports": [{"port": "81", "protocol": "TCP"}]}]}]}),
+        ));
         let c = compile(&rules, &ids);
         let cidr = |p: &str, l: u8| c.cidr_identities[&(p.parse().unwrap(), l)];
         let (ten, svc_range) = (cidr("10.0.0.0", 8), cidr("10.96.0.0", 12));
@@ -260,7 +290,9 @@ mod tests {
         let d = Decision::DefaultDeny;
         let grid = [
             (fe, api, 6, 8080, allow("shop/api-allow-frontend")),
-            (fe, api, 6, 80, d("shop/frontend-egress")),
+            (fe, api, 6, 82, d("shop/frontend-egress")),
+            (fe, api, 6, 80, allow("shop/api-l7")),
+            (db, api, 6, 80, allow("shop/api-l7")),
             (fe, api, 17, 8080, d("shop/frontend-egress")),
             (other, api, 6, 8080, deny("shop/api-deny-other")),
             (tool, api, 6, 8080, d("shop/api-allow-frontend")),
@@ -299,6 +331,34 @@ mod tests {
                 want,
                 "{src} -> {dst} {proto}/{port}"
             );
+        }
+        // L7: requests of connections allowed at L4
+        let l7 = HttpVerdict::Allow("shop/api-l7");
+        let l7_deny = HttpVerdict::Deny("shop/api-l7");
+        let requests = [
+            (fe, 80, "GET", "/api/users/42", l7),
+            (fe, 80, "POST", "/api/login", l7),
+            (fe, 80, "POST", "/admin/delete", l7_deny),
+            (fe, 80, "GET", "/api/login", l7_deny),
+            (fe, 80, "GET", "/api/users", l7_deny),
+            (fe, 80, "GET", "/v1/api/users/1", l7_deny),
+            (db, 80, "POST", "/admin/delete", HttpVerdict::NotInspected),
+            (fe, 81, "POST", "/admin/delete", HttpVerdict::NotInspected),
+            (fe, 8080, "DELETE", "/", HttpVerdict::NotInspected),
+        ];
+        for (src, port, method, path, want) in requests {
+            let req = Request {
+                method: method.as_bytes(),
+                path: path.as_bytes(),
+                headers: &[],
+            };
+            assert_eq!(
+                c.tables.http(src, api, port, &req),
+                want,
+                "{src} -> api:{port} {method} {path}"
+            );
+            let inspected = want != HttpVerdict::NotInspected;
+            assert_eq!(c.tables.inspected_by(src, api, port).is_some(), inspected);
         }
     }
 
@@ -381,6 +441,35 @@ mod tests {
             (
                 json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80", "protocol": "ICMP"}]}]}]}),
                 "spec.ingress[0].toPorts[0].ports[0].protocol",
+            ),
+            (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80"}],
+                    "rules": {"http": [{"path": "/a", "method": "(GET"}]}}]}]}),
+                "spec.ingress[0].toPorts[0].rules.http[0].method",
+            ),
+            (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80"}],
+                    "rules": {"http": [{"headerMatches": [{"name": "x"}]}]}}]}]}),
+                "spec.ingress[0].toPorts[0].rules.http[0].headerMatches",
+            ),
+            (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80"}],
+                    "rules": {"kafka": [{"topic": "x"}]}}]}]}),
+                "spec.ingress[0].toPorts[0].rules.kafka",
+            ),
+            (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}],
+                    "rules": {"http": [{}]}}]}]}),
+                "spec.ingress[0].toPorts[0].ports[0].protocol",
+            ),
+            (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"rules": {"http": [{}]}}]}]}),
+                "spec.ingress[0].toPorts[0].ports",
+            ),
+            (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80"}],
+                    "rules": {"http": [{"headers": ["bad header"]}]}}]}]}),
+                "spec.ingress[0].toPorts[0].rules.http[0].headers[0]",
             ),
         ] {
             let e = cilium_policy("p", "shop", &json!({"spec": spec})).unwrap_err();

@@ -5,6 +5,8 @@
 use super::selector::{Selector, SelectorError};
 use crate::identity::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 use serde_json::Value;
+use sluice_dataplane::l7::rules::{HeaderRule, HttpRule, Pattern};
+use sluice_dataplane::policy::HttpRules;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -42,12 +44,13 @@ pub enum Peer {
     Entity(Entity),
 }
 
-/// Protocol 0 = any; ports inclusive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Protocol 0 = any; ports inclusive; the HTTP rules of their `toPorts` entry, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ports {
     pub proto: u8,
     pub lo: u16,
     pub hi: u16,
+    pub http: Option<HttpRules>,
 }
 
 impl Ports {
@@ -55,6 +58,7 @@ impl Ports {
         proto: 0,
         lo: 0,
         hi: u16::MAX,
+        http: None,
     };
 }
 
@@ -191,16 +195,71 @@ fn port_range(p: &Value, field: &str, default_proto: u8) -> Result<Ports, RuleEr
     Ok(match (lo, end) {
         (None | Some(0), None) => Ports {
             proto,
-            lo: 0,
-            hi: u16::MAX,
+            ..Ports::ALL
         },
-        (Some(lo), None) => Ports { proto, lo, hi: lo },
-        (Some(lo), Some(hi)) if hi >= lo => Ports { proto, lo, hi },
+        (Some(lo), None) => Ports {
+            proto,
+            lo,
+            hi: lo,
+            http: None,
+        },
+        (Some(lo), Some(hi)) if hi >= lo => Ports {
+            proto,
+            lo,
+            hi,
+            http: None,
+        },
         (Some(_), Some(_)) => {
             return Err(err(format!("{field}.endPort"), "must not be below port"))
         }
         (None, Some(_)) => return Err(err(format!("{field}.port"), "endPort needs a port")),
     })
+}
+
+/// Reads `toPorts[].rules`: HTTP rules (`method`, `path`, `host`, `headers`); every other kind
+/// of L7 rule is refused rather than ignored (ignoring one would allow what it restricts).
+fn http_rules(v: &Value, field: &str) -> Result<HttpRules, RuleError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err(field, "must be an object"))?;
+    if let Some(k) = obj.keys().find(|k| *k != "http") {
+        return Err(err(
+            format!("{field}.{k}"),
+            "only HTTP rules are supported (no kafka, dns or l7proto rules)",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, r) in list(v, "http", field)?.iter().enumerate() {
+        let rf = format!("{field}.http[{i}]");
+        let o = r.as_object().ok_or_else(|| err(&rf, "must be an object"))?;
+        let mut rule = HttpRule::default();
+        for (k, val) in o {
+            let kf = format!("{rf}.{k}");
+            let text = || val.as_str().ok_or_else(|| err(&kf, "must be a string"));
+            let pattern = |s: &str| Pattern::new(s).map(Some).map_err(|e| err(&kf, e));
+            match k.as_str() {
+                "method" => rule.method = pattern(text()?)?,
+                "path" => rule.path = pattern(text()?)?,
+                "host" => rule.host = pattern(text()?)?,
+                "headers" => {
+                    for (j, h) in list(r, "headers", &rf)?.iter().enumerate() {
+                        let hf = format!("{kf}[{j}]");
+                        let s = h.as_str().ok_or_else(|| err(&hf, "must be a string"))?;
+                        rule.headers
+                            .push(HeaderRule::parse(s).map_err(|e| err(&hf, e))?);
+                    }
+                }
+                _ => {
+                    return Err(err(
+                        kf,
+                        "not supported (method, path, host and headers are)",
+                    ))
+                }
+            }
+        }
+        out.push(rule);
+    }
+    Ok(out.into())
 }
 
 /// Restricts a namespaced policy's selector to its namespace unless it names one itself.
@@ -281,14 +340,31 @@ pub fn cilium_policy(name: &str, ns: &str, v: &Value) -> Result<Vec<Rule>, RuleE
                 let mut ports = Vec::new();
                 for (j, tp) in list(r, "toPorts", &rf)?.iter().enumerate() {
                     let tf = format!("{rf}.toPorts[{j}]");
-                    if tp.get("rules").is_some_and(|x| !x.is_null()) && deny {
+                    let l7 = tp.get("rules").filter(|x| !x.is_null());
+                    if l7.is_some() && deny {
                         return Err(err(
                             format!("{tf}.rules"),
                             "deny rules cannot have L7 rules",
                         ));
                     }
-                    for (k, p) in list(tp, "ports", &tf)?.iter().enumerate() {
-                        ports.push(port_range(p, &format!("{tf}.ports[{k}]"), 0)?);
+                    let http = l7
+                        .map(|r| http_rules(r, &format!("{tf}.rules")))
+                        .transpose()?;
+                    let tp_ports = list(tp, "ports", &tf)?;
+                    if http.is_some() && tp_ports.is_empty() {
+                        return Err(err(format!("{tf}.ports"), "L7 rules need ports"));
+                    }
+                    for (k, p) in tp_ports.iter().enumerate() {
+                        let pf = format!("{tf}.ports[{k}]");
+                        let mut range = port_range(p, &pf, 0)?;
+                        if http.is_some() && !matches!(range.proto, 0 | 6) {
+                            return Err(err(
+                                format!("{pf}.protocol"),
+                                "HTTP rules apply to TCP ports",
+                            ));
+                        }
+                        range.http.clone_from(&http);
+                        ports.push(range);
                     }
                 }
                 // Cilium: a rule with ports but no peer field applies to every peer on those

@@ -29,6 +29,8 @@ pub mod maglev;
 mod nat;
 
 use crate::drop::DropReason;
+use crate::l7::inspect::{inspect, Conns, Judged, Step};
+use crate::l7::{Ends, Outbox};
 use crate::packet::{Batch, Verdict, MAX_BATCH};
 use crate::policy;
 use crate::region::Region;
@@ -133,12 +135,16 @@ struct Family<A> {
     tcp: Table<A>,
     other: Table<A>,
     affinity: Affinity<A>,
+    /// L7 state of the TCP connections HTTP rules apply to.
+    l7: Conns<A>,
 }
 
 impl<A: Addr> Family<A> {
     fn new(l: &CtLimits, share: usize) -> Self {
+        let tcp_max = (l.tcp_max / share).max(1);
         Family {
-            tcp: Table::new((l.tcp_max / share).max(1), l.timeouts),
+            l7: Conns::new(tcp_max),
+            tcp: Table::new(tcp_max, l.timeouts),
             other: Table::new((l.other_max / share).max(1), l.timeouts),
             // room for one client with affinity per 32 tracked TCP connections: 32 sets for the
             // small test tables, the maximum (4,096) with Cilium's default bound
@@ -304,6 +310,7 @@ pub fn service(
     batch: &mut Batch,
     stats: &WorkerStats,
     lb: &mut LbState,
+    outbox: &mut Outbox,
 ) {
     if snap.cluster.services.is_empty() && lb.connections() == 0 {
         return;
@@ -402,10 +409,49 @@ pub fn service(
         if !matches!(out, Outcome::Untouched) {
             batch.meta_mut(i).lb = true;
         }
+        // L7 policy of the connections HTTP rules apply to (TCP, while any policy exists)
+        if let (Some(flow), tcp::PROTOCOL, false) =
+            (out.flow(), p.protocol, snap.cluster.policy.is_empty())
+        {
+            let step = match w.tuple {
+                FamilyTuple::V4(_) => l7(
+                    snap,
+                    &mut lb.v4,
+                    flow,
+                    pkt,
+                    p,
+                    src_identity,
+                    outbox,
+                    f.port,
+                    stats,
+                ),
+                FamilyTuple::V6(_) => l7(
+                    snap,
+                    &mut lb.v6,
+                    flow,
+                    pkt,
+                    p,
+                    src_identity,
+                    outbox,
+                    f.port,
+                    stats,
+                ),
+            };
+            match step {
+                Step::Pass => {}
+                Step::Reset(len) => batch.frame_mut(i).len = len,
+                Step::Drop(d) => {
+                    batch.set_verdict(i, Verdict::Drop(d.count(stats)));
+                    continue;
+                }
+            }
+        }
         match out {
-            Outcome::Untouched | Outcome::Tracked => {}
-            Outcome::New => new += 1,
-            Outcome::Dsr { backend, new: n } => {
+            Outcome::Untouched | Outcome::Tracked { .. } => {}
+            Outcome::New { .. } => new += 1,
+            Outcome::Dsr {
+                backend, new: n, ..
+            } => {
                 new += u64::from(n);
                 let h = maglev::flow_hash(p.src, p.dst, p.src_port, p.dst_port, p.protocol, 0);
                 let mut f = batch.frame(i);
@@ -426,18 +472,76 @@ pub fn service(
 
 enum Outcome {
     Untouched,
-    Tracked,
-    New,
+    /// A packet of the tracked connection in `slot`, this way.
+    Tracked {
+        slot: u32,
+        dir: Dir,
+    },
+    /// The first packet of the connection in `slot`.
+    New {
+        slot: u32,
+    },
     /// A reply to a connection another worker tracks: to be handed over to it.
     Handoff(u16),
-    /// A packet of a DSR connection (`new`: its first): to be tunnelled to `backend`.
+    /// A packet of the DSR connection in `slot` (`new`: its first): to be tunnelled to
+    /// `backend`.
     Dsr {
         backend: IpAddr,
         new: bool,
+        slot: u32,
     },
     Drop(DropReason),
     /// Refused by network policy.
     PolicyDrop(policy::PolicyDrop),
+}
+
+impl Outcome {
+    /// The connection the packet belongs to: (slot, direction, just opened).
+    fn flow(&self) -> Option<(u32, Dir, bool)> {
+        match *self {
+            Outcome::Tracked { slot, dir } => Some((slot, dir, false)),
+            Outcome::New { slot } => Some((slot, Dir::Original, true)),
+            Outcome::Dsr { slot, new, .. } => Some((slot, Dir::Original, new)),
+            _ => None,
+        }
+    }
+}
+
+/// The L7 step of a TCP packet of a load-balanced connection (already translated): judged
+/// between the client and the backend, answered from the frontend.
+#[allow(clippy::too_many_arguments)]
+fn l7<A: Addr>(
+    snap: &Snapshot,
+    fam: &mut Family<A>,
+    flow: (u32, Dir, bool),
+    pkt: &mut [u8],
+    p: &Parsed,
+    src_identity: u32,
+    outbox: &mut Outbox,
+    port: crate::packet::Port,
+    stats: &WorkerStats,
+) -> Step {
+    let tcp = &fam.tcp;
+    // asked only for new connections and inspected ones: the entry is in cache by then
+    let judged = || {
+        let nat = tcp.get(flow.0).map(|e| e.nat()).unwrap_or_default();
+        let client = nat.client.addr.ip();
+        let src = if src_identity != 0 {
+            src_identity
+        } else {
+            policy::identity_of(snap, client)
+        };
+        Judged {
+            policy: &snap.cluster.policy,
+            ends: Ends {
+                client: (client, nat.client.port),
+                server: (nat.frontend.addr.ip(), nat.frontend.port),
+            },
+            identities: (src, policy::identity_of(snap, nat.backend.addr.ip())),
+            port: nat.backend.port,
+        }
+    };
+    inspect(&mut fam.l7, tcp, flow, judged, pkt, p, outbox, port, stats)
 }
 
 fn tuple<A>(src: A, dst: A, p: &Parsed) -> Tuple<A> {
@@ -468,6 +572,7 @@ fn one<A: Addr>(
         tcp: tcp_table,
         other,
         affinity,
+        ..
     } = fam;
     let tb = if t.proto == tcp::PROTOCOL {
         tcp_table
@@ -502,13 +607,14 @@ fn one<A: Addr>(
                     return Outcome::Dsr {
                         backend: nat.backend.addr.ip(),
                         new: false,
+                        slot,
                     };
                 }
                 match dir {
                     Dir::Original => rewrite(pkt, p, &t, nat.source, nat.backend),
                     Dir::Reply => rewrite(pkt, p, &t, nat.frontend, nat.client),
                 }
-                return Outcome::Tracked;
+                return Outcome::Tracked { slot, dir };
             }
         }
         // a reply to an SNAT port of another worker: that worker has the connection
@@ -594,13 +700,14 @@ fn one<A: Addr>(
             source: client,
         };
         return match tb.insert_dsr(nat, t.proto, p.tcp_flags, now) {
-            Ok(_) => {
+            Ok(slot) => {
                 if svc.affinity_timeout_s.is_some() {
                     affinity.put(affinity_key, h, now, backend, index as u16);
                 }
                 Outcome::Dsr {
                     backend: b.addr,
                     new: true,
+                    slot,
                 }
             }
             Err(_) => Outcome::Drop(DropReason::CtMapInsertionFailed),
@@ -627,12 +734,12 @@ fn one<A: Addr>(
         return Outcome::Drop(DropReason::SnatPortsExhausted);
     };
     match tb.insert(nat, t.proto, p.tcp_flags, now) {
-        Ok(_) => {
+        Ok(slot) => {
             rewrite(pkt, p, &t, nat.source, nat.backend);
             if svc.affinity_timeout_s.is_some() {
                 affinity.put(affinity_key, h, now, nat.backend, index as u16);
             }
-            Outcome::New
+            Outcome::New { slot }
         }
         Err(InsertError::Full | InsertError::Exists) => {
             Outcome::Drop(DropReason::CtMapInsertionFailed)

@@ -11,6 +11,12 @@ pub enum L4 {
     Udp,
     /// TCP with the given flags byte (0x02 SYN, 0x10 ACK, ...).
     Tcp(u8),
+    /// TCP with flags, sequence and acknowledgement numbers.
+    TcpSeq {
+        flags: u8,
+        seq: u32,
+        ack: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -92,8 +98,12 @@ impl PacketSpec {
                 b[4..6].copy_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
                 (17u8, b)
             }
-            L4::Tcp(flags) => {
+            L4::Tcp(flags) | L4::TcpSeq { flags, .. } => {
                 let mut b = vec![0u8; 20];
+                if let L4::TcpSeq { seq, ack, .. } = self.l4 {
+                    b[4..8].copy_from_slice(&seq.to_be_bytes());
+                    b[8..12].copy_from_slice(&ack.to_be_bytes());
+                }
                 b[12] = 5 << 4;
                 b[13] = flags;
                 b[14..16].copy_from_slice(&65535u16.to_be_bytes());
