@@ -86,3 +86,131 @@ fn a_policy_admits_the_labelled_client_and_drops_it_once_relabelled() {
         "{s}"
     );
 }
+
+/// The workers' counter `key`, summed.
+fn worker_sum(s: &Value, key: &str) -> u64 {
+    s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| common::u(w, &[key]))
+        .sum()
+}
+
+/// `curl -s -w ' %{http_code}'` from the client with `args`: body and status.
+fn curl_status(lab: &Lab, args: &[&str]) -> String {
+    let mut a = vec!["curl", "-s", "-m", "5", "-w", " %{http_code}"];
+    a.extend_from_slice(args);
+    String::from_utf8_lossy(&lab.exec("cli", &a).stdout).into_owned()
+}
+
+#[test]
+fn http_rules_pass_allowed_requests_and_answer_403_to_the_rest() {
+    let _g = lock();
+    let Some(lab) = Lab::up("l7", 1) else { return };
+    let d = lab.start_sluiced(&lab_config(1, ""));
+    let objects = sluice_cli::resources::read_manifests(&format!(
+        "{}/../configs/lab-cluster.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("lab cluster");
+    sluice_cli::resources::apply_or_delete(&api(&lab), &objects, false).expect("apply");
+    put(&lab, "/v1/pods/lab/client", &client_pod("client"));
+    // Cilium's L7 example: the client may only GET /api/users/.* and POST /api/login
+    let cnp = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "web-l7", "namespace": "lab"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                              "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}],
+                                           "rules": {"http": [
+                                               {"method": "GET", "path": "/api/users/.*"},
+                                               {"method": "POST", "path": "/api/login"}]}}]}]}});
+    put(&lab, "/v1/ciliumnetworkpolicies/lab/web-l7", &cnp);
+
+    // routed to a pod, and through the ClusterIP and the NodePort (SNAT, after NAT)
+    for base in [
+        "http://10.20.0.11",
+        "http://10.96.0.80",
+        "http://10.10.0.1:30080",
+    ] {
+        let ok = curl_status(&lab, &[&format!("{base}/api/users/1")]);
+        assert!(
+            ok.contains("GET /api/users/1 (0 bytes)") && ok.ends_with(" 200"),
+            "{base}: {ok}; {}",
+            d.log_text()
+        );
+        let login = curl_status(&lab, &["-d", "user=a", &format!("{base}/api/login")]);
+        assert!(
+            login.contains("POST /api/login (6 bytes)") && login.ends_with(" 200"),
+            "{base}: {login}"
+        );
+        let admin = curl_status(&lab, &["-X", "POST", &format!("{base}/admin/delete")]);
+        assert_eq!(admin, "Access denied 403", "{base}");
+        let other = curl_status(&lab, &[&format!("{base}/")]);
+        assert_eq!(other, "Access denied 403", "{base}: GET / matches no rule");
+    }
+    // one keep-alive connection: a request split across segments, a second one, then a
+    // refused one split too; after the 403 the connection is closed
+    let pieces = |host: &str| {
+        let o = lab.exec(
+            "cli",
+            &[
+                "python3",
+                &format!("{}/../tools/lab/http_pieces.py", env!("CARGO_MANIFEST_DIR")),
+                host,
+                "80",
+                "GET /api/us|ers/7 HTT|P/1.1\\r\\nHost: x\\r\\n|\\r\\n",
+                "GET /api/users/8 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+                "POST /adm|in/delete HTTP/1.1\\r\\nContent-Length: 4\\r\\n\\r|\\nbody",
+                "GET /api/users/9 HTTP/1.1\\r\\n\\r\\n",
+            ],
+        );
+        let v: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+        v
+    };
+    for host in ["10.20.0.12", "10.96.0.80"] {
+        let v = pieces(host);
+        let r = v.as_array().unwrap();
+        assert_eq!(r.len(), 4, "{host}: {v}");
+        assert_eq!(r[0]["status"], 200, "{host}: {v}");
+        assert!(r[0]["body"].as_str().unwrap().contains("GET /api/users/7"));
+        assert!(r[1]["body"].as_str().unwrap().contains("GET /api/users/8"));
+        assert_eq!(
+            (&r[2]["status"], r[2]["body"].as_str()),
+            (&json!(403), Some("Access denied")),
+            "{host}: {v}"
+        );
+        assert!(
+            r[3]["closed"] == true || r[3].get("error").is_some(),
+            "{host}: the connection stays closed: {v}"
+        );
+    }
+    // no backend ever received a refused request
+    for i in 1..=3 {
+        let log = std::fs::read_to_string(format!("/run/sluice-lab/{}/http-be{i}.log", lab.prefix))
+            .unwrap_or_default();
+        assert!(
+            !log.contains("/admin"),
+            "be{i} got a refused request: {log}"
+        );
+        assert!(!log.contains("\"GET / "), "be{i}: {log}");
+    }
+    // the counters: requests judged and refused, and the policy that refused them
+    let s = d.stats();
+    let refused = worker_sum(&s, "l7_refused");
+    assert_eq!(refused, 3 * 2 + 2, "{s}");
+    assert!(worker_sum(&s, "l7_requests") >= 3 * 4 + 2 * 3, "{s}");
+    assert!(
+        s["totals"]["policy_drops"]["lab/web-l7"].as_u64() >= Some(refused),
+        "{s}"
+    );
+
+    // a pod without the label is dropped at L3/L4 before any HTTP is read
+    put(&lab, "/v1/pods/lab/client", &client_pod("intruder"));
+    let o = lab.exec(
+        "cli",
+        &["curl", "-s", "-m", "2", "http://10.20.0.11/api/users/1"],
+    );
+    assert!(!o.status.success(), "an unlabelled client got through");
+}

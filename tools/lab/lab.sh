@@ -97,7 +97,7 @@ up() {
     done
     ns sw ip link set br0 up
 
-    # backends, each with an HTTP server saying who it is
+    # backends, each with an HTTP/1.1 server saying who it is (web.py: keep-alive, every method)
     for i in 1 2 3; do
         ns "be$i" ip addr add "10.20.0.1$i/24" dev eth0
         ns "be$i" ip -6 addr add "fd00:20::1$i/64" dev eth0 nodad
@@ -105,11 +105,9 @@ up() {
         ns "be$i" ip route add default via 10.20.0.1
         ns "be$i" ip -6 route add default via fd00:20::1
         nooffload "be$i" eth0
-        mkdir -p "$STATE/www$i"
-        echo "hello from backend be$i" > "$STATE/www$i/index.html"
         # not through ns(): $! must be the server's own pid (ip netns exec execs it), or
         # `down` would kill a subshell and leave the server running
-        ip netns exec "$P-be$i" python3 -m http.server 80 --bind :: --directory "$STATE/www$i" \
+        ip netns exec "$P-be$i" python3 "$HERE/web.py" "be$i" 80 \
             >"$STATE/http-be$i.log" 2>&1 &
         echo $! > "$STATE/http-be$i.pid"
         # a UDP request/response server (the lab's UDP service, 53 -> 5353)

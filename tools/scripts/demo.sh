@@ -133,6 +133,21 @@ sleep 0.6   # the stats file is rewritten every 500 ms
 echo "  drops by reason: $(python3 -c "import json; print(json.load(open('$STATS'))['totals']['drops'])" 2>/dev/null)"
 echo "  policy drops by policy: $(python3 -c "import json; print(json.load(open('$STATS'))['totals']['policy_drops'])" 2>/dev/null)"
 $BIN/sluice apply -f configs/lab-policy.yaml >/dev/null   # the client is app=client again
+
+bold "L7 policy: the same policy with HTTP rules, only GET /api/users/.* and POST /api/login (configs/lab-policy-l7.yaml)"
+$BIN/sluice apply -f configs/lab-policy-l7.yaml | sed 's/^/  /'
+sleep 0.3
+http() { ns cli curl -s -m 3 -o /dev/null -w '%{http_code}' "$@" || true; }
+check "GET http://10.96.0.80/api/users/1 (allowed)" "200" "$(http http://10.96.0.80/api/users/1)"
+check "POST http://10.96.0.80/api/login (allowed)" "200" "$(http -d user=a http://10.96.0.80/api/login)"
+check "POST http://10.96.0.80/admin/delete (refused by sluice)" "Access denied 403" \
+    "$(ns cli curl -s -m 3 -w ' %{http_code}' -X POST http://10.96.0.80/admin/delete || true)"
+check "GET http://10.20.0.13/ (no rule allows it)" "403" "$(http http://10.20.0.13/)"
+check "the web pods never saw /admin/delete" "0" "$(cat /run/sluice-lab/$P/http-be*.log | grep -c /admin/ || true)"
+sleep 0.6   # the stats file is rewritten every 500 ms
+echo "  HTTP requests judged / refused: $(python3 -c "
+import json; w=json.load(open('$STATS'))['workers']; print(sum(x['l7_requests'] for x in w), '/', sum(x['l7_refused'] for x in w))" 2>/dev/null)"
+echo "  policy drops by policy: $(python3 -c "import json; print(json.load(open('$STATS'))['totals']['policy_drops'])" 2>/dev/null)"
 # the rest of the demo is not about policy
 $BIN/sluice delete -f configs/lab-policy.yaml >/dev/null
 
