@@ -48,17 +48,27 @@ fn publisher(mode: OverlayMode) -> Publisher {
     })
 }
 
-/// The service fixture (VIPs 10.96.0.80 / fd00:96::80) with a policy on one backend, in `mode`.
+/// The service fixture (VIPs 10.96.0.80 / fd00:96::80) with a policy on one backend, in `mode`:
+/// HTTP rules for the client on the service's backend ports and for anyone on port 80 (the L7
+/// inspector reads whatever the input carries).
 fn services(mode: sluice_dataplane::lb::LbMode) -> Publisher {
-    use sluice_dataplane::policy::{EndpointPolicy, PolicyMap, PolicyTables};
+    use sluice_dataplane::l7::rules::{HttpRule, Pattern};
+    use sluice_dataplane::policy::{EndpointPolicy, HttpRules, PolicyMap, PolicyTables};
     let mut s = sluice_dataplane::fixtures::service_snapshot([1, 1, 2]);
     let mut c = (*s.cluster).clone();
     c.ipcache.insert(ip("10.10.0.2"), 32, 300);
     c.ipcache.insert(ip("10.20.0.11"), 32, 301);
     let name: Arc<str> = "fuzz/p".into();
+    let rules: HttpRules = vec![HttpRule {
+        method: Some(Pattern::new("GET|POST").expect("pattern")),
+        path: Some(Pattern::new("/api/.*").expect("pattern")),
+        ..Default::default()
+    }]
+    .into();
     let mut m = PolicyMap::default();
-    m.add(300, 6, 8000, 8100, false, &name);
-    m.add(0, 17, 53, 53, true, &name);
+    m.add(300, 6, 8000, 8100, false, Some(&rules), &name);
+    m.add(0, 6, 80, 80, false, Some(&rules), &name);
+    m.add(0, 17, 53, 53, true, None, &name);
     let mut t = PolicyTables::default();
     t.endpoints.insert(301, EndpointPolicy { ingress: Some(m), egress: None });
     t.slots.insert(name, 1);

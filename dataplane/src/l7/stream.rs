@@ -263,7 +263,8 @@ impl HttpStream {
                         }
                         return Fed::Pass;
                     };
-                    d = &d[end - before..];
+                    // the end lies in the new bytes (an end in the old ones was found before)
+                    d = d.get(end.saturating_sub(before)..).unwrap_or_default();
                     self.len = 0;
                     self.requests += 1;
                     match self.judge(end, &mut allow) {
