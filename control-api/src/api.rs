@@ -4,6 +4,7 @@
 //!   GET  /healthz /readyz /openapi.json
 //!   GET  /v1/status                      generation, per-worker generation, counters
 //!   GET  /v1/state   PUT /v1/state       every object, as a Kubernetes List; full replace
+//!   GET  /v1/flows                       flows (NDJSON), Hubble-like filters, follow=true streams
 //!   GET  /v1/{kind}                      objects of a kind (plural, as kubectl: services, nodes, ...)
 //!   GET  /v1/{kind}/{ns}                 namespaced kinds: objects of one namespace
 //!   GET|PUT|DELETE /v1/{kind}/{name}     cluster-scoped kinds (namespaces, nodes)
@@ -52,6 +53,8 @@ pub struct Api {
     pub status: Arc<dyn StatusSource>,
     pub max_body: usize,
     pub appliance: String,
+    /// The flows the workers reported (issue 7).
+    pub flows: Arc<crate::flows::FlowLog>,
 }
 
 #[derive(Clone)]
@@ -73,6 +76,7 @@ pub fn router(api: Arc<Api>, open_reads: bool) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/state", get(get_state).put(put_state))
         .route("/v1/identities", get(list_identities))
+        .route("/v1/flows", get(flows))
         .route("/v1/{kind}", get(list_kind))
         .route(
             "/v1/{kind}/{a}",
@@ -362,6 +366,55 @@ async fn put_state(
 }
 
 /// Security identities: the reserved ones and those of the pods' label sets, with their pods.
+/// `GET /v1/flows`: the kept flows that match, as NDJSON (one Hubble-style flow per line);
+/// with `follow=true`, then every new one that matches as it comes, until the client leaves.
+async fn flows(
+    State(ctx): State<Ctx>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> ApiResult {
+    use crate::flows::FlowFilter;
+    authorize(&ctx, &headers, false)?;
+    let (filter, last, follow) =
+        FlowFilter::from_query(&q).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let line = |f: &Value| {
+        let mut b = serde_json::to_vec(f).unwrap_or_default();
+        b.push(b'\n');
+        Bytes::from(b)
+    };
+    // subscribe before reading what is kept: nothing falls between the two
+    let live = follow.then(|| ctx.api.flows.subscribe());
+    let kept: Vec<Bytes> = ctx
+        .api
+        .flows
+        .query(&filter, last)
+        .iter()
+        .map(|f| line(f))
+        .collect();
+    let ndjson = [(header::CONTENT_TYPE, "application/x-ndjson")];
+    let Some(rx) = live else {
+        return Ok((ndjson, kept.concat()).into_response());
+    };
+    use futures_util::stream::{self, StreamExt};
+    let history = stream::iter(kept.into_iter().map(Ok::<Bytes, std::io::Error>));
+    let updates = stream::unfold((rx, filter), move |(mut rx, filter)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(f) if filter.matches(&f) => return Some((Ok(line(&f)), (rx, filter))),
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    // a follower too slow for the flow rate: told, not silently gapped
+                    let gap = json!({"lost_events": {"num_events_lost": n}});
+                    return Some((Ok(line(&gap)), (rx, filter)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(history.chain(updates));
+    Ok((ndjson, body).into_response())
+}
+
 async fn list_identities(State(ctx): State<Ctx>, headers: HeaderMap) -> ApiResult {
     authorize(&ctx, &headers, false)?;
     let store = ctx.api.store.lock().unwrap_or_else(|p| p.into_inner());

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod compile;
 pub mod config;
+pub mod flows;
 pub mod identity;
 pub mod model;
 pub mod persist;

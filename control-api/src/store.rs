@@ -43,6 +43,8 @@ pub struct Store {
     identities: Allocator,
     /// Pods ("namespace/name") per identity, for `GET /v1/identities`.
     endpoints_of: BTreeMap<u32, Vec<String>>,
+    /// Pod ("namespace/name") per pod address, for flow events.
+    pod_of_ip: HashMap<IpAddr, String>,
     /// Set while `replace_all` loads many objects: identities are computed once at the end.
     bulk: bool,
     /// Each policy's drop counter slot in the workers: given once, never reused by another
@@ -63,6 +65,7 @@ impl Store {
             lb: LbDefaults::default(),
             identities: Allocator::default(),
             endpoints_of: BTreeMap::new(),
+            pod_of_ip: HashMap::new(),
             bulk: false,
             policy_slots: BTreeMap::new(),
             // slot 0 counts the policies beyond the counters' capacity
@@ -389,9 +392,13 @@ impl Store {
         self.identities
             .resolve(&pods.iter().map(|(_, l, _)| l.clone()).collect());
         self.endpoints_of.clear();
-        for (name, labels, _) in &pods {
+        self.pod_of_ip.clear();
+        for (name, labels, ips) in &pods {
             if let Some(id) = self.identities.get(labels) {
                 self.endpoints_of.entry(id).or_default().push(name.clone());
+            }
+            for a in ips {
+                self.pod_of_ip.insert(*a, name.clone());
             }
         }
         let compiled = self.compile_policy();
@@ -463,6 +470,23 @@ impl Store {
             .map(|(n, s)| (Arc::from(n.as_str()), *s))
             .collect();
         compiled
+    }
+
+    /// The pod ("namespace/name") with address `a`.
+    pub fn pod_at(&self, a: IpAddr) -> Option<&str> {
+        self.pod_of_ip.get(&a).map(String::as_str)
+    }
+
+    /// The labels of identity `id` (a reserved identity's one label).
+    pub fn identity_labels(&self, id: u32) -> Vec<String> {
+        match self.identities.labels(id) {
+            Some(l) => l.iter().cloned().collect(),
+            None => sluice_dataplane::identity::RESERVED
+                .iter()
+                .filter(|(r, _)| *r == id)
+                .map(|(_, l)| l.to_string())
+                .collect(),
+        }
     }
 
     /// Every identity: the reserved ones, then those of the pods' label sets.

@@ -3,6 +3,7 @@
 use crate::neighbors::Neighbors;
 use anyhow::{Context, Result};
 use sluice_control::config::{CheckedSteer, Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
+use sluice_dataplane::flow::{EventSink, FlowRing};
 use sluice_dataplane::handoff::Handoff;
 use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
 use sluice_dataplane::lb::LbState;
@@ -40,6 +41,8 @@ pub struct Datapath {
     pub steering: Steering,
     pub workers: Vec<std::thread::JoinHandle<()>>,
     pub stats: Vec<Arc<WorkerStats>>,
+    /// Each worker's flow event ring, drained by the flow collector.
+    pub flow_rings: Vec<Arc<FlowRing>>,
     pub zero_copy: Vec<bool>,
     /// The cluster tables the steering below was derived from.
     cluster_seen: Option<Arc<ClusterTables>>,
@@ -190,6 +193,7 @@ pub fn start(
         steering,
         workers: Vec::new(),
         stats: Vec::new(),
+        flow_rings: Vec::new(),
         zero_copy: Vec::new(),
         pod_cidrs: HashSet::new(),
         cluster_seen: None,
@@ -222,6 +226,9 @@ pub fn start(
         let mut pipeline =
             Pipeline::with_lb(LbState::new(&ct, q as u16, cfg.dataplane.queues as u16));
         pipeline.handoff = handoff.as_ref().map(|h| h.port(q as usize));
+        let ring = Arc::new(FlowRing::new(sluice_dataplane::flow::RING));
+        pipeline.outbox.events = EventSink::new(ring.clone());
+        dp.flow_rings.push(ring);
         // allowed flows of the policy stage: sized like the non-TCP conntrack bound
         pipeline.policy = PolicyState::new(
             ct.other_max / cfg.dataplane.queues.max(1) as usize,

@@ -2,6 +2,7 @@
 //! control plane's config together.
 
 mod datapath;
+mod flows;
 mod neighbors;
 mod netdev;
 mod netlink;
@@ -126,6 +127,19 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         None => None,
     };
     let worker_stats = dp.as_ref().map(|d| d.stats.clone()).unwrap_or_default();
+    sluice_dataplane::flow::ENABLED.store(cfg.observe.flows, Ordering::Relaxed);
+    let flows = Arc::new(sluice_control::flows::FlowLog::new(
+        cfg.observe.flows_kept,
+        cfg.observe
+            .export_file
+            .clone()
+            .map(|path| sluice_control::flows::Export {
+                path,
+                max_bytes: cfg.observe.export_max_bytes,
+                keep: cfg.observe.export_keep,
+            }),
+        &cfg.appliance.name,
+    ));
     let status = Arc::new(status::DaemonStatus::new(worker_stats.clone()));
     let api = Arc::new(Api {
         store: std::sync::Mutex::new(store),
@@ -135,8 +149,17 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         status: status.clone(),
         max_body: cfg.api.max_body_bytes,
         appliance: cfg.appliance.name.clone(),
+        flows,
     });
     let server = Server::start(api.clone(), &cfg.api.listen, &cfg.api.socket)?;
+    let collector_done = Arc::new(AtomicBool::new(false));
+    let collector = flows::start_collector(
+        api.clone(),
+        dp.as_ref()
+            .map(|d| d.flow_rings.clone())
+            .unwrap_or_default(),
+        collector_done.clone(),
+    )?;
 
     let stats_path = stats_file.unwrap_or_else(|| cfg.appliance.runtime_dir.join("stats.json"));
     if let Some(dir) = stats_path.parent() {
@@ -204,6 +227,9 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
             let _ = h.join();
         }
     }
+    // the workers' last events are drained (and exported) before exit
+    collector_done.store(true, Ordering::Release);
+    let _ = collector.join();
     report(&dp)?;
     if let Some(d) = dp.as_mut() {
         d.steering.detach_all();

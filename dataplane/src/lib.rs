@@ -10,6 +10,7 @@
 
 pub mod drop;
 pub mod fixtures;
+pub mod flow;
 pub mod handoff;
 pub mod hugepages;
 pub mod identity;

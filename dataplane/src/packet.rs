@@ -41,6 +41,8 @@ pub struct Meta {
     pub decapsulated: bool,
     /// The load-balancing stage handled it (and checked its policy): the policy stage skips it.
     pub lb: bool,
+    /// Dropped by policy: the drop counter slot of the deciding policy (for its flow event).
+    pub policy_slot: u16,
 }
 
 /// A vector of frames with one verdict each.

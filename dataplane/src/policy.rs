@@ -347,6 +347,19 @@ pub struct PolicyDrop {
 }
 
 impl PolicyDrop {
+    /// Drops packet `i` of `batch` for it: counted on the policy's counter, the slot kept for
+    /// the packet's flow event.
+    #[inline]
+    pub fn apply(
+        self,
+        batch: &mut crate::packet::Batch,
+        i: usize,
+        stats: &crate::stats::WorkerStats,
+    ) {
+        batch.meta_mut(i).policy_slot = self.slot;
+        batch.set_verdict(i, crate::packet::Verdict::Drop(self.count(stats)));
+    }
+
     /// Counts it on the worker's per-policy counters; the reason is counted with the verdict.
     #[inline]
     pub fn count(self, stats: &crate::stats::WorkerStats) -> crate::DropReason {
@@ -358,7 +371,8 @@ impl PolicyDrop {
 }
 
 /// The policy check of a packet from `src_identity` (0: by the ipcache of `src`) to `dst`:
-/// Ok, or the drop.
+/// Ok with the drop counter slot of the policy that allowed it (u16::MAX: no policy applies),
+/// or the drop.
 #[inline]
 pub fn check(
     snap: &crate::state::Snapshot,
@@ -367,10 +381,10 @@ pub fn check(
     dst: std::net::IpAddr,
     proto: u8,
     port: u16,
-) -> Result<(), PolicyDrop> {
+) -> Result<u16, PolicyDrop> {
     let p = &snap.cluster.policy;
     if p.is_empty() {
-        return Ok(());
+        return Ok(u16::MAX);
     }
     let s = if src_identity != 0 {
         src_identity
@@ -379,7 +393,8 @@ pub fn check(
     };
     let slot = |name: &str| p.slots.get(name).copied().unwrap_or(0);
     match p.verdict(s, identity_of(snap, dst), proto, port) {
-        Decision::Allow(_) => Ok(()),
+        Decision::Allow("") => Ok(u16::MAX),
+        Decision::Allow(name) => Ok(slot(name)),
         Decision::Deny(name) => Err(PolicyDrop {
             reason: crate::DropReason::PolicyDeny,
             slot: slot(name),

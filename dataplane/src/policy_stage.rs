@@ -20,6 +20,7 @@
 //! progress; replies pass while the flow is tracked (Cilium's semantics).
 
 use crate::drop::DropReason;
+use crate::flow::{EventKind, FlowEvent};
 use crate::l7::inspect::{inspect, Conns, Judged, Step};
 use crate::l7::{Ends, Outbox};
 use crate::lb::conntrack::{Addr, Dir, Endpoint, Nat, Table, Timeouts, Tuple};
@@ -92,8 +93,11 @@ fn flow<A: Addr>(t: &Tuple<A>) -> Nat<A> {
     }
 }
 
-/// One packet: its flow's slot and direction (and whether it just opened), or why it is
-/// dropped (and which policy's counter says so).
+/// A packet's flow: table slot, direction, whether it just opened, and the drop counter slot of
+/// the policy that allowed it (u16::MAX for replies, or where no policy applies).
+type Flow = (u32, Dir, bool, u16);
+
+/// One packet: its flow, or why it is dropped (and which policy's counter says so).
 #[allow(clippy::too_many_arguments)]
 fn one<A: Addr>(
     snap: &Snapshot,
@@ -104,21 +108,21 @@ fn one<A: Addr>(
     src_identity: u32,
     src: IpAddr,
     dst: IpAddr,
-) -> Result<(u32, Dir, bool), PolicyDrop> {
+) -> Result<Flow, PolicyDrop> {
     let hit = tb.lookup(&t);
     if let Some((slot, Dir::Reply)) = hit {
         tb.seen(slot, Dir::Reply, flags, now);
-        return Ok((slot, Dir::Reply, false));
+        return Ok((slot, Dir::Reply, false, u16::MAX));
     }
-    policy::check(snap, src_identity, src, dst, t.proto, t.dport)?;
+    let allowed_by = policy::check(snap, src_identity, src, dst, t.proto, t.dport)?;
     match hit {
         Some((slot, dir)) => {
             tb.seen(slot, dir, flags, now);
-            Ok((slot, dir, false))
+            Ok((slot, dir, false, allowed_by))
         }
         None => tb
             .insert(flow(&t), t.proto, flags, now)
-            .map(|slot| (slot, Dir::Original, true))
+            .map(|slot| (slot, Dir::Original, true, allowed_by))
             .map_err(|_| PolicyDrop {
                 reason: DropReason::CtMapInsertionFailed,
                 // not a policy's doing: no policy's counter
@@ -142,13 +146,27 @@ fn step<A: Addr>(
     src_identity: u32,
     now: u32,
 ) -> Step {
-    let flow = match one(snap, tb, t, p.tcp_flags, now, src_identity, p.src, p.dst) {
-        Ok(flow) => flow,
-        Err(d) => return Step::Drop(d),
-    };
+    let (slot, dir, new, allowed_by) =
+        match one(snap, tb, t, p.tcp_flags, now, src_identity, p.src, p.dst) {
+            Ok(flow) => flow,
+            Err(d) => return Step::Drop(d),
+        };
+    let events = &outbox.events;
+    let ends =
+        p.protocol == tcp::PROTOCOL && p.tcp_flags & (tcp::flags::FIN | tcp::flags::RST) != 0;
+    if events.on() && (new || ends) {
+        let kind = if new { EventKind::New } else { EventKind::End };
+        let mut e = FlowEvent::of_packet(kind, p);
+        e.is_reply = dir == Dir::Reply;
+        e.port = port;
+        e.policy_slot = allowed_by;
+        e.src_identity = src_identity;
+        events.emit(e);
+    }
     if t.proto != tcp::PROTOCOL {
         return Step::Pass;
     }
+    let flow = (slot, dir, new);
     let judged = || {
         let src = if src_identity != 0 {
             src_identity
@@ -163,6 +181,7 @@ fn step<A: Addr>(
             },
             identities: (src, policy::identity_of(snap, p.dst)),
             port: t.dport,
+            backend: None,
         }
     };
     inspect(conns, tb, flow, judged, pkt, p, outbox, port, stats)
@@ -253,7 +272,7 @@ pub fn enforce(
         match r {
             Step::Pass => {}
             Step::Reset(len) => batch.frame_mut(i).len = len,
-            Step::Drop(d) => batch.set_verdict(i, Verdict::Drop(d.count(stats))),
+            Step::Drop(d) => d.apply(batch, i, stats),
         }
     }
 }

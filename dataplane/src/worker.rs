@@ -1,8 +1,9 @@
 //! The worker loop: receive a batch, run the pipeline on one snapshot, transmit, recycle.
 
 use crate::drop::DropReason;
+use crate::flow::{EventKind, FlowEvent};
 use crate::io::PacketIo;
-use crate::packet::{Batch, Verdict};
+use crate::packet::{Batch, Meta, Verdict};
 use crate::pipeline::{NeighborRequests, Pipeline};
 use crate::state::Publisher;
 use crate::stats::WorkerStats;
@@ -49,6 +50,7 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
     let snap = publisher.load();
     stats.generation.set(snap.generation);
     stats.batches.add(1);
+    pipeline.outbox.events.start_batch();
     pipeline.run(&snap, io.region_mut(), batch, stats, neigh);
     io.tx_burst(batch, stats);
     settle(io, pipeline, batch, stats);
@@ -78,9 +80,21 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
 /// ring full, or goes to another worker) and recycles its buffers.
 fn settle<I: PacketIo>(io: &mut I, pipeline: &Pipeline, batch: &mut Batch, stats: &WorkerStats) {
     let (mut handed, mut to_wake) = (0u64, 0u64);
-    for (f, v) in batch.iter() {
+    let events = &pipeline.outbox.events;
+    for i in 0..batch.len() {
+        let (f, v) = (batch.frame(i), batch.verdict(i));
         match v {
-            Verdict::Drop(r) => stats.drop(r, 1),
+            Verdict::Drop(r) => {
+                stats.drop(r, 1);
+                if events.on() {
+                    events.emit(drop_event(
+                        io.region_mut().data(&f),
+                        r,
+                        f.port,
+                        batch.meta(i),
+                    ));
+                }
+            }
             Verdict::Tx(_) => stats.drop(DropReason::TxRingFull, 1),
             // every stage decides or passes on; a packet no stage decided has nowhere to go
             Verdict::Continue => stats.drop(DropReason::NoRoute, 1),
@@ -105,6 +119,25 @@ fn settle<I: PacketIo>(io: &mut I, pipeline: &Pipeline, batch: &mut Batch, stats
         }
     }
     io.recycle(batch);
+}
+
+/// The flow event of a dropped packet (addresses and ports when it parses at all).
+fn drop_event(bytes: Option<&[u8]>, r: DropReason, port: u16, meta: Meta) -> FlowEvent {
+    use crate::wire::parse::{parse_fast, TunnelPorts};
+    let mut e = match bytes.map(|b| parse_fast(b, TunnelPorts::NONE)) {
+        Some(Ok(p)) => FlowEvent::of_packet(EventKind::Drop, &p),
+        _ => FlowEvent::new(EventKind::Drop),
+    };
+    e.drop_reason = r.code();
+    e.port = port;
+    e.src_identity = meta.src_identity;
+    if matches!(
+        r,
+        DropReason::PolicyDenied | DropReason::PolicyDeny | DropReason::PolicyL7Denied
+    ) {
+        e.policy_slot = meta.policy_slot;
+    }
+    e
 }
 
 /// Waits on readiness of a set of fds with epoll (through mio), plus a waker the control plane

@@ -9,13 +9,15 @@ use sluice_dataplane::state::{OverlayMode, Publisher, Snapshot};
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::wire::build::PacketSpec;
 use sluice_dataplane::worker::process_batch;
-use sluice_dataplane::{Batch, MAX_BATCH};
+use sluice_dataplane::{Batch, DropReason, MAX_BATCH};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 struct Counting;
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+/// The counter is process-wide: the tests take turns, or one counts the other's allocations.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
@@ -54,6 +56,7 @@ fn snapshot() -> Snapshot {
 
 #[test]
 fn encap_decap_and_the_whole_batch_allocate_nothing() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let publisher = Publisher::new(snapshot());
     let to_pod: Vec<Vec<u8>> = (0..16)
         .map(|f| PacketSpec::udp("10.10.0.2", "10.244.2.5", 1000 + f, 9000, &[0u8; 22]).build())
@@ -102,4 +105,58 @@ fn encap_decap_and_the_whole_batch_allocate_nothing() {
     assert_eq!(stats.decapsulated.get(), 101 * 32);
     assert_eq!(stats.tx_packets.get(), 101 * 64);
     let _ = io.region_mut();
+}
+
+#[test]
+fn flow_events_allocate_nothing() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    use sluice_dataplane::flow::{EventSink, FlowRing, RING};
+    use std::sync::Arc;
+    let publisher = Publisher::new(snapshot());
+    // TTL 1: every packet is dropped (TTL_EXCEEDED), every drop an event
+    let frames: Vec<Vec<u8>> = (0..16)
+        .map(|f| {
+            let mut s = PacketSpec::udp("10.10.0.2", "10.244.2.5", 1000 + f, 9000, &[0u8; 22]);
+            s.ttl = 1;
+            s.build()
+        })
+        .collect();
+    let mut io = MemIo::new(512, 2048, TxSink::Discard);
+    let stats = WorkerStats::default();
+    let mut batch = Batch::new(MAX_BATCH);
+    let mut pipeline = Pipeline::new();
+    let ring = Arc::new(FlowRing::new(RING));
+    pipeline.outbox.events = EventSink::new(ring.clone());
+    let mut drained = Vec::with_capacity(MAX_BATCH);
+    let mut round = |count: bool| {
+        for i in 0..MAX_BATCH {
+            assert!(io.inject(0, &frames[i % 16]));
+        }
+        COUNTING.store(count, Ordering::SeqCst);
+        process_batch(
+            &mut io,
+            &mut pipeline,
+            &publisher,
+            &mut batch,
+            &stats,
+            &mut NoNeighborRequests,
+        );
+        drained.clear();
+        ring.drain_into(&mut drained, MAX_BATCH);
+        COUNTING.store(false, Ordering::SeqCst);
+        assert_eq!(drained.len(), MAX_BATCH, "one event per drop");
+    };
+    round(false);
+    ALLOCS.store(0, Ordering::SeqCst);
+    for _ in 0..100 {
+        round(true);
+    }
+    assert_eq!(
+        ALLOCS.load(Ordering::SeqCst),
+        0,
+        "emitting flow events allocated"
+    );
+    assert_eq!(ring.emitted.load(Ordering::Relaxed), 101 * MAX_BATCH as u64);
+    assert_eq!(drained[0].drop_reason, DropReason::TtlExceeded.code());
+    assert_eq!(drained[0].dport, 9000);
 }

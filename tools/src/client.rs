@@ -76,6 +76,27 @@ impl Answer {
 trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
+/// A connection read without the request timeout: a follower waits on a quiet stream. Reads
+/// that time out are retried.
+struct NoTimeout(Box<dyn Stream>);
+impl Read for NoTimeout {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
 impl Client {
     fn connect(&self) -> Result<Box<dyn Stream>> {
         let hint = |e: std::io::Error| {
@@ -124,6 +145,85 @@ impl Client {
         s.read_to_end(&mut raw)
             .context("reading the API's answer")?;
         parse_response(&raw)
+    }
+
+    /// GETs `path` and hands each line of the body to `each` as it arrives (NDJSON streams such
+    /// as `/v1/flows?follow=true`), until the body ends or `each` returns false. No read timeout:
+    /// a follower waits for as long as nothing happens.
+    pub fn get_lines(&self, path: &str, mut each: impl FnMut(&[u8]) -> Result<bool>) -> Result<()> {
+        use std::io::BufRead;
+        let mut s = self.connect()?;
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n");
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes())?;
+        s.flush()?;
+        let mut r = std::io::BufReader::new(NoTimeout(s));
+        let mut status_line = String::new();
+        r.read_line(&mut status_line)?;
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("malformed HTTP status line"))?;
+        let mut chunked = false;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+                break;
+            }
+            let h = h.to_ascii_lowercase();
+            chunked |= h.starts_with("transfer-encoding:") && h.contains("chunked");
+        }
+        if !(200..300).contains(&status) {
+            let mut body = Vec::new();
+            r.read_to_end(&mut body)?;
+            let body = if chunked {
+                dechunk(&body).unwrap_or(body)
+            } else {
+                body
+            };
+            bail!("{}", explain(&Answer { status, body }));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        let mut emit = |pending: &mut Vec<u8>, data: &[u8]| -> Result<bool> {
+            pending.extend_from_slice(data);
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                if !each(&line[..line.len() - 1])? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        if !chunked {
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line)? > 0 {
+                if !emit(&mut pending, &line)? {
+                    return Ok(());
+                }
+                line.clear();
+            }
+            return Ok(());
+        }
+        loop {
+            let mut size = String::new();
+            if r.read_line(&mut size)? == 0 {
+                return Ok(());
+            }
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .context("bad chunk size")?;
+            if n == 0 {
+                return Ok(());
+            }
+            let mut data = vec![0; n + 2];
+            r.read_exact(&mut data)?;
+            if !emit(&mut pending, &data[..n])? {
+                return Ok(());
+            }
+        }
     }
 
     pub fn get(&self, path: &str) -> Result<Value> {

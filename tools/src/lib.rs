@@ -1,6 +1,7 @@
 //! Library side of the `sluice` CLI (kept testable without a terminal).
 
 pub mod client;
+pub mod observe;
 pub mod resources;
 pub mod sync;
 
@@ -170,6 +171,19 @@ pub fn stats_table(v: &Value) -> String {
         }
     }
     s
+}
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters stay).
+pub fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 
 mod api;
 mod lb;
+mod observe;
 mod overlay;
 
 pub use api::ApiCfg;
 pub use lb::LbCfg;
+pub use observe::ObserveCfg;
 pub use overlay::{OverlayCfg, OverlayModeCfg};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -37,6 +39,8 @@ pub struct Config {
     pub overlay: OverlayCfg,
     #[serde(default)]
     pub lb: LbCfg,
+    #[serde(default)]
+    pub observe: ObserveCfg,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -330,6 +334,15 @@ impl Config {
         self.lb_settings()?;
         self.lb_defaults()?;
         self.ct_limits()?;
+        if self.observe.flows_kept == 0 || self.observe.flows_kept > 10_000_000 {
+            return Err(bad(
+                "observe.flows_kept",
+                "must be between 1 and 10,000,000 (each flow is about 1 KiB in memory)",
+            ));
+        }
+        if self.observe.export_max_bytes < 4096 {
+            return Err(bad("observe.export_max_bytes", "must be at least 4096"));
+        }
         if self.api.max_body_bytes < 1024 {
             return Err(bad("api.max_body_bytes", "must be at least 1024"));
         }

@@ -4,6 +4,7 @@
 
 use super::{Action, Ends, HttpConn, Outbox, Segment};
 use crate::drop::DropReason;
+use crate::flow::{EventKind, FlowEvent, HttpEvent};
 use crate::lb::conntrack::{Addr, Dir, Table, Tuple};
 use crate::packet::Port;
 use crate::policy::{HttpVerdict, PolicyDrop, PolicyTables};
@@ -137,6 +138,8 @@ pub struct Judged<'a> {
     pub identities: (u32, u32),
     /// The server's real port (the backend's for service traffic).
     pub port: u16,
+    /// Service traffic: the backend the connection was sent to (for its flow events).
+    pub backend: Option<(IpAddr, u16)>,
 }
 
 /// What the L7 step decided for a packet.
@@ -207,14 +210,33 @@ pub fn inspect<'a, A: Addr>(
     let (src, dst) = j.identities;
     let mut decided_by: Option<&str> = None;
     let judged_before = conn.stream.requests;
-    let (action, refused) =
-        conn.from_client(&s, |req| match j.policy.http(src, dst, j.port, req) {
+    let events = &outbox.events;
+    let (action, refused) = conn.from_client(&s, |req| {
+        let verdict = j.policy.http(src, dst, j.port, req);
+        if events.on() {
+            let mut e = FlowEvent::of_packet(EventKind::Http, p);
+            e.port = port;
+            e.src_identity = src;
+            e.frontend = j.backend.map(|_| j.ends.server);
+            e.backend = j.backend;
+            let (code, by) = match verdict {
+                HttpVerdict::Deny(n) => (403, n),
+                HttpVerdict::Allow(n) => (0, n),
+                HttpVerdict::NotInspected => (0, ""),
+            };
+            e.policy_slot = j.policy.slots.get(by).copied().unwrap_or(u16::MAX);
+            let host = req.header("host").unwrap_or_default();
+            e.http = Some(HttpEvent::new(req.method, req.path, host, code));
+            events.emit(e);
+        }
+        match verdict {
             HttpVerdict::Deny(name) => {
                 decided_by = Some(name);
                 false
             }
             _ => true,
-        });
+        }
+    });
     stats
         .l7_requests
         .add(u64::from(conn.stream.requests.wrapping_sub(judged_before)));

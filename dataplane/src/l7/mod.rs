@@ -180,9 +180,11 @@ pub const GENERATED_MAX: usize = 14 + 40 + 20 + FORBIDDEN.len();
 /// answered FIN, at most one per frame of the batch (twice that: room to spare).
 pub const OUTBOX_PACKETS: usize = 2 * crate::packet::MAX_BATCH;
 
-/// Packets the stages generate while processing a batch (the 403 answers and resets), sent by
-/// the worker through the route stage after the batch. Fixed capacity, allocated once.
+/// What the stages produce besides verdicts: packets they generate while processing a batch
+/// (the 403 answers), sent by the worker through the route stage after the batch (fixed
+/// capacity, allocated once), and flow events.
 pub struct Outbox {
+    pub events: crate::flow::EventSink,
     bytes: Box<[[u8; GENERATED_MAX]]>,
     lens: ArrayVec<(usize, Port), OUTBOX_PACKETS>,
     /// The next packet `next` returns.
@@ -194,6 +196,7 @@ pub struct Outbox {
 impl Default for Outbox {
     fn default() -> Self {
         Outbox {
+            events: Default::default(),
             bytes: vec![[0u8; GENERATED_MAX]; OUTBOX_PACKETS].into_boxed_slice(),
             lens: ArrayVec::new(),
             sent: 0,

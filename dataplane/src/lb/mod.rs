@@ -29,6 +29,7 @@ pub mod maglev;
 mod nat;
 
 use crate::drop::DropReason;
+use crate::flow::{EventKind, FlowEvent};
 use crate::l7::inspect::{inspect, Conns, Judged, Step};
 use crate::l7::{Ends, Outbox};
 use crate::packet::{Batch, Verdict, MAX_BATCH};
@@ -409,6 +410,17 @@ pub fn service(
         if !matches!(out, Outcome::Untouched) {
             batch.meta_mut(i).lb = true;
         }
+        if outbox.events.on() {
+            let e = match w.tuple {
+                FamilyTuple::V4(t) => event(&lb.v4, &t, &out, p),
+                FamilyTuple::V6(t) => event(&lb.v6, &t, &out, p),
+            };
+            if let Some(mut e) = e {
+                e.port = f.port;
+                e.src_identity = src_identity;
+                outbox.events.emit(e);
+            }
+        }
         // L7 policy of the connections HTTP rules apply to (TCP, while any policy exists)
         if let (Some(flow), tcp::PROTOCOL, false) =
             (out.flow(), p.protocol, snap.cluster.policy.is_empty())
@@ -441,7 +453,7 @@ pub fn service(
                 Step::Pass => {}
                 Step::Reset(len) => batch.frame_mut(i).len = len,
                 Step::Drop(d) => {
-                    batch.set_verdict(i, Verdict::Drop(d.count(stats)));
+                    d.apply(batch, i, stats);
                     continue;
                 }
             }
@@ -463,7 +475,7 @@ pub fn service(
             }
             Outcome::Handoff(w) => batch.set_verdict(i, Verdict::Handoff(w)),
             Outcome::Drop(r) => batch.set_verdict(i, Verdict::Drop(r)),
-            Outcome::PolicyDrop(d) => batch.set_verdict(i, Verdict::Drop(d.count(stats))),
+            Outcome::PolicyDrop(d) => d.apply(batch, i, stats),
         }
     }
     stats.lb_new_connections.add(new);
@@ -507,6 +519,29 @@ impl Outcome {
     }
 }
 
+/// The flow event of a load-balanced packet, if it is one worth an event: a new connection
+/// (translated to its backend), or a FIN/RST of a tracked one.
+fn event<A: Addr>(fam: &Family<A>, t: &Tuple<A>, out: &Outcome, p: &Parsed) -> Option<FlowEvent> {
+    let (slot, dir, new) = out.flow()?;
+    let ends = t.proto == tcp::PROTOCOL && p.tcp_flags & (tcp::flags::FIN | tcp::flags::RST) != 0;
+    if !new && !ends {
+        return None;
+    }
+    let kind = if new {
+        EventKind::Translated
+    } else {
+        EventKind::End
+    };
+    let mut e = FlowEvent::of_packet(kind, p);
+    e.is_reply = dir == Dir::Reply;
+    if let Some(entry) = fam.table_of(t).get(slot) {
+        let nat = entry.nat();
+        e.frontend = Some((nat.frontend.addr.ip(), nat.frontend.port));
+        e.backend = Some((nat.backend.addr.ip(), nat.backend.port));
+    }
+    Some(e)
+}
+
 /// The L7 step of a TCP packet of a load-balanced connection (already translated): judged
 /// between the client and the backend, answered from the frontend.
 #[allow(clippy::too_many_arguments)]
@@ -539,6 +574,7 @@ fn l7<A: Addr>(
             },
             identities: (src, policy::identity_of(snap, nat.backend.addr.ip())),
             port: nat.backend.port,
+            backend: Some((nat.backend.addr.ip(), nat.backend.port)),
         }
     };
     inspect(&mut fam.l7, tcp, flow, judged, pkt, p, outbox, port, stats)

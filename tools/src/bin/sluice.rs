@@ -38,6 +38,8 @@ enum Output {
     Json,
 }
 
+// parsed once per run: the size of the Observe variant (its filters) costs nothing
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// The daemon's state: snapshot generation, workers, objects, counters.
@@ -71,6 +73,67 @@ enum Cmd {
         file: PathBuf,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+    },
+    /// Show flows (Hubble's observe): drops with their reason and policy, new and ended
+    /// connections, service translations, HTTP requests on L7-inspected connections.
+    Observe {
+        /// Keep printing flows as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        /// The last N flows (default 20 without --follow, 0 with it).
+        #[arg(long)]
+        last: Option<usize>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+        /// FORWARDED, DROPPED or TRANSLATED.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// A drop reason by name (POLICY_DENIED, ...).
+        #[arg(long)]
+        drop_reason: Option<String>,
+        /// Either end in this namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Either end this pod ([namespace/]name).
+        #[arg(long)]
+        pod: Option<String>,
+        #[arg(long)]
+        from_pod: Option<String>,
+        #[arg(long)]
+        to_pod: Option<String>,
+        /// Either end with this security identity.
+        #[arg(long)]
+        identity: Option<u32>,
+        /// Either end in this address or CIDR.
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        from_ip: Option<String>,
+        #[arg(long)]
+        to_ip: Option<String>,
+        /// Either port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// tcp, udp, icmpv4, icmpv6, sctp.
+        #[arg(long)]
+        protocol: Option<String>,
+        #[arg(long)]
+        http_method: Option<String>,
+        /// A regular expression the request path matches.
+        #[arg(long)]
+        http_path: Option<String>,
+        /// A code (403) or class (4+).
+        #[arg(long)]
+        http_status: Option<String>,
+        /// Only replies (true) or only original-direction packets (false).
+        #[arg(long)]
+        reply: Option<bool>,
+        /// Since a time (RFC 3339) or for a duration back (30s, 5m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Decided by this policy (namespace/name).
+        #[arg(long)]
+        policy: Option<String>,
     },
     /// Run the pipeline offline over a pcap and write what it would transmit as a pcap.
     Replay {
@@ -109,6 +172,79 @@ fn client(cli: &Cli, need_token: bool) -> Result<Client> {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
+        Cmd::Observe {
+            follow,
+            last,
+            output,
+            verdict,
+            drop_reason,
+            namespace,
+            pod,
+            from_pod,
+            to_pod,
+            identity,
+            ip,
+            from_ip,
+            to_ip,
+            port,
+            protocol,
+            http_method,
+            http_path,
+            http_status,
+            reply,
+            since,
+            policy,
+        } => {
+            let mut q: Vec<(&str, String)> = Vec::new();
+            let mut put = |k: &'static str, v: Option<String>| {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            };
+            put("verdict", verdict.clone());
+            put("drop_reason", drop_reason.clone());
+            put("namespace", namespace.clone());
+            put("pod", pod.clone());
+            put("from_pod", from_pod.clone());
+            put("to_pod", to_pod.clone());
+            put("identity", identity.map(|i| i.to_string()));
+            put("ip", ip.clone());
+            put("from_ip", from_ip.clone());
+            put("to_ip", to_ip.clone());
+            put("port", port.map(|p| p.to_string()));
+            put("protocol", protocol.clone());
+            put("http_method", http_method.clone());
+            put("http_path", http_path.clone());
+            put("http_status", http_status.clone());
+            put("reply", reply.map(|r| r.to_string()));
+            put("since", since.clone());
+            put("policy", policy.clone());
+            let last = last.unwrap_or(if *follow { 0 } else { 20 });
+            put("last", Some(last.to_string()));
+            if *follow {
+                put("follow", Some("true".into()));
+            }
+            let query: Vec<String> = q
+                .iter()
+                .map(|(k, v)| format!("{k}={}", sluice_cli::percent_encode(v)))
+                .collect();
+            let path = format!("/v1/flows?{}", query.join("&"));
+            let json = *output == Output::Json;
+            let out = std::io::stdout();
+            client(&cli, false)?.get_lines(&path, |l| {
+                use std::io::Write;
+                let mut o = out.lock();
+                let text = if json {
+                    String::from_utf8_lossy(l).into_owned()
+                } else {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(l).context("a flow that is not JSON")?;
+                    sluice_cli::observe::line(&v)
+                };
+                // a closed pipe (| head) ends the command quietly
+                Ok(writeln!(o, "{text}").and_then(|_| o.flush()).is_ok())
+            })?;
+        }
         Cmd::Status { output } => {
             let v = client(&cli, false)?.get("/v1/status")?;
             match output {

@@ -1,0 +1,177 @@
+//! Flows in the lab (issue 7): `sluice observe -f --verdict DROPPED` shows a policy drop, with
+//! its reason and the policy's name, while it happens; L7 refusals show as L7 flows with their
+//! method, path and 403; `GET /v1/flows` filters and refuses bad filters.
+
+mod common;
+
+use common::{api, lab_config, Lab, SERIAL};
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `sluice` CLI next to `sluiced` (the workspace build makes both).
+fn sluice_bin() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_sluiced")).with_file_name("sluice");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace first (make test does)",
+        p.display()
+    );
+    p
+}
+
+fn apply(lab: &Lab, file: &str) {
+    let objects = sluice_cli::resources::read_manifests(&format!(
+        "{}/../configs/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect(file);
+    sluice_cli::resources::apply_or_delete(&api(lab), &objects, false).expect("apply");
+}
+
+/// Lines from `rx` until one contains every piece of `want` (or the deadline): that line.
+fn wait_line(rx: &mpsc::Receiver<String>, want: &[&str], seen: &mut Vec<String>) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(l) = rx.recv_timeout(left) else { break };
+        seen.push(l.clone());
+        if want.iter().all(|w| l.contains(w)) {
+            return Some(l);
+        }
+    }
+    None
+}
+
+#[test]
+fn observe_shows_policy_drops_and_l7_refusals_as_they_happen() {
+    let _g = lock();
+    let Some(lab) = Lab::up("obs", 1) else { return };
+    let d = lab.start_sluiced(&lab_config(1, ""));
+    apply(&lab, "lab-cluster.yaml");
+    apply(&lab, "lab-policy.yaml");
+    apply(&lab, "lab-policy-l7.yaml");
+    let server = format!("unix:{}", lab.dir.join("api.sock").display());
+    let mut observe = Command::new(sluice_bin())
+        .args(["observe", "-f", "--verdict", "DROPPED"])
+        .env("SLUICE_SERVER", &server)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sluice observe");
+    let (tx, rx) = mpsc::channel();
+    let out = observe.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300)); // subscribed
+
+    let mut seen = Vec::new();
+    // an L7 refusal through the service
+    let o = lab.exec(
+        "cli",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-X",
+            "POST",
+            "http://10.96.0.80/admin/delete",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Access denied");
+    let l7 = wait_line(
+        &rx,
+        &[
+            "lab/client:",
+            "L7 DROPPED (POST /admin/delete => 403, policy lab/web-from-client",
+        ],
+        &mut seen,
+    );
+    assert!(
+        l7.is_some(),
+        "no L7 drop line; saw {seen:#?}; {}",
+        d.log_text()
+    );
+    assert!(
+        l7.as_deref().is_some_and(|l| l.contains("-> lab/be")),
+        "the destination is the backend pod: {l7:?}"
+    );
+    // an L3/L4 policy drop: the client relabelled
+    let relabel = serde_json::json!({"kind": "Pod",
+        "metadata": {"name": "client", "namespace": "lab", "labels": {"app": "intruder"}},
+        "status": {"podIP": "10.10.0.2"}});
+    let a = api(&lab)
+        .request("PUT", "/v1/pods/lab/client?wait=true", Some(&relabel))
+        .expect("API");
+    assert!(a.ok(), "{}", a.error_text());
+    let o = lab.exec("cli", &["curl", "-s", "-m", "2", "http://10.20.0.11/"]);
+    assert!(!o.status.success());
+    let drop = wait_line(
+        &rx,
+        &[
+            "lab/client:",
+            "-> lab/be1:80 drop DROPPED (POLICY_DENIED, policy lab/web-from-client",
+        ],
+        &mut seen,
+    );
+    assert!(drop.is_some(), "no policy drop line; saw {seen:#?}");
+    assert!(
+        seen.iter().all(|l| l.contains(" DROPPED ")),
+        "--verdict DROPPED shows drops only: {seen:#?}"
+    );
+    let _ = observe.kill();
+    let _ = observe.wait();
+    eprintln!("sluice observe -f --verdict DROPPED:\n{}", seen.join("\n"));
+
+    // the kept flows, as Hubble JSON, filtered
+    let o = Command::new(sluice_bin())
+        .args([
+            "observe",
+            "-o",
+            "json",
+            "--http-status",
+            "403",
+            "--last",
+            "5",
+        ])
+        .env("SLUICE_SERVER", &server)
+        .output()
+        .expect("sluice observe");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let f = &lines[0];
+    assert_eq!(f["Type"], "L7");
+    assert_eq!(f["l7"]["http"]["method"], "POST");
+    assert_eq!(f["l7"]["http"]["code"], 403);
+    assert_eq!(f["source"]["pod_name"], "client");
+    assert_eq!(f["destination_service"]["name"], "web");
+    assert_eq!(f["ingress_denied_by"][0]["name"], "web-from-client");
+    // new connections were seen too, and a bad filter is refused by name
+    let all = api(&lab)
+        .request("GET", "/v1/flows?verdict=TRANSLATED&last=100", None)
+        .expect("API");
+    assert!(a.ok());
+    assert!(
+        String::from_utf8_lossy(&all.body).contains("\"destination_service\""),
+        "{}",
+        String::from_utf8_lossy(&all.body)
+    );
+    let bad = api(&lab)
+        .request("GET", "/v1/flows?verdict=MAYBE", None)
+        .expect("API");
+    assert_eq!(bad.status, 400);
+    assert!(bad.error_text().contains("verdict"), "{}", bad.error_text());
+}
