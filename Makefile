@@ -35,7 +35,7 @@ lab-down:
 
 ## Criterion benchmarks (mem-backend pipeline).
 bench: deps
-	$(CARGO) bench -p sluice-bench --bench pipeline --bench overlay --bench lb --bench policy
+	$(CARGO) bench -p sluice-bench --bench pipeline --bench overlay --bench lb --bench policy --bench flows
 
 ## Fuzz the full parser and pipeline (FUZZ_SECONDS, default 600). cargo-fuzz needs nightly
 ## features: RUSTC_BOOTSTRAP=1 lets the installed stable toolchain provide them.

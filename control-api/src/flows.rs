@@ -7,7 +7,7 @@
 
 use crate::store::Store;
 use serde_json::{json, Map, Value};
-use sluice_dataplane::flow::{EventKind, FlowEvent};
+use sluice_dataplane::flow::{Drained, EventKind, FlowEvent, HttpEvent};
 use sluice_dataplane::state::{Frontend, Snapshot};
 use sluice_dataplane::wire::tcp::flags;
 use std::collections::{HashMap, VecDeque};
@@ -107,7 +107,7 @@ impl FlowLog {
 
     /// Enriches and keeps `events` (from the workers' rings), exports them and hands them to
     /// live followers.
-    pub fn ingest(&self, store: &Mutex<Store>, snap: &Snapshot, events: &[FlowEvent]) {
+    pub fn ingest(&self, store: &Mutex<Store>, snap: &Snapshot, events: &[Drained]) {
         if events.is_empty() {
             return;
         }
@@ -126,7 +126,10 @@ impl FlowLog {
                 policies: &policies,
                 node: &self.node,
             };
-            events.iter().map(|e| Arc::new(ctx.flow(e))).collect()
+            events
+                .iter()
+                .map(|(e, h)| Arc::new(ctx.flow(e, h.as_ref())))
+                .collect()
         };
         if let Some(x) = self
             .export
@@ -300,14 +303,14 @@ impl Ctx<'_> {
         e
     }
 
-    fn flow(&self, e: &FlowEvent) -> Value {
+    fn flow(&self, e: &FlowEvent, http: Option<&HttpEvent>) -> Value {
         let dst_addr = e.backend.map_or(e.dst, |b| b.0);
         let src = self.endpoint(e.src, e.src_identity);
         let dst = self.endpoint(dst_addr, 0);
         let verdict = match e.kind {
             EventKind::Drop => "DROPPED",
             EventKind::Translated => "TRANSLATED",
-            EventKind::Http if e.http.is_some_and(|h| h.code == 403) => "DROPPED",
+            EventKind::Http if http.is_some_and(|h| h.code == 403) => "DROPPED",
             _ => "FORWARDED",
         };
         let l4_ports = json!({"source_port": e.sport, "destination_port": e.dport});
@@ -341,7 +344,7 @@ impl Ctx<'_> {
             "l4": l4,
             "source": src,
             "destination": dst,
-            "Type": if e.http.is_some() { "L7" } else { "L3_L4" },
+            "Type": if http.is_some() { "L7" } else { "L3_L4" },
             // sluice's own: which event this is (drop, new, translated, end, http)
             "event": match e.kind {
                 EventKind::Drop => "drop",
@@ -411,7 +414,7 @@ impl Ctx<'_> {
                 );
             }
         }
-        if let Some(h) = e.http {
+        if let Some(h) = http {
             let host = String::from_utf8_lossy(h.host());
             let host = if host.is_empty() {
                 e.dst.to_string()
@@ -428,7 +431,7 @@ impl Ctx<'_> {
             }
             m.insert("l7".into(), json!({"type": "REQUEST", "http": http}));
         }
-        let summary = summary(e, verdict, m.get("drop_reason_desc"));
+        let summary = summary(e, http, verdict, m.get("drop_reason_desc"));
         m.insert("Summary".into(), json!(summary));
         f
     }
@@ -442,8 +445,13 @@ fn sock(a: IpAddr, p: u16) -> String {
 }
 
 /// Hubble's one-line summary of a flow.
-fn summary(e: &FlowEvent, verdict: &str, reason: Option<&Value>) -> String {
-    if let Some(h) = e.http {
+fn summary(
+    e: &FlowEvent,
+    http: Option<&HttpEvent>,
+    verdict: &str,
+    reason: Option<&Value>,
+) -> String {
+    if let Some(h) = http {
         let what = format!(
             "{} {}",
             String::from_utf8_lossy(h.method()),
@@ -824,7 +832,7 @@ mod tests {
             e.drop_reason = 169;
             e.sport = i;
             e.proto = 17;
-            log.ingest(&store, &snap, &[e]);
+            log.ingest(&store, &snap, &[(e, None)]);
         }
         assert_eq!(log.len(), 3, "bounded");
         let all = log.query(&FlowFilter::default(), None);

@@ -22,7 +22,7 @@ pub fn start_collector(
     std::thread::Builder::new()
         .name("sluice-flows".into())
         .spawn(move || {
-            let mut events = Vec::with_capacity(RING);
+            let mut events = Vec::with_capacity(RING + sluice_dataplane::flow::HTTP_RING);
             loop {
                 let last = done.load(Ordering::Acquire);
                 for r in &rings {

@@ -226,8 +226,7 @@ pub fn inspect<'a, A: Addr>(
             };
             e.policy_slot = j.policy.slots.get(by).copied().unwrap_or(u16::MAX);
             let host = req.header("host").unwrap_or_default();
-            e.http = Some(HttpEvent::new(req.method, req.path, host, code));
-            events.emit(e);
+            events.emit_http(e, HttpEvent::new(req.method, req.path, host, code));
         }
         match verdict {
             HttpVerdict::Deny(name) => {
