@@ -4,6 +4,7 @@
 //! - routed traffic of established flows, the common case: no event per packet, only the
 //!   per-batch check and timestamp;
 //! - every packet dropped (TTL 1): one event per packet, the worst case.
+//!
 //! The ring is drained between iterations, outside the timing (the collector thread does it).
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
