@@ -4,6 +4,7 @@
 //!   GET  /healthz /readyz /openapi.json
 //!   GET  /v1/status                      generation, per-worker generation, counters
 //!   GET  /v1/state   PUT /v1/state       every object, as a Kubernetes List; full replace
+//!   GET  /metrics                        the counters in Prometheus' text format
 //!   GET  /v1/flows                       flows (NDJSON), Hubble-like filters, follow=true streams
 //!   GET  /v1/{kind}                      objects of a kind (plural, as kubectl: services, nodes, ...)
 //!   GET  /v1/{kind}/{ns}                 namespaced kinds: objects of one namespace
@@ -37,6 +38,10 @@ pub trait StatusSource: Send + Sync {
     /// live only once its traffic is steered too). Without XDP steering: always current.
     fn steered_generation(&self) -> u64 {
         u64::MAX
+    }
+    /// The counters in Prometheus' text format (`GET /metrics`).
+    fn metrics(&self) -> String {
+        String::new()
     }
 }
 
@@ -77,6 +82,7 @@ pub fn router(api: Arc<Api>, open_reads: bool) -> Router {
         .route("/v1/state", get(get_state).put(put_state))
         .route("/v1/identities", get(list_identities))
         .route("/v1/flows", get(flows))
+        .route("/metrics", get(metrics))
         .route("/v1/{kind}", get(list_kind))
         .route(
             "/v1/{kind}/{a}",
@@ -366,6 +372,19 @@ async fn put_state(
 }
 
 /// Security identities: the reserved ones and those of the pods' label sets, with their pods.
+/// `GET /metrics`: Prometheus' text format.
+async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> ApiResult {
+    authorize(&ctx, &headers, false)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        ctx.api.status.metrics(),
+    )
+        .into_response())
+}
+
 /// `GET /v1/flows`: the kept flows that match, as NDJSON (one Hubble-style flow per line);
 /// with `follow=true`, then every new one that matches as it comes, until the client leaves.
 async fn flows(

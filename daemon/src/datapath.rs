@@ -226,6 +226,7 @@ pub fn start(
         let mut pipeline =
             Pipeline::with_lb(LbState::new(&ct, q as u16, cfg.dataplane.queues as u16));
         pipeline.handoff = handoff.as_ref().map(|h| h.port(q as usize));
+        stats.ct_capacity.set(pipeline.lb.capacity() as u64);
         let ring = Arc::new(FlowRing::new(sluice_dataplane::flow::RING));
         pipeline.outbox.events = EventSink::new(ring.clone());
         dp.flow_rings.push(ring);

@@ -3,6 +3,7 @@
 
 mod datapath;
 mod flows;
+mod metrics;
 mod neighbors;
 mod netdev;
 mod netlink;
@@ -140,7 +141,14 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
             }),
         &cfg.appliance.name,
     ));
-    let status = Arc::new(status::DaemonStatus::new(worker_stats.clone()));
+    let mut status = status::DaemonStatus::new(worker_stats.clone());
+    status.rings = dp
+        .as_ref()
+        .map(|d| d.flow_rings.clone())
+        .unwrap_or_default();
+    status.hub = Some(hub.clone());
+    status.appliance = cfg.appliance.name.clone();
+    let status = Arc::new(status);
     let api = Arc::new(Api {
         store: std::sync::Mutex::new(store),
         hub: hub.clone(),

@@ -44,6 +44,16 @@ struct Totals {
     drops: BTreeMap<&'static str, u64>,
     /// Policy drops (POLICY_DENIED, POLICY_DENY) by the policy that decided them.
     policy_drops: BTreeMap<String, u64>,
+    /// Batch processing time quantiles over all workers, in ns (bucket upper bounds).
+    batch_ns: Option<BatchNs>,
+}
+
+#[derive(Serialize)]
+struct BatchNs {
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
 }
 
 #[derive(Serialize)]
@@ -62,6 +72,10 @@ struct Status {
 pub struct DaemonStatus {
     latest: Mutex<serde_json::Value>,
     workers: Vec<Arc<WorkerStats>>,
+    /// For /metrics: the workers' flow rings, the state hub, the appliance's name.
+    pub rings: Vec<Arc<sluice_dataplane::flow::FlowRing>>,
+    pub hub: Option<Arc<StateHub>>,
+    pub appliance: String,
     /// The generation the control loop last synced the XDP steering map to.
     steered: std::sync::atomic::AtomicU64,
 }
@@ -71,6 +85,9 @@ impl DaemonStatus {
         DaemonStatus {
             latest: Mutex::new(serde_json::json!({})),
             workers,
+            rings: Vec::new(),
+            hub: None,
+            appliance: String::new(),
             steered: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -95,6 +112,16 @@ impl StatusSource for DaemonStatus {
     }
     fn steered_generation(&self) -> u64 {
         self.steered.load(std::sync::atomic::Ordering::Acquire)
+    }
+    fn metrics(&self) -> String {
+        let snap = self.hub.as_ref().map(|h| h.current()).unwrap_or_default();
+        crate::metrics::render(
+            &self.appliance,
+            &self.workers,
+            &self.rings,
+            &snap,
+            self.steered_generation(),
+        )
     }
 }
 
@@ -138,6 +165,8 @@ impl Reporter {
                 xdp_no_socket: c.no_socket,
             });
         }
+        let batch_ns = crate::metrics::batch_quantiles(workers)
+            .map(|[p50, p90, p99, max]| BatchNs { p50, p90, p99, max });
         let workers: Vec<_> = workers
             .iter()
             .enumerate()
@@ -151,6 +180,7 @@ impl Reporter {
             dropped: 0,
             drops: BTreeMap::new(),
             policy_drops: BTreeMap::new(),
+            batch_ns,
         };
         let policy_name: BTreeMap<u16, &str> = snap
             .cluster

@@ -174,4 +174,60 @@ fn observe_shows_policy_drops_and_l7_refusals_as_they_happen() {
         .expect("API");
     assert_eq!(bad.status, 400);
     assert!(bad.error_text().contains("verdict"), "{}", bad.error_text());
+
+    // /metrics parses as Prometheus text and says the same
+    let m = api(&lab).request("GET", "/metrics", None).expect("API");
+    assert!(m.ok());
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format");
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert!(
+        value("sluice_drops_total", Some(("reason", "POLICY_DENIED"))) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            "sluice_policy_drops_total",
+            Some(("policy", "lab/web-from-client"))
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(value("sluice_l7_refused_total", None) >= 1.0);
+    assert!(value("sluice_worker_rx_packets_total", Some(("worker", "0"))) > 0.0);
+    assert!(value("sluice_conntrack_capacity", None) > 0.0);
+    assert!(value("sluice_flow_events_total", None) >= 3.0);
+    let batches = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "sluice_batch_duration_seconds")
+        .expect("the batch time histogram");
+    match &batches.value {
+        prometheus_parse::Value::Histogram(b) => {
+            assert!(b.last().is_some_and(|c| c.count > 0.0), "{b:?}")
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    // bounded labels: no address anywhere
+    for s in &scrape.samples {
+        for v in s.labels.values() {
+            assert!(
+                v.parse::<std::net::IpAddr>().is_err(),
+                "an address label: {s:?}"
+            );
+        }
+    }
 }

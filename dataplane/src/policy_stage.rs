@@ -151,6 +151,9 @@ fn step<A: Addr>(
             Ok(flow) => flow,
             Err(d) => return Step::Drop(d),
         };
+    if new {
+        stats.policy_allowed.add(1);
+    }
     let events = &outbox.events;
     let ends =
         p.protocol == tcp::PROTOCOL && p.tcp_flags & (tcp::flags::FIN | tcp::flags::RST) != 0;

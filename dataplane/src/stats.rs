@@ -62,7 +62,20 @@ pub struct WorkerStats {
     drops: Vec<Counter>,
     /// Drops per policy (slot: `PolicyTables::slots`).
     pub policy_drops: Box<[Counter]>,
+    /// The worker's conntrack bound (set once) and the entries its GC freed.
+    pub ct_capacity: Counter,
+    pub ct_gc_freed: Counter,
+    /// New connections that policy allowed (while any policy exists).
+    pub policy_allowed: Counter,
+    /// Batch processing time (receive to transmit): `batch_ns[i]` counts batches that took at
+    /// most `BATCH_NS_FIRST << i` ns; the last bucket is everything longer.
+    pub batch_ns: [Counter; BATCH_BUCKETS],
 }
+
+/// Buckets of the batch time histogram: 256 ns, 512 ns, ... 16.8 ms, then the rest. Powers of
+/// two: one `leading_zeros` per batch, no search.
+pub const BATCH_BUCKETS: usize = 18;
+pub const BATCH_NS_FIRST: u64 = 256;
 
 impl Default for WorkerStats {
     fn default() -> Self {
@@ -92,6 +105,10 @@ impl Default for WorkerStats {
             policy_drops: (0..crate::policy::POLICY_SLOTS)
                 .map(|_| Counter::default())
                 .collect(),
+            ct_capacity: Counter::default(),
+            ct_gc_freed: Counter::default(),
+            policy_allowed: Counter::default(),
+            batch_ns: Default::default(),
         }
     }
 }
@@ -103,6 +120,14 @@ impl WorkerStats {
     }
     pub fn drops(&self, r: DropReason) -> u64 {
         self.drops[r.index()].get()
+    }
+    /// Counts one batch that took `ns`.
+    #[inline]
+    pub fn batch_took(&self, ns: u64) {
+        // bucket i holds (FIRST << (i-1), FIRST << i]
+        let bits = 64 - ns.saturating_sub(1).leading_zeros() as usize;
+        let i = bits.saturating_sub(BATCH_NS_FIRST.trailing_zeros() as usize);
+        self.batch_ns[i.min(BATCH_BUCKETS - 1)].add(1);
     }
     pub fn snapshot(&self, worker: usize) -> WorkerStatsSnapshot {
         WorkerStatsSnapshot {
@@ -183,4 +208,24 @@ pub struct WorkerStatsSnapshot {
     pub drops: Vec<DropCount>,
     /// (policy drop slot, packets), non-zero only; the stats document names them.
     pub policy_drops: Vec<(u16, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_times_land_in_power_of_two_buckets() {
+        let s = WorkerStats::default();
+        for ns in [0, 1, 256, 257, 512, 513, 1 << 30] {
+            s.batch_took(ns);
+        }
+        let got: Vec<u64> = s.batch_ns.iter().map(Counter::get).collect();
+        assert_eq!(
+            &got[..3],
+            &[3, 2, 1],
+            "<=256: 0,1,256; <=512: 257,512; <=1024: 513"
+        );
+        assert_eq!(got[BATCH_BUCKETS - 1], 1, "the rest");
+    }
 }

@@ -47,6 +47,7 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
     if n == 0 {
         return 0;
     }
+    let started = std::time::Instant::now();
     let snap = publisher.load();
     stats.generation.set(snap.generation);
     stats.batches.add(1);
@@ -73,6 +74,7 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
         io.tx_burst(batch, stats);
         settle(io, pipeline, batch, stats);
     }
+    stats.batch_took(started.elapsed().as_nanos() as u64);
     n
 }
 

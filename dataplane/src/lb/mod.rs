@@ -263,10 +263,19 @@ impl LbState {
         self.v4.tcp.len() + self.v4.other.len() + self.v6.tcp.len() + self.v6.other.len()
     }
 
-    /// Advances the clock (seconds; once per batch) and runs a GC step on every table.
-    pub fn tick(&mut self) {
+    /// Advances the clock (seconds; once per batch) and runs a GC step on every table: the
+    /// entries freed.
+    pub fn tick(&mut self) -> usize {
         self.ctx.now = self.ctx.start.elapsed().as_secs() as u32;
-        self.gc(GC_BUDGET);
+        self.gc(GC_BUDGET)
+    }
+
+    /// Connections the tables can hold (all of them).
+    pub fn capacity(&self) -> usize {
+        self.v4.tcp.capacity()
+            + self.v4.other.capacity()
+            + self.v6.tcp.capacity()
+            + self.v6.other.capacity()
     }
 
     /// Moves the clock on by `secs` (tests: expiry without waiting).
@@ -274,12 +283,12 @@ impl LbState {
         self.ctx.start -= std::time::Duration::from_secs(u64::from(secs));
     }
 
-    fn gc(&mut self, budget: usize) {
+    fn gc(&mut self, budget: usize) -> usize {
         let now = self.ctx.now;
-        self.v4.tcp.gc_step(now, budget);
-        self.v4.other.gc_step(now, budget);
-        self.v6.tcp.gc_step(now, budget);
-        self.v6.other.gc_step(now, budget);
+        self.v4.tcp.gc_step(now, budget)
+            + self.v4.other.gc_step(now, budget)
+            + self.v6.tcp.gc_step(now, budget)
+            + self.v6.other.gc_step(now, budget)
     }
 }
 
@@ -316,7 +325,7 @@ pub fn service(
     if snap.cluster.services.is_empty() && lb.connections() == 0 {
         return;
     }
-    lb.tick();
+    stats.ct_gc_freed.add(lb.tick() as u64);
     let settings = &*snap.lb;
     let snat4 = settings.snat_v4.map(IpAddr::V4);
     let snat6 = settings.snat_v6.map(IpAddr::V6);
@@ -460,7 +469,12 @@ pub fn service(
         }
         match out {
             Outcome::Untouched | Outcome::Tracked { .. } => {}
-            Outcome::New { .. } => new += 1,
+            Outcome::New { .. } => {
+                new += 1;
+                if !snap.cluster.policy.is_empty() {
+                    stats.policy_allowed.add(1);
+                }
+            }
             Outcome::Dsr {
                 backend, new: n, ..
             } => {
