@@ -4,6 +4,8 @@
 //!   GET  /healthz /readyz /openapi.json
 //!   GET  /v1/status                      generation, per-worker generation, counters
 //!   GET  /v1/state   PUT /v1/state       every object, as a Kubernetes List; full replace
+//!   GET  /v1/capture                     a live packet capture as pcapng (interface, count,
+//!                                        seconds, filter); one capture at a time
 //!   GET  /metrics                        the counters in Prometheus' text format
 //!   GET  /v1/flows                       flows (NDJSON), Hubble-like filters, follow=true streams
 //!   GET  /v1/{kind}                      objects of a kind (plural, as kubectl: services, nodes, ...)
@@ -60,6 +62,8 @@ pub struct Api {
     pub appliance: String,
     /// The flows the workers reported (issue 7).
     pub flows: Arc<crate::flows::FlowLog>,
+    /// Where the workers copy packets while a capture runs (`GET /v1/capture`).
+    pub capture: Arc<sluice_dataplane::capture::CaptureTap>,
 }
 
 #[derive(Clone)]
@@ -83,6 +87,7 @@ pub fn router(api: Arc<Api>, open_reads: bool) -> Router {
         .route("/v1/identities", get(list_identities))
         .route("/v1/flows", get(flows))
         .route("/metrics", get(metrics))
+        .route("/v1/capture", get(capture))
         .route("/v1/{kind}", get(list_kind))
         .route(
             "/v1/{kind}/{a}",
@@ -372,6 +377,138 @@ async fn put_state(
 }
 
 /// Security identities: the reserved ones and those of the pods' label sets, with their pods.
+/// Stops the capture when the answer ends (done, or the client went away).
+struct CaptureGuard(Arc<sluice_dataplane::capture::CaptureTap>);
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// `GET /v1/capture?interface=&count=&seconds=&filter=`: packets as the workers see them, as
+/// received (inbound) and as transmitted after rewriting (outbound), streamed as pcapng. Reads
+/// are allowed; a capture can only look, never change anything. 409 while another one runs.
+async fn capture(
+    State(ctx): State<Ctx>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> ApiResult {
+    use sluice_dataplane::capture::{pcapng, ANY_PORT, SNAPLEN};
+    authorize(&ctx, &headers, false)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let snap = ctx.api.hub.current();
+    let names: Vec<String> = snap.ports.iter().map(|p| p.name.clone()).collect();
+    if names.is_empty() {
+        return Err(bad(
+            "no interfaces to capture on (sluiced runs API-only)".into()
+        ));
+    }
+    let mut port = ANY_PORT;
+    let (mut count, mut seconds, mut filter) = (0u64, 0f64, crate::capture::Filter::default());
+    for (k, v) in &q {
+        match k.as_str() {
+            "interface" if v == "any" || v.is_empty() => {}
+            "interface" => {
+                port = names
+                    .iter()
+                    .position(|n| n == v)
+                    .ok_or_else(|| bad(format!("interface: {v:?} is not one of {names:?}")))?
+                    as u32
+            }
+            "count" => count = v.parse().map_err(|_| bad(format!("count: {v:?}")))?,
+            "seconds" => {
+                seconds = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| bad(format!("seconds: {v:?}")))?
+            }
+            "filter" => {
+                filter =
+                    crate::capture::Filter::parse(v).map_err(|e| bad(format!("filter: {e}")))?
+            }
+            other => return Err(bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let tap = ctx.api.capture.clone();
+    if !tap.start(port) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "a capture is already running; one at a time",
+        ));
+    }
+    let guard = CaptureGuard(tap);
+    let header = pcapng::header(
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+        SNAPLEN as u32,
+    );
+    let deadline =
+        (seconds > 0.0).then(|| tokio::time::Instant::now() + Duration::from_secs_f64(seconds));
+    use futures_util::stream::{self, StreamExt};
+    // state: the guard (stops the capture when dropped), packets still wanted (0: no limit)
+    let packets = stream::unfold(
+        (guard, filter, count, false),
+        move |(guard, filter, mut left, done)| async move {
+            if done {
+                return None;
+            }
+            let mut idle = 0u32;
+            loop {
+                let mut out = Vec::new();
+                // up to 256 packets a chunk
+                for _ in 0..256 {
+                    let Some(c) = guard.0.pop() else { break };
+                    if !filter.matches(c.bytes()) {
+                        continue;
+                    }
+                    pcapng::packet(
+                        &mut out,
+                        u32::from(c.port),
+                        c.time_ns,
+                        c.len,
+                        c.bytes(),
+                        c.outbound,
+                    );
+                    if left > 0 {
+                        left -= 1;
+                        if left == 0 {
+                            return Some((
+                                Ok::<Bytes, std::io::Error>(Bytes::from(out)),
+                                (guard, filter, 0, true),
+                            ));
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    return Some((Ok(Bytes::from(out)), (guard, filter, left, false)));
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    return None;
+                }
+                idle += 1;
+                if idle.is_multiple_of(100) {
+                    // a second without packets: a statistics block (lost packets so far), so a
+                    // reader that left is noticed and the capture stops
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64);
+                    let lost = guard.0.lost.load(std::sync::atomic::Ordering::Relaxed);
+                    pcapng::statistics(&mut out, 0, now, lost);
+                    return Some((Ok(Bytes::from(out)), (guard, filter, left, false)));
+                }
+                // the ring holds 4,096 packets: 10 ms between looks is ~400k pps per capture
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    );
+    let body = stream::iter([Ok::<Bytes, std::io::Error>(Bytes::from(header))]).chain(packets);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-pcapng")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
 /// `GET /metrics`: Prometheus' text format.
 async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> ApiResult {
     authorize(&ctx, &headers, false)?;

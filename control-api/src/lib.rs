@@ -3,6 +3,7 @@
 //! the REST API. It never touches packets.
 
 pub mod api;
+pub mod capture;
 pub mod compile;
 pub mod config;
 pub mod flows;

@@ -3,6 +3,7 @@
 use crate::neighbors::Neighbors;
 use anyhow::{Context, Result};
 use sluice_control::config::{CheckedSteer, Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
+use sluice_dataplane::capture::CaptureTap;
 use sluice_dataplane::flow::{EventSink, FlowRing};
 use sluice_dataplane::handoff::Handoff;
 use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
@@ -138,6 +139,7 @@ pub fn start(
     hub: &StateHub,
     neighbors: &mut Neighbors,
     stop: &Arc<AtomicBool>,
+    tap: &Arc<CaptureTap>,
 ) -> Result<Datapath> {
     let ifnames: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
     let mut steering = Steering::new();
@@ -227,6 +229,7 @@ pub fn start(
             Pipeline::with_lb(LbState::new(&ct, q as u16, cfg.dataplane.queues as u16));
         pipeline.handoff = handoff.as_ref().map(|h| h.port(q as usize));
         stats.ct_capacity.set(pipeline.lb.capacity() as u64);
+        pipeline.tap = Some(tap.clone());
         let ring = Arc::new(FlowRing::new(sluice_dataplane::flow::RING));
         pipeline.outbox.events = EventSink::new(ring.clone());
         dp.flow_rings.push(ring);

@@ -123,8 +123,9 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
     let store = restore_state(&cfg)?;
     hub.set_cluster(store.tables());
 
+    let tap = Arc::new(sluice_dataplane::capture::CaptureTap::default());
     let mut dp = match neighbors.as_mut() {
-        Some(n) => Some(datapath::start(&cfg, &steer, &hub, n, &stop)?),
+        Some(n) => Some(datapath::start(&cfg, &steer, &hub, n, &stop, &tap)?),
         None => None,
     };
     let worker_stats = dp.as_ref().map(|d| d.stats.clone()).unwrap_or_default();
@@ -158,6 +159,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         max_body: cfg.api.max_body_bytes,
         appliance: cfg.appliance.name.clone(),
         flows,
+        capture: tap.clone(),
     });
     let server = Server::start(api.clone(), &cfg.api.listen, &cfg.api.socket)?;
     let collector_done = Arc::new(AtomicBool::new(false));

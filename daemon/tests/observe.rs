@@ -231,3 +231,96 @@ fn observe_shows_policy_drops_and_l7_refusals_as_they_happen() {
         }
     }
 }
+
+#[test]
+fn capture_writes_packets_before_and_after_rewriting_as_pcapng_for_tshark() {
+    let _g = lock();
+    let Some(lab) = Lab::up("cap", 1) else { return };
+    if Command::new("tshark").arg("-v").output().is_err() {
+        eprintln!("SKIP: tshark is not installed (make test installs it)");
+        return;
+    }
+    let d = lab.start_sluiced(&lab_config(1, ""));
+    apply(&lab, "lab-cluster.yaml");
+    let server = format!("unix:{}", lab.dir.join("api.sock").display());
+    let file = lab.dir.join("capture.pcapng");
+    let mut cap = Command::new(sluice_bin())
+        .args(["capture", "-i", "any", "-w"])
+        .arg(&file)
+        .args(["-c", "6", "-G", "20", "tcp", "and", "port", "80"])
+        .env("SLUICE_SERVER", &server)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sluice capture");
+    std::thread::sleep(Duration::from_millis(300));
+    // a second capture while one runs is refused
+    let busy = api(&lab)
+        .request("GET", "/v1/capture?count=1", None)
+        .expect("API");
+    assert_eq!(busy.status, 409, "{}", busy.error_text());
+    // through the ClusterIP: the client's packets to 10.96.0.80, rewritten to a backend
+    let body = lab.curl("http://10.96.0.80/");
+    assert!(body.is_some_and(|b| b.starts_with("hello from backend")));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = cap.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice capture did not finish; {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut cap.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("6 packets captured"), "{err}");
+    let o = Command::new("tshark")
+        .arg("-r")
+        .arg(&file)
+        .args([
+            "-T",
+            "fields",
+            "-E",
+            "separator=,",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "frame.packet_flags_direction",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+        ])
+        .output()
+        .expect("tshark");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("tshark:\n{text}");
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 6, "{text}");
+    // the SYN as received on eth-cli (inbound, to the ClusterIP) and as sent on eth-srv
+    // (outbound, from the SNAT address to a backend)
+    let inbound = |d: &str| d == "1" || d.ends_with("0001") || d.eq_ignore_ascii_case("inbound");
+    let outbound = |d: &str| d == "2" || d.ends_with("0002") || d.eq_ignore_ascii_case("outbound");
+    assert!(
+        rows.iter().any(|r| r[0] == "eth-cli"
+            && inbound(r[1])
+            && r[2] == "10.10.0.2"
+            && r[3] == "10.96.0.80"),
+        "{text}"
+    );
+    assert!(
+        rows.iter().any(|r| r[0] == "eth-srv"
+            && outbound(r[1])
+            && r[2] == "10.20.0.1"
+            && r[3].starts_with("10.20.0.1")),
+        "{text}"
+    );
+}

@@ -108,6 +108,8 @@ pub struct Pipeline {
     pub handoff: Option<crate::handoff::HandoffPort>,
     /// Packets the stages generated in this batch (L7 403 answers and resets).
     pub outbox: crate::l7::Outbox,
+    /// The appliance's capture point (`sluice capture`), shared by the workers.
+    pub tap: Option<std::sync::Arc<crate::capture::CaptureTap>>,
 }
 
 impl Pipeline {
@@ -124,6 +126,7 @@ impl Pipeline {
             policy: Default::default(),
             handoff: None,
             outbox: Default::default(),
+            tap: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The worker loop: receive a batch, run the pipeline on one snapshot, transmit, recycle.
 
+use crate::capture::CaptureTap;
 use crate::drop::DropReason;
 use crate::flow::{EventKind, FlowEvent};
 use crate::io::PacketIo;
@@ -52,7 +53,18 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
     stats.generation.set(snap.generation);
     stats.batches.add(1);
     pipeline.outbox.events.start_batch();
+    // a capture running: every packet as received, and as transmitted after the pipeline
+    let tap = match &pipeline.tap {
+        Some(t) if t.active() => Some((t.clone(), wall_ns())),
+        _ => None,
+    };
+    if let Some((t, now)) = &tap {
+        capture(t, *now, io, batch, false);
+    }
     pipeline.run(&snap, io.region_mut(), batch, stats, neigh);
+    if let Some((t, now)) = &tap {
+        capture(t, *now, io, batch, true);
+    }
     io.tx_burst(batch, stats);
     settle(io, pipeline, batch, stats);
     while !pipeline.outbox.is_empty() {
@@ -71,11 +83,37 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
             }
         }
         Pipeline::route(&snap, io.region_mut(), batch, neigh);
+        if let Some((t, now)) = &tap {
+            capture(t, *now, io, batch, true);
+        }
         io.tx_burst(batch, stats);
         settle(io, pipeline, batch, stats);
     }
     stats.batch_took(started.elapsed().as_nanos() as u64);
     n
+}
+
+/// Wall-clock ns since the epoch.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Offers the batch's packets to a running capture: as received (`after` false: every frame,
+/// on the port it came in on), or as they leave (only those to transmit, on their egress port).
+fn capture<I: PacketIo>(t: &CaptureTap, now: u64, io: &mut I, batch: &Batch, after: bool) {
+    for i in 0..batch.len() {
+        let f = batch.frame(i);
+        let port = match (after, batch.verdict(i)) {
+            (false, _) => f.port,
+            (true, Verdict::Tx(p)) => p,
+            (true, _) => continue,
+        };
+        if let Some(b) = io.region_mut().data(&f) {
+            t.offer(now, port, after, b);
+        }
+    }
 }
 
 /// Accounts for what is left of a batch after transmission (dropped by a stage, found its tx

@@ -148,9 +148,28 @@ impl Client {
     }
 
     /// GETs `path` and hands each line of the body to `each` as it arrives (NDJSON streams such
-    /// as `/v1/flows?follow=true`), until the body ends or `each` returns false. No read timeout:
-    /// a follower waits for as long as nothing happens.
+    /// as `/v1/flows?follow=true`), until the body ends or `each` returns false.
     pub fn get_lines(&self, path: &str, mut each: impl FnMut(&[u8]) -> Result<bool>) -> Result<()> {
+        let mut pending: Vec<u8> = Vec::new();
+        self.get_chunks(path, |data| {
+            pending.extend_from_slice(data);
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                if !each(&line[..line.len() - 1])? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// GETs `path` and hands the body to `each` piece by piece as it arrives, until it ends or
+    /// `each` returns false. No read timeout: a follower waits as long as nothing happens.
+    pub fn get_chunks(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
         use std::io::BufRead;
         let mut s = self.connect()?;
         let mut head = format!("GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n");
@@ -187,26 +206,14 @@ impl Client {
             };
             bail!("{}", explain(&Answer { status, body }));
         }
-        let mut pending: Vec<u8> = Vec::new();
-        let mut emit = |pending: &mut Vec<u8>, data: &[u8]| -> Result<bool> {
-            pending.extend_from_slice(data);
-            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=i).collect();
-                if !each(&line[..line.len() - 1])? {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        };
         if !chunked {
-            let mut line = Vec::new();
-            while r.read_until(b'\n', &mut line)? > 0 {
-                if !emit(&mut pending, &line)? {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 || !each(&buf[..n])? {
                     return Ok(());
                 }
-                line.clear();
             }
-            return Ok(());
         }
         loop {
             let mut size = String::new();
@@ -220,7 +227,7 @@ impl Client {
             }
             let mut data = vec![0; n + 2];
             r.read_exact(&mut data)?;
-            if !emit(&mut pending, &data[..n])? {
+            if !each(&data[..n])? {
                 return Ok(());
             }
         }

@@ -1,5 +1,6 @@
 //! Library side of the `sluice` CLI (kept testable without a terminal).
 
+pub mod capture;
 pub mod client;
 pub mod observe;
 pub mod resources;

@@ -135,6 +135,26 @@ enum Cmd {
         #[arg(long)]
         policy: Option<String>,
     },
+    /// Capture what the workers see (tcpdump cannot: AF_XDP takes the packets from the
+    /// kernel): each packet as received and as transmitted after rewriting, marked inbound /
+    /// outbound. With -w, a pcapng file for tcpdump, tshark or Wireshark; else one line each.
+    Capture {
+        /// Interface name, or any.
+        #[arg(short, long, default_value = "any")]
+        interface: String,
+        /// Write the packets to this file (pcapng; - for stdout).
+        #[arg(short = 'w', long)]
+        write: Option<PathBuf>,
+        /// Stop after this many packets.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(short = 'G', long)]
+        seconds: Option<f64>,
+        /// Filter: host/src host/dst host A, net CIDR, port/src port/dst port N, tcp, udp,
+        /// icmp, icmp6, ip, ip6; joined by "and", each may be negated with "not".
+        filter: Vec<String>,
+    },
     /// Run the pipeline offline over a pcap and write what it would transmit as a pcap.
     Replay {
         /// Input pcap (Ethernet).
@@ -244,6 +264,61 @@ fn run(cli: Cli) -> Result<()> {
                 // a closed pipe (| head) ends the command quietly
                 Ok(writeln!(o, "{text}").and_then(|_| o.flush()).is_ok())
             })?;
+        }
+        Cmd::Capture {
+            interface,
+            write,
+            count,
+            seconds,
+            filter,
+        } => {
+            let mut q = vec![format!(
+                "interface={}",
+                sluice_cli::percent_encode(interface)
+            )];
+            if let Some(c) = count {
+                q.push(format!("count={c}"));
+            }
+            if let Some(s) = seconds {
+                q.push(format!("seconds={s}"));
+            }
+            if !filter.is_empty() {
+                q.push(format!(
+                    "filter={}",
+                    sluice_cli::percent_encode(&filter.join(" "))
+                ));
+            }
+            let path = format!("/v1/capture?{}", q.join("&"));
+            let c = client(&cli, false)?;
+            match write {
+                Some(file) => {
+                    use std::io::Write;
+                    let mut out: Box<dyn Write> = if file.as_os_str() == "-" {
+                        Box::new(std::io::stdout())
+                    } else {
+                        Box::new(
+                            std::fs::File::create(file)
+                                .with_context(|| format!("creating {}", file.display()))?,
+                        )
+                    };
+                    let mut packets = 0u64;
+                    let mut reader = sluice_cli::capture::Blocks::default();
+                    c.get_chunks(&path, |data| {
+                        out.write_all(data)?;
+                        out.flush()?;
+                        reader.feed(data, |_| packets += 1);
+                        Ok(true)
+                    })?;
+                    eprintln!("{packets} packets captured");
+                }
+                None => {
+                    let mut reader = sluice_cli::capture::Blocks::default();
+                    c.get_chunks(&path, |data| {
+                        reader.feed(data, |p| println!("{}", sluice_cli::capture::summary(&p)));
+                        Ok(true)
+                    })?;
+                }
+            }
         }
         Cmd::Status { output } => {
             let v = client(&cli, false)?.get("/v1/status")?;
