@@ -157,6 +157,16 @@ bold "Prometheus metrics (GET /metrics, a few of them)"
 curl -s --unix-socket "$RUNDIR/api.sock" http://sluice/metrics \
     | grep -E '^sluice_(drops_total\{reason="POLICY_(DENIED|L7_DENIED)"|policy_drops_total|l7_re|conntrack_(entries|capacity)|batch_duration_seconds_count)' \
     | sed 's/^/  /'
+bold "capture: what the workers see, as received and as sent after rewriting (sluice capture -c 4 tcp and port 80)"
+$BIN/sluice capture -i any -c 4 -G 5 tcp and port 80 >/tmp/sluice-demo-cap.$$ 2>&1 &
+cpid=$!
+sleep 0.3
+ns cli curl -s -m 3 -o /dev/null http://10.96.0.80/api/users/1 || true
+wait $cpid || true
+sed 's/^/  /' /tmp/sluice-demo-cap.$$
+check "the SYN to the ClusterIP, then rewritten to a backend" "2" \
+    "$(grep -cE 'In  10.10.0.2:[0-9]+ > 10.96.0.80:80|Out 10.20.0.1:[0-9]+ > 10.20.0.1[123]:80' /tmp/sluice-demo-cap.$$)"
+rm -f /tmp/sluice-demo-cap.$$
 # the rest of the demo is not about policy
 $BIN/sluice delete -f configs/lab-policy.yaml >/dev/null
 
