@@ -235,18 +235,56 @@ pub fn render(
         workers,
         |w| w.ct_capacity.get(),
     );
+    p.per_worker(
+        "sluice_nat_connections",
+        "gauge",
+        "Load-balanced connections holding a SNAT source port.",
+        workers,
+        |w| w.snat_connections.get(),
+    );
+    p.per_worker(
+        "sluice_nat_ports_per_backend",
+        "gauge",
+        "SNAT source ports the worker may use toward one backend.",
+        workers,
+        |w| w.snat_ports_per_backend.get(),
+    );
     p.family(
         "sluice_drops_total",
         "counter",
-        "Packets dropped, by reason (Cilium's codes and Hubble's names where they exist).",
+        "Packets dropped, by reason (Cilium's codes and Hubble's names where they exist) and \
+         direction: for policy drops, whether the sender's egress or the receiver's ingress \
+         policy decided; unknown for the rest.",
     );
     for r in DropReason::ALL {
         let n: u64 = workers.iter().map(|w| w.drops(*r)).sum();
-        p.sample(
-            "sluice_drops_total",
-            &[("reason", r.name()), ("code", &r.code().to_string())],
-            n,
-        );
+        let code = r.code().to_string();
+        let egress_of = match r {
+            DropReason::PolicyDenied => Some(0),
+            DropReason::PolicyDeny => Some(1),
+            _ => None,
+        };
+        match egress_of {
+            Some(i) => {
+                let eg: u64 = workers.iter().map(|w| w.policy_drops_egress[i].get()).sum();
+                for (dir, v) in [("egress", eg), ("ingress", n.saturating_sub(eg))] {
+                    p.sample(
+                        "sluice_drops_total",
+                        &[("reason", r.name()), ("code", &code), ("direction", dir)],
+                        v,
+                    );
+                }
+            }
+            None => p.sample(
+                "sluice_drops_total",
+                &[
+                    ("reason", r.name()),
+                    ("code", &code),
+                    ("direction", "unknown"),
+                ],
+                n,
+            ),
+        }
     }
     p.family(
         "sluice_policy_drops_total",

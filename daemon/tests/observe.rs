@@ -206,6 +206,23 @@ fn observe_shows_policy_drops_and_l7_refusals_as_they_happen() {
         ) >= 2.0,
         "{text}"
     );
+    let ingress_denied = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "sluice_drops_total"
+                && s.labels.get("reason") == Some("POLICY_DENIED")
+                && s.labels.get("direction") == Some("ingress")
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            _ => 0.0,
+        });
+    assert!(
+        ingress_denied >= Some(1.0),
+        "the web pods' ingress policy decided: {text}"
+    );
+    assert!(value("sluice_nat_ports_per_backend", None) > 0.0, "{text}");
     assert!(value("sluice_l7_refused_total", None) >= 1.0);
     assert!(value("sluice_worker_rx_packets_total", Some(("worker", "0"))) > 0.0);
     assert!(value("sluice_conntrack_capacity", None) > 0.0);

@@ -261,20 +261,30 @@ impl PolicyTables {
     /// ("": no policy applies).
     #[inline]
     pub fn verdict(&self, src: u32, dst: u32, proto: u8, port: u16) -> Decision<'_> {
+        self.verdict_at(src, dst, proto, port).0
+    }
+
+    /// `verdict`, and whether the sender's egress policy decided it (else the receiver's
+    /// ingress policy, or none).
+    #[inline]
+    pub fn verdict_at(&self, src: u32, dst: u32, proto: u8, port: u16) -> (Decision<'_>, bool) {
         let eg = self
             .endpoints
             .get(&src)
             .and_then(|e| e.egress.as_ref())
             .map(|m| m.lookup(dst, proto, port));
         if let Some(d @ (Decision::Deny(_) | Decision::DefaultDeny(_))) = eg {
-            return d;
+            return (d, true);
         }
         let ing = self
             .endpoints
             .get(&dst)
             .and_then(|e| e.ingress.as_ref())
             .map(|m| m.lookup(src, proto, port));
-        ing.or(eg).unwrap_or(Decision::Allow(""))
+        match ing {
+            Some(d) => (d, false),
+            None => (eg.unwrap_or(Decision::Allow("")), eg.is_some()),
+        }
     }
 }
 
@@ -344,6 +354,8 @@ pub fn identity_of(snap: &crate::state::Snapshot, a: std::net::IpAddr) -> u32 {
 pub struct PolicyDrop {
     pub reason: crate::DropReason,
     pub slot: u16,
+    /// The sender's egress policy decided (else the receiver's ingress policy).
+    pub egress: bool,
 }
 
 impl PolicyDrop {
@@ -365,6 +377,10 @@ impl PolicyDrop {
     pub fn count(self, stats: &crate::stats::WorkerStats) -> crate::DropReason {
         if let Some(c) = stats.policy_drops.get(usize::from(self.slot)) {
             c.add(1);
+        }
+        if self.egress {
+            let i = usize::from(self.reason == crate::DropReason::PolicyDeny);
+            stats.policy_drops_egress[i].add(1);
         }
         self.reason
     }
@@ -392,16 +408,19 @@ pub fn check(
         identity_of(snap, src)
     };
     let slot = |name: &str| p.slots.get(name).copied().unwrap_or(0);
-    match p.verdict(s, identity_of(snap, dst), proto, port) {
+    let (decision, egress) = p.verdict_at(s, identity_of(snap, dst), proto, port);
+    match decision {
         Decision::Allow("") => Ok(u16::MAX),
         Decision::Allow(name) => Ok(slot(name)),
         Decision::Deny(name) => Err(PolicyDrop {
             reason: crate::DropReason::PolicyDeny,
             slot: slot(name),
+            egress,
         }),
         Decision::DefaultDeny(name) => Err(PolicyDrop {
             reason: crate::DropReason::PolicyDenied,
             slot: slot(name),
+            egress,
         }),
     }
 }

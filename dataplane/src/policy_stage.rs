@@ -127,6 +127,7 @@ fn one<A: Addr>(
                 reason: DropReason::CtMapInsertionFailed,
                 // not a policy's doing: no policy's counter
                 slot: u16::MAX,
+                egress: false,
             }),
     }
 }

@@ -62,11 +62,19 @@ pub struct WorkerStats {
     drops: Vec<Counter>,
     /// Drops per policy (slot: `PolicyTables::slots`).
     pub policy_drops: Box<[Counter]>,
+    /// Load-balanced connections holding a SNAT source port, and the source ports this worker
+    /// may use toward one backend (its share of `lb.snat_ports`): a connection needs a free port
+    /// toward its backend, so usage per backend is what runs out.
+    pub snat_connections: Counter,
+    pub snat_ports_per_backend: Counter,
     /// The worker's conntrack bound (set once) and the entries its GC freed.
     pub ct_capacity: Counter,
     pub ct_gc_freed: Counter,
     /// New connections that policy allowed (while any policy exists).
     pub policy_allowed: Counter,
+    /// POLICY_DENIED [0] and POLICY_DENY [1] drops the sender's egress policy decided (the rest
+    /// of them: the receiver's ingress policy).
+    pub policy_drops_egress: [Counter; 2],
     /// Batch processing time (receive to transmit): `batch_ns[i]` counts batches that took at
     /// most `BATCH_NS_FIRST << i` ns; the last bucket is everything longer.
     pub batch_ns: [Counter; BATCH_BUCKETS],
@@ -105,9 +113,12 @@ impl Default for WorkerStats {
             policy_drops: (0..crate::policy::POLICY_SLOTS)
                 .map(|_| Counter::default())
                 .collect(),
+            snat_connections: Counter::default(),
+            snat_ports_per_backend: Counter::default(),
             ct_capacity: Counter::default(),
             ct_gc_freed: Counter::default(),
             policy_allowed: Counter::default(),
+            policy_drops_egress: Default::default(),
             batch_ns: Default::default(),
         }
     }

@@ -171,6 +171,7 @@ pub fn inspect<'a, A: Addr>(
             reason,
             // not one policy's doing: no policy's counter
             slot: u16::MAX,
+            egress: false,
         })
     };
     let mut j = None;
@@ -263,6 +264,7 @@ pub fn inspect<'a, A: Addr>(
             PolicyDrop {
                 reason: DropReason::PolicyL7Denied,
                 slot,
+                egress: false,
             }
             .count(stats);
             stats.drop(DropReason::PolicyL7Denied, 1);

@@ -225,6 +225,8 @@ pub struct Table<A> {
     free: HugeVec<u32>,
     max: usize,
     len: usize,
+    /// Of `len`, the direct-server-return connections (no SNAT port).
+    dsr_len: usize,
     cursor: usize,
     pub timeouts: Timeouts,
     /// Entries freed by GC / by eviction, for metrics.
@@ -249,6 +251,7 @@ impl<A: Addr> Table<A> {
             },
             max,
             len: 0,
+            dsr_len: 0,
             cursor: 0,
             timeouts,
             expired: 0,
@@ -261,6 +264,11 @@ impl<A: Addr> Table<A> {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+    /// Connections that are not direct server return (each holds a SNAT source port, or is a
+    /// flow of the policy stage).
+    pub fn translated_len(&self) -> usize {
+        self.len - self.dsr_len
     }
     pub fn capacity(&self) -> usize {
         self.max
@@ -412,6 +420,7 @@ impl<A: Addr> Table<A> {
             self.index.insert(self.index.hash(&reply), slot << 1 | 1);
         }
         self.len += 1;
+        self.dsr_len += usize::from(dsr);
         Ok(slot)
     }
 
@@ -446,6 +455,7 @@ impl<A: Addr> Table<A> {
             }
             self.free.push(slot);
             self.len -= 1;
+            self.dsr_len -= usize::from(e.dsr);
         }
     }
 
@@ -598,9 +608,16 @@ mod tests {
         // the client's ACK completes the handshake (the SYN-ACK is never seen)
         let e = t.seen(s, Dir::Original, ACK, 1).unwrap();
         assert_eq!(e.state, State::Established);
+        let translated = t.insert(nat(9), 6, SYN, 0).unwrap();
+        assert_eq!(
+            (t.len(), t.translated_len()),
+            (3, 1),
+            "DSR holds no SNAT port"
+        );
         t.remove(s);
+        t.remove(translated);
         assert_eq!(t.lookup(&other.original(6)), Some((s2, Dir::Original)));
-        assert_eq!(t.len(), 1);
+        assert_eq!((t.len(), t.translated_len()), (1, 0));
     }
 
     #[test]

@@ -270,6 +270,14 @@ impl LbState {
         self.gc(GC_BUDGET)
     }
 
+    /// Connections holding a SNAT source port.
+    pub fn snat_connections(&self) -> usize {
+        self.v4.tcp.translated_len()
+            + self.v4.other.translated_len()
+            + self.v6.tcp.translated_len()
+            + self.v6.other.translated_len()
+    }
+
     /// Connections the tables can hold (all of them).
     pub fn capacity(&self) -> usize {
         self.v4.tcp.capacity()
@@ -494,6 +502,10 @@ pub fn service(
     }
     stats.lb_new_connections.add(new);
     stats.ct_entries.set(lb.connections() as u64);
+    stats.snat_connections.set(lb.snat_connections() as u64);
+    stats
+        .snat_ports_per_backend
+        .set(u64::from(lb.ctx.port_range(snap.lb.snat_ports).1));
 }
 
 enum Outcome {
