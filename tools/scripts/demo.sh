@@ -152,7 +152,7 @@ echo "  policy drops by policy: $(python3 -c "import json; print(json.load(open(
 bold "flows (Hubble-style): sluice observe --verdict DROPPED --last 6"
 $BIN/sluice observe --verdict DROPPED --last 6 | sed 's/^/  /'
 check "the L7 refusal is a flow with its policy" "yes" \
-    "$($BIN/sluice observe --http-status 403 --last 1 | grep -q 'L7 DROPPED (POST /admin/delete => 403, policy lab/web-from-client' && echo yes || echo no)"
+    "$($BIN/sluice observe --http-method POST --http-status 403 --last 1 | grep -q 'L7 DROPPED (POST /admin/delete => 403, policy lab/web-from-client' && echo yes || echo no)"
 bold "Prometheus metrics (GET /metrics, a few of them)"
 curl -s --unix-socket "$RUNDIR/api.sock" http://sluice/metrics \
     | grep -E '^sluice_(drops_total\{reason="POLICY_(DENIED|L7_DENIED)"|policy_drops_total|l7_re|conntrack_(entries|capacity)|batch_duration_seconds_count)' \
