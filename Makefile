@@ -4,7 +4,7 @@ CARGO ?= cargo
 RUN_SECONDS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test deps build release lab-up lab-down bench fuzz clippy fmt check-config clean
+.PHONY: run test deps build release install lab-up lab-down bench fuzz clippy fmt check-config clean
 
 ## Install the Debian packages the build and the tests need (only what is missing).
 deps:
@@ -15,6 +15,28 @@ build: deps
 
 release: deps
 	$(CARGO) build --release --workspace --bins
+
+## Install binaries, systemd units, example configs and the README under DESTDIR/PREFIX (after
+## `make release`; BINDIR=target/debug installs a debug build). Units go to /etc/systemd/system
+## with their paths following PREFIX; an existing /etc/sluice/sluiced.toml is never touched.
+PREFIX ?= /usr/local
+BINDIR ?= target/release
+DESTDIR ?=
+install:
+	@for b in sluiced sluice sluice-k8s-sync sluice-decap; do \
+	    test -x $(BINDIR)/$$b || { echo "install: no $(BINDIR)/$$b; run make release first" >&2; exit 1; }; \
+	done
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/sluice/examples \
+	    $(DESTDIR)$(PREFIX)/share/doc/sluice
+	install -m 0755 $(BINDIR)/sluiced $(BINDIR)/sluice $(BINDIR)/sluice-k8s-sync $(BINDIR)/sluice-decap \
+	    $(DESTDIR)$(PREFIX)/bin/
+	for u in systemd/*.service; do \
+	    sed 's#/usr/local#$(PREFIX)#g' $$u > $(DESTDIR)/etc/systemd/system/$$(basename $$u); \
+	    chmod 0644 $(DESTDIR)/etc/systemd/system/$$(basename $$u); \
+	done
+	install -m 0644 configs/*.toml configs/*.yaml configs/*.json $(DESTDIR)/etc/sluice/examples/
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/sluice/README.md
+	cp -r docs/decisions $(DESTDIR)$(PREFIX)/share/doc/sluice/
 
 ## Build, bring the lab up, start sluiced on it, show traffic crossing it. Ctrl-C stops;
 ## RUN_SECONDS=N stops by itself after N seconds. Non-zero exit if the demo traffic did not pass.

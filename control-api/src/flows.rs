@@ -169,6 +169,18 @@ impl FlowLog {
         out
     }
 
+    /// Replaces the export (a config reload): the next flows go to the new file, if any.
+    pub fn set_export(&self, export: Option<Export>) {
+        let mut x = self.export.lock().unwrap_or_else(|p| p.into_inner());
+        if x.as_ref().map(|e| &e.cfg) != export.as_ref() {
+            *x = export.map(|cfg| Exporter {
+                cfg,
+                file: None,
+                size: 0,
+            });
+        }
+    }
+
     /// Flows from now on (for `follow=true`).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Value>> {
         self.live.subscribe()

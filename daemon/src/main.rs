@@ -7,6 +7,7 @@ mod metrics;
 mod neighbors;
 mod netdev;
 mod netlink;
+mod notify;
 mod status;
 
 use anyhow::{Context, Result};
@@ -18,7 +19,7 @@ use sluice_control::persist::{self, Persister};
 use sluice_control::server::{load_token, Server};
 use sluice_control::store::Store;
 use sluice_dataplane::state::{RouteTable, Snapshot, StateHub};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,13 +60,20 @@ fn main() {
             }
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    // journald-friendly: colours only on a terminal, and no timestamp of our own when the
+    // journal (which stamps every line) is the output
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_target(false)
-        .init();
+        .with_ansi(std::io::stdout().is_terminal());
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
     let Some(path) = &args.config else {
         eprintln!("sluiced: --config FILE is required (or --check-config FILE)");
         std::process::exit(2);
@@ -77,17 +85,21 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(cfg, args.stats_file) {
+    if let Err(e) = run(cfg, path, args.stats_file) {
         tracing::error!("{e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
+fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing the SIGHUP handler")?;
+    let notifier = notify::Notifier::from_env();
     let api_only = cfg.interfaces.is_empty();
     if api_only {
         tracing::warn!("no [[interface]] configured: serving the control API only, no datapath");
@@ -132,14 +144,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
     sluice_dataplane::flow::ENABLED.store(cfg.observe.flows, Ordering::Relaxed);
     let flows = Arc::new(sluice_control::flows::FlowLog::new(
         cfg.observe.flows_kept,
-        cfg.observe
-            .export_file
-            .clone()
-            .map(|path| sluice_control::flows::Export {
-                path,
-                max_bytes: cfg.observe.export_max_bytes,
-                keep: cfg.observe.export_keep,
-            }),
+        export_of(&cfg),
         &cfg.appliance.name,
     ));
     let mut status = status::DaemonStatus::new(worker_stats.clone());
@@ -197,11 +202,33 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         if api_only { 0 } else { cfg.dataplane.queues }
     );
 
-    // Control loop: interfaces still there, neighbours, counters.
+    notifier.send(&format!(
+        "READY=1\nSTATUS=forwarding on {} interface(s) with {} worker(s)",
+        cfg.interfaces.len(),
+        if api_only { 0 } else { cfg.dataplane.queues }
+    ));
+
+    // Control loop: interfaces still there, neighbours, counters, reloads, the watchdog.
     let stats_every = Duration::from_millis(cfg.appliance.stats_interval_ms);
     let mut last_stats = Instant::now();
+    let mut last_watchdog = Instant::now();
     let mut exit_error = None;
     while !stop.load(Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) {
+            notifier.send("RELOADING=1");
+            reload_config(&mut cfg, config_path, &hub, &api);
+            notifier.send("READY=1");
+        }
+        if let Some(every) = notifier.watchdog_every {
+            // alive = this loop turns and every worker thread still runs
+            let workers_alive = dp
+                .as_ref()
+                .is_none_or(|d| d.workers.iter().all(|h| !h.is_finished()));
+            if workers_alive && last_watchdog.elapsed() >= every {
+                notifier.send("WATCHDOG=1");
+                last_watchdog = Instant::now();
+            }
+        }
         // An interface that vanished (deleted, or its namespace torn down) cannot come back
         // under us: stop and exit non-zero so a supervisor restarts us on the new state.
         if let Some(name) = ifindex_to_port.iter().find_map(|(idx, p)| {
@@ -228,6 +255,7 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
         std::thread::sleep(CONTROL_TICK);
     }
 
+    notifier.send("STOPPING=1");
     tracing::info!("stopping: API, workers, then XDP (the kernel path takes over)");
     stop.store(true, Ordering::Relaxed);
     server.stop();
@@ -251,6 +279,56 @@ fn run(cfg: Config, stats_file: Option<PathBuf>) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// SIGHUP: reads the config file again. A file that does not load, or that changes what only
+/// a restart can (see `Config::reloadable`), is refused with a log line and nothing changes;
+/// otherwise the load-balancing mode and flow event settings take effect at once.
+fn reload_config(cfg: &mut Config, path: &Path, hub: &StateHub, api: &Api) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(path = %path.display(), "config reload refused: {e}; the running config stays");
+            return;
+        }
+    };
+    if let Err(sections) = cfg.reloadable(&new) {
+        tracing::error!(
+            path = %path.display(),
+            "config reload refused: {} changed, which needs a restart; the running config stays",
+            sections.join(", ")
+        );
+        return;
+    }
+    let lb = match new.lb_settings() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("config reload refused: {e}; the running config stays");
+            return;
+        }
+    };
+    hub.update(|s| s.lb = Arc::new(lb));
+    sluice_dataplane::flow::ENABLED.store(new.observe.flows, Ordering::Relaxed);
+    api.flows.set_export(export_of(&new));
+    tracing::info!(
+        path = %path.display(),
+        lb_mode = %new.lb.mode,
+        flows = new.observe.flows,
+        "config reloaded"
+    );
+    *cfg = new;
+}
+
+/// The flow export the config asks for.
+fn export_of(cfg: &Config) -> Option<sluice_control::flows::Export> {
+    cfg.observe
+        .export_file
+        .clone()
+        .map(|path| sluice_control::flows::Export {
+            path,
+            max_bytes: cfg.observe.export_max_bytes,
+            keep: cfg.observe.export_keep,
+        })
 }
 
 /// The store as it was last applied, from `api.state_dir`. A file that cannot be used is set

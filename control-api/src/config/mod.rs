@@ -211,6 +211,48 @@ fn any() -> String {
     "any".into()
 }
 
+/// What a reload (SIGHUP) can change in a running daemon: the load-balancing mode and DSR
+/// dispatch (`lb.mode`, `lb.dsr_*`) and the flow events (`observe.flows`, `observe.export_*`).
+/// Everything else is fixed by what the daemon set up at start (interfaces, sockets, tables,
+/// XDP steering, the store's defaults).
+impl Config {
+    /// Ok when `new` differs from `self` only in what a reload can apply; otherwise the
+    /// sections that differ and need a restart.
+    pub fn reloadable(&self, new: &Config) -> Result<(), Vec<&'static str>> {
+        let mut masked = new.clone();
+        masked.lb.mode.clone_from(&self.lb.mode);
+        masked.lb.dsr_dispatch.clone_from(&self.lb.dsr_dispatch);
+        masked.lb.dsr_geneve_port = self.lb.dsr_geneve_port;
+        masked.lb.dsr_mtu = self.lb.dsr_mtu;
+        masked.observe.flows = self.observe.flows;
+        masked
+            .observe
+            .export_file
+            .clone_from(&self.observe.export_file);
+        masked.observe.export_max_bytes = self.observe.export_max_bytes;
+        masked.observe.export_keep = self.observe.export_keep;
+        if masked == *self {
+            return Ok(());
+        }
+        let o = self;
+        let changed = [
+            ("[appliance]", masked.appliance != o.appliance),
+            ("[dataplane]", masked.dataplane != o.dataplane),
+            ("[[interface]]", masked.interfaces != o.interfaces),
+            ("[[route]]", masked.routes != o.routes),
+            ("[[steer]]", masked.steer != o.steer),
+            ("[api]", masked.api != o.api),
+            ("[overlay]", masked.overlay != o.overlay),
+            ("[lb] (other than mode and dsr_*)", masked.lb != o.lb),
+            ("[observe] flows_kept", masked.observe != o.observe),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect();
+        Err(changed)
+    }
+}
+
 /// A config error: which field, what is wrong, how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -622,5 +664,29 @@ port = 80
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("0.0.0.0/0").is_ok());
         assert!(parse_cidr("10.0.0.0").is_err());
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_may_change_lb_mode_and_flow_events_only() {
+        let base = "[appliance]\nname = \"a\"\n";
+        let old = Config::from_toml(base).unwrap();
+        let live = Config::from_toml(&format!(
+            "{base}[lb]\nmode = \"dsr\"\ndsr_mtu = 1400\n[observe]\nflows = false\nexport_file = \"/tmp/f.jsonl\"\n"
+        ))
+        .unwrap();
+        assert_eq!(old.reloadable(&live), Ok(()));
+        let restart = Config::from_toml(&format!(
+            "{base}[lb]\nhash_seed = 7\n[api]\nlisten = \"127.0.0.1:9900\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            old.reloadable(&restart),
+            Err(vec!["[api]", "[lb] (other than mode and dsr_*)"])
+        );
     }
 }

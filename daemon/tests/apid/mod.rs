@@ -53,11 +53,17 @@ impl Daemon {
     }
 
     pub fn start_in(dir: PathBuf, token: bool) -> Daemon {
+        Self::start_with_env(dir, token, &[])
+    }
+
+    /// `start_in` with extra environment variables for sluiced.
+    pub fn start_with_env(dir: PathBuf, token: bool, env: &[(&str, &str)]) -> Daemon {
         let cfg = Self::config(&dir, token, "");
         let log = std::fs::File::create(dir.join("sluiced.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sluiced"))
             .arg("--config")
             .arg(&cfg)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -78,6 +84,18 @@ impl Daemon {
 
     pub fn start(token: bool) -> Daemon {
         Self::start_in(Self::dir(), token)
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log(&self) -> String {
