@@ -14,8 +14,11 @@ done
 # scapy: the independent decoder the overlay interop tests check sluice's packets with
 need_scapy=0
 python3 -c "import scapy" 2>/dev/null || need_scapy=1
+# schemathesis: fuzzes the control API against its own OpenAPI document
+need_st=0
+command -v st >/dev/null 2>&1 || need_st=1
 
-if [ ${#missing[@]} -eq 0 ] && [ $need_scapy -eq 0 ]; then
+if [ ${#missing[@]} -eq 0 ] && [ $need_scapy -eq 0 ] && [ $need_st -eq 0 ]; then
     exit 0
 fi
 
@@ -33,4 +36,8 @@ fi
 if [ $need_scapy -eq 1 ]; then
     echo "install-deps: installing scapy (PyPI)"
     python3 -m pip install --quiet --root-user-action=ignore scapy
+fi
+if [ $need_st -eq 1 ]; then
+    echo "install-deps: installing schemathesis (PyPI)"
+    python3 -m pip install --quiet --root-user-action=ignore schemathesis
 fi

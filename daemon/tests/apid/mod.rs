@@ -58,7 +58,22 @@ impl Daemon {
 
     /// `start_in` with extra environment variables for sluiced.
     pub fn start_with_env(dir: PathBuf, token: bool, env: &[(&str, &str)]) -> Daemon {
+        Self::spawn(dir, token, env, None)
+    }
+
+    /// Also listening on TCP `127.0.0.1:port` (for HTTP clients that cannot use the socket).
+    pub fn start_tcp(port: u16) -> Daemon {
+        Self::spawn(Self::dir(), true, &[], Some(port))
+    }
+
+    fn spawn(dir: PathBuf, token: bool, env: &[(&str, &str)], tcp: Option<u16>) -> Daemon {
         let cfg = Self::config(&dir, token, "");
+        if let Some(port) = tcp {
+            let text = std::fs::read_to_string(&cfg)
+                .unwrap()
+                .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+            std::fs::write(&cfg, text).unwrap();
+        }
         let log = std::fs::File::create(dir.join("sluiced.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sluiced"))
             .arg("--config")
