@@ -391,6 +391,15 @@ impl Store {
             .collect();
         self.identities
             .resolve(&pods.iter().map(|(_, l, _)| l.clone()).collect());
+        let mut bandwidth = HashMap::new();
+        for (k, v) in self.list(Some(Kind::Pod), None) {
+            if let Ok(Some(bps)) = model::pod_egress_bandwidth(k, v) {
+                for a in model::pod(k, v).unwrap_or_default() {
+                    bandwidth.insert(a, bps);
+                }
+            }
+        }
+        self.tables.egress_bandwidth = Arc::new(bandwidth);
         self.endpoints_of.clear();
         self.pod_of_ip.clear();
         for (name, labels, ips) in &pods {

@@ -3,6 +3,7 @@
 use crate::neighbors::Neighbors;
 use anyhow::{Context, Result};
 use sluice_control::config::{CheckedSteer, Config, PollModeCfg, XdpModeCfg, ZeroCopyCfg};
+use sluice_dataplane::bandwidth::BandwidthState;
 use sluice_dataplane::capture::CaptureTap;
 use sluice_dataplane::flow::{EventSink, FlowRing};
 use sluice_dataplane::handoff::Handoff;
@@ -230,6 +231,7 @@ pub fn start(
         pipeline.handoff = handoff.as_ref().map(|h| h.port(q as usize));
         stats.ct_capacity.set(pipeline.lb.capacity() as u64);
         pipeline.tap = Some(tap.clone());
+        pipeline.bandwidth = BandwidthState::new(cfg.dataplane.queues as u16);
         let ring = Arc::new(FlowRing::new(sluice_dataplane::flow::RING));
         pipeline.outbox.events = EventSink::new(ring.clone());
         dp.flow_rings.push(ring);

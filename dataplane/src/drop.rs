@@ -77,6 +77,8 @@ drop_reasons! {
     /// A TCP segment of an L7-inspected connection beyond a hole in its byte stream: the client
     /// resends in order.
     L7OutOfOrder = 1008, "L7_SEGMENT_OUT_OF_ORDER";
+    /// Over its pod's egress bandwidth limit (`kubernetes.io/egress-bandwidth`).
+    BandwidthExceeded = 1009, "BANDWIDTH_LIMIT_EXCEEDED";
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //!
 //! No async runtime, no HTTP, no Kubernetes here: the fast path stays small.
 
+pub mod bandwidth;
 pub mod capture;
 pub mod drop;
 pub mod fixtures;

@@ -30,6 +30,9 @@ pub enum Verdict {
     Drop(DropReason),
     /// Belongs to this worker's connection state: copied to it (see `handoff`).
     Handoff(u16),
+    /// Taken by a stage (a copy held to be sent later, see `bandwidth`): the buffer is
+    /// recycled, nothing is counted.
+    Consumed,
 }
 
 /// What the stages learn about a packet on the way, beyond its bytes.
@@ -43,6 +46,8 @@ pub struct Meta {
     pub lb: bool,
     /// Dropped by policy: the drop counter slot of the deciding policy (for its flow event).
     pub policy_slot: u16,
+    /// Released by the bandwidth manager at its departure time: not paced again.
+    pub paced: bool,
 }
 
 /// A vector of frames with one verdict each.

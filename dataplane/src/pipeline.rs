@@ -110,6 +110,8 @@ pub struct Pipeline {
     pub outbox: crate::l7::Outbox,
     /// The appliance's capture point (`sluice capture`), shared by the workers.
     pub tap: Option<std::sync::Arc<crate::capture::CaptureTap>>,
+    /// Egress rate limits of pods (bandwidth manager).
+    pub bandwidth: crate::bandwidth::BandwidthState,
 }
 
 impl Pipeline {
@@ -127,6 +129,7 @@ impl Pipeline {
             handoff: None,
             outbox: Default::default(),
             tap: None,
+            bandwidth: Default::default(),
         }
     }
 
@@ -154,6 +157,7 @@ impl Pipeline {
         );
         crate::overlay::encap(snap, region, batch, stats, neigh, &mut self.encap);
         Self::route(snap, region, batch, neigh);
+        crate::bandwidth::pace(snap, region, batch, &mut self.bandwidth);
     }
 
     /// The route stage alone: for the packets the stages generated, which are final already.

@@ -278,6 +278,8 @@ pub struct ClusterTables {
     pub ipcache: PrefixTable<u32>,
     /// Network policy per identity.
     pub policy: Arc<crate::policy::PolicyTables>,
+    /// Egress rate limits of pods (`kubernetes.io/egress-bandwidth`), bits/s, by pod address.
+    pub egress_bandwidth: Arc<HashMap<IpAddr, u64>>,
 }
 
 /// How pod traffic to other nodes leaves (Cilium's routing modes).

@@ -41,7 +41,9 @@ pub fn process_batch<I: PacketIo, N: NeighborRequests>(
     neigh: &mut N,
 ) -> usize {
     io.service(stats);
-    let mut n = io.rx_burst(batch, stats);
+    // paced packets now due go first (already routed: they skip the stages)
+    let released = pipeline.bandwidth.release(io, batch);
+    let mut n = released + io.rx_burst(batch, stats);
     if let Some(h) = &pipeline.handoff {
         n += h.receive(io, batch, stats);
     }
@@ -106,7 +108,9 @@ fn capture<I: PacketIo>(t: &CaptureTap, now: u64, io: &mut I, batch: &Batch, aft
     for i in 0..batch.len() {
         let f = batch.frame(i);
         let port = match (after, batch.verdict(i)) {
-            (false, _) => f.port,
+            (false, Verdict::Continue) => f.port,
+            // paced packets released into the batch were seen on their way in already
+            (false, _) => continue,
             (true, Verdict::Tx(p)) => p,
             (true, _) => continue,
         };
@@ -138,6 +142,8 @@ fn settle<I: PacketIo>(io: &mut I, pipeline: &Pipeline, batch: &mut Batch, stats
             Verdict::Tx(_) => stats.drop(DropReason::TxRingFull, 1),
             // every stage decides or passes on; a packet no stage decided has nowhere to go
             Verdict::Continue => stats.drop(DropReason::NoRoute, 1),
+            // a stage kept a copy (paced): only the buffer goes back
+            Verdict::Consumed => {}
             Verdict::Handoff(w) => {
                 let sent = match (&pipeline.handoff, io.region_mut().data(&f)) {
                     (Some(h), Some(bytes)) => h.send(usize::from(w), bytes, f.port),
@@ -277,7 +283,8 @@ impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
             }
             idle = idle.saturating_add(1);
             match &mut waiter {
-                Some(w) if idle >= IDLE_SPINS => {
+                // paced packets wait: keep turning to send them when due
+                Some(w) if idle >= IDLE_SPINS && !self.pipeline.bandwidth.holding() => {
                     // another worker may hand packets over: it wakes us when it sees us asleep
                     let handoff = self.pipeline.handoff.as_ref();
                     if handoff.is_none_or(|h| h.sleep()) {

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(clang llvm libelf-dev zlib1g-dev pkg-config m4 make
-      iproute2 ethtool iptables nftables tcpdump tshark curl python3 procps wrk)
+      iproute2 ethtool iptables nftables tcpdump tshark iperf3 curl python3 procps wrk)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -318,7 +318,9 @@ pub fn validate(key: &ObjectKey, v: &Value) -> VResult<()> {
         Kind::Service => service(key, v).map(|_| ()),
         Kind::EndpointSlice => endpoint_slice(key, v).map(|_| ()),
         Kind::Node => node(key, v).map(|_| ()),
-        Kind::Pod => pod(key, v).map(|_| ()),
+        Kind::Pod => pod(key, v)
+            .and_then(|_| pod_egress_bandwidth(key, v))
+            .map(|_| ()),
         Kind::NetworkPolicy | Kind::CiliumNetworkPolicy => policy(key, v).map(|_| ()),
         Kind::Namespace => Ok(()),
     }
@@ -471,5 +473,40 @@ mod tests {
         assert_eq!(err(&p).field, "status.podIPs[1].ip");
         let c = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "p"}, "spec": []});
         assert_eq!(err(&c).field, "spec");
+    }
+
+    #[test]
+    fn egress_bandwidth_quantities() {
+        let key = ObjectKey {
+            kind: Kind::Pod,
+            namespace: "lab".into(),
+            name: "be1".into(),
+        };
+        let pod =
+            |q: serde_json::Value| json!({"metadata": {"annotations": {EGRESS_BANDWIDTH: q}}});
+        for (q, want) in [
+            ("10M", 10_000_000u64),
+            ("1G", 1_000_000_000),
+            ("500k", 500_000),
+            ("1Mi", 1_048_576),
+            ("2.5M", 2_500_000),
+        ] {
+            assert_eq!(
+                pod_egress_bandwidth(&key, &pod(json!(q))).unwrap(),
+                Some(want),
+                "{q}"
+            );
+        }
+        assert_eq!(pod_egress_bandwidth(&key, &json!({})).unwrap(), None);
+        for bad in [
+            json!("10 megabits"),
+            json!("10X"),
+            json!(10),
+            json!("0"),
+            json!("1T0"),
+        ] {
+            let e = pod_egress_bandwidth(&key, &pod(bad.clone())).unwrap_err();
+            assert!(e.to_string().contains("egress-bandwidth"), "{bad}: {e}");
+        }
     }
 }

@@ -445,6 +445,56 @@ pub fn pod(key: &ObjectKey, v: &Value) -> VResult<Vec<IpAddr>> {
     Ok(ips)
 }
 
+/// The annotation Cilium's bandwidth manager reads.
+pub const EGRESS_BANDWIDTH: &str = "kubernetes.io/egress-bandwidth";
+
+/// A pod's egress rate limit in bits/s (`kubernetes.io/egress-bandwidth`, a Kubernetes
+/// quantity: "10M" is 10 Mbit/s; k M G T decimal, Ki Mi Gi Ti binary), if it has one.
+pub fn pod_egress_bandwidth(key: &ObjectKey, v: &Value) -> VResult<Option<u64>> {
+    let object = key.to_string();
+    let at = At { object: &object };
+    let field = format!("metadata.annotations[{EGRESS_BANDWIDTH}]");
+    let Some(q) = v
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(EGRESS_BANDWIDTH))
+    else {
+        return Ok(None);
+    };
+    let s = q
+        .as_str()
+        .ok_or_else(|| at.bad(&field, "must be a string such as \"10M\""))?;
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        _ => {
+            return Err(at.bad(
+                &field,
+                format!("{s:?}: unknown unit {unit:?} (k, M, G, T, Ki, Mi, Gi, Ti)"),
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| at.bad(&field, format!("{s:?} is not a quantity such as \"10M\"")))?;
+    let bps = n * mult;
+    // Cilium's bounds: at least 1 kbit/s, at most 100 Gbit/s
+    if !(1e3..=1e11).contains(&bps) {
+        return Err(at.bad(&field, format!("{s:?} is outside 1k..100G bits/s")));
+    }
+    Ok(Some(bps as u64))
+}
+
 /// Policies: read in full into the policy engine's rules (every error names its field).
 pub fn policy(key: &ObjectKey, v: &Value) -> VResult<Vec<crate::policy::rules::Rule>> {
     let object = key.to_string();
