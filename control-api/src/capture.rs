@@ -3,6 +3,7 @@
 //! `host A`, `src host A`, `dst host A`, `net CIDR`, `port N`, `src port N`, `dst port N`,
 //! `tcp`, `udp`, `icmp`, `icmp6`, `ip`, `ip6`. Terms look at the outer headers.
 
+use crate::flows::in_cidr;
 use sluice_dataplane::wire::parse::{parse, Parsed, TunnelPorts};
 use std::net::IpAddr;
 
@@ -23,20 +24,6 @@ enum Term {
 /// A parsed filter: every (negated?, term) must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter(Vec<(bool, Term)>);
-
-fn in_net(a: IpAddr, net: IpAddr, len: u8) -> bool {
-    match (a, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(a) & m == u32::from(n) & m
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(a) & m == u128::from(n) & m
-        }
-        _ => false,
-    }
-}
 
 impl Filter {
     /// Reads an expression; an error names the word it could not use.
@@ -105,7 +92,7 @@ impl Filter {
             Term::Host(a) => p.src == a || p.dst == a,
             Term::SrcHost(a) => p.src == a,
             Term::DstHost(a) => p.dst == a,
-            Term::Net(a, l) => in_net(p.src, a, l) || in_net(p.dst, a, l),
+            Term::Net(a, l) => in_cidr(p.src, (a, l)) || in_cidr(p.dst, (a, l)),
             Term::Port(n) => ports && (p.src_port == n || p.dst_port == n),
             Term::SrcPort(n) => ports && p.src_port == n,
             Term::DstPort(n) => ports && p.dst_port == n,

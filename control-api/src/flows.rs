@@ -111,13 +111,7 @@ impl FlowLog {
         if events.is_empty() {
             return;
         }
-        let policies: HashMap<u16, &str> = snap
-            .cluster
-            .policy
-            .slots
-            .iter()
-            .map(|(n, s)| (*s, &**n))
-            .collect();
+        let policies = snap.cluster.policy.names_by_slot();
         let flows: Vec<Arc<Value>> = {
             let store = store.lock().unwrap_or_else(|p| p.into_inner());
             let ctx = Ctx {
@@ -541,7 +535,8 @@ fn cidr(s: &str) -> Result<(IpAddr, u8), String> {
     Ok((a, len))
 }
 
-fn in_cidr(a: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+/// Whether `a` is inside `net/len` (families must match).
+pub(crate) fn in_cidr(a: IpAddr, (net, len): (IpAddr, u8)) -> bool {
     match (a, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);

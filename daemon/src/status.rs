@@ -182,13 +182,7 @@ impl Reporter {
             policy_drops: BTreeMap::new(),
             batch_ns,
         };
-        let policy_name: BTreeMap<u16, &str> = snap
-            .cluster
-            .policy
-            .slots
-            .iter()
-            .map(|(n, s)| (*s, &**n))
-            .collect();
+        let policy_name = snap.cluster.policy.names_by_slot();
         for w in &workers {
             totals.rx_packets += w.rx_packets;
             totals.tx_packets += w.tx_packets;

@@ -64,12 +64,7 @@ fn an_annotated_pod_sends_at_its_egress_bandwidth() {
         return;
     }
     let d = lab.start_sluiced(&lab_config(1, ""));
-    let objects = sluice_cli::resources::read_manifests(&format!(
-        "{}/../configs/lab-cluster.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("lab cluster");
-    sluice_cli::resources::apply_or_delete(&api(&lab), &objects, false).expect("apply");
+    common::apply(&lab, "lab-cluster.yaml");
     let mut be1 = api(&lab).get("/v1/pods/lab/be1").expect("be1");
     be1["metadata"]["annotations"] = serde_json::json!({"kubernetes.io/egress-bandwidth": "20M"});
     let a = api(&lab)

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{api, lab_config, Lab, SERIAL};
+use common::{api, apply, lab_config, Lab, SERIAL};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -23,15 +23,6 @@ fn sluice_bin() -> std::path::PathBuf {
         p.display()
     );
     p
-}
-
-fn apply(lab: &Lab, file: &str) {
-    let objects = sluice_cli::resources::read_manifests(&format!(
-        "{}/../configs/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect(file);
-    sluice_cli::resources::apply_or_delete(&api(lab), &objects, false).expect("apply");
 }
 
 /// Lines from `rx` until one contains every piece of `want` (or the deadline): that line.

@@ -30,12 +30,7 @@ fn a_policy_admits_the_labelled_client_and_drops_it_once_relabelled() {
     let _g = lock();
     let Some(lab) = Lab::up("pol", 1) else { return };
     let d = lab.start_sluiced(&lab_config(1, ""));
-    let objects = sluice_cli::resources::read_manifests(&format!(
-        "{}/../configs/lab-cluster.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("lab cluster");
-    sluice_cli::resources::apply_or_delete(&api(&lab), &objects, false).expect("apply");
+    common::apply(&lab, "lab-cluster.yaml");
     put(&lab, "/v1/pods/lab/client", &client_pod("client"));
     // before any policy: everything flows
     assert!(lab.curl("http://10.20.0.11/").is_some());
@@ -109,12 +104,7 @@ fn http_rules_pass_allowed_requests_and_answer_403_to_the_rest() {
     let _g = lock();
     let Some(lab) = Lab::up("l7", 1) else { return };
     let d = lab.start_sluiced(&lab_config(1, ""));
-    let objects = sluice_cli::resources::read_manifests(&format!(
-        "{}/../configs/lab-cluster.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("lab cluster");
-    sluice_cli::resources::apply_or_delete(&api(&lab), &objects, false).expect("apply");
+    common::apply(&lab, "lab-cluster.yaml");
     put(&lab, "/v1/pods/lab/client", &client_pod("client"));
     // Cilium's L7 example: the client may only GET /api/users/.* and POST /api/login
     let cnp = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",

@@ -60,9 +60,7 @@ fn assert_split(
 const WEIGHTS: [(&str, f64); 3] = [("be1", 0.25), ("be2", 0.25), ("be3", 0.5)];
 
 fn apply_lab_cluster(lab: &Lab) {
-    let objects = sluice_cli::resources::read_manifests(&repo_file("configs/lab-cluster.yaml"))
-        .expect("lab cluster manifests");
-    sluice_cli::resources::apply_or_delete(&api(lab), &objects, false).expect("apply");
+    common::apply(lab, "lab-cluster.yaml");
 }
 
 #[test]

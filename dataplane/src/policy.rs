@@ -255,6 +255,13 @@ pub struct PolicyTables {
 }
 
 impl PolicyTables {
+    /// Policy names by their drop counter slot.
+    pub fn names_by_slot(&self) -> std::collections::HashMap<u16, &str> {
+        self.slots.iter().map(|(n, s)| (*s, &**n)).collect()
+    }
+}
+
+impl PolicyTables {
     /// The verdict for a packet from identity `src` to identity `dst`: the sender's egress
     /// policy, then the receiver's ingress policy (each default-allow unless enforced). An
     /// allowed packet names the ingress policy that allowed it, else the egress one, else none

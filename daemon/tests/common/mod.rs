@@ -374,6 +374,14 @@ pub fn lab_config(queues: u32, extra: &str) -> String {
     ) + extra
 }
 
+/// Applies the Kubernetes manifests of `configs/FILE` to the lab daemon.
+pub fn apply(lab: &Lab, file: &str) {
+    let objects =
+        sluice_cli::resources::read_manifests(&repo().join("configs").join(file).to_string_lossy())
+            .unwrap_or_else(|e| panic!("configs/{file}: {e:#}"));
+    sluice_cli::resources::apply_or_delete(&api(lab), &objects, false).expect("apply");
+}
+
 /// The control API of a lab daemon, through its unix socket, with the test token.
 pub fn api(lab: &Lab) -> sluice_cli::client::Client {
     sluice_cli::client::Client {
