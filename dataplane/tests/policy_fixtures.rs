@@ -36,6 +36,13 @@ fn with_policy() -> Snapshot {
     let mut ingress = PolicyMap::default();
     ingress.add(CLIENT, 6, 8080, 8080, false, None, &name);
     ingress.add(OTHERS, ANY_PROTO, 0, u16::MAX, true, None, &name);
+    c.policy = be1_ingress(ingress, &name);
+    s.cluster = Arc::new(c);
+    s
+}
+
+/// Policy tables in which BE1 has `ingress` (enforced by `name`, on counter POLICY_SLOT).
+fn be1_ingress(mut ingress: PolicyMap, name: &Arc<str>) -> Arc<PolicyTables> {
     ingress.enforced_by = Some(name.clone());
     let mut t = PolicyTables::default();
     t.slots.insert(name.clone(), POLICY_SLOT);
@@ -46,9 +53,7 @@ fn with_policy() -> Snapshot {
             egress: None,
         },
     );
-    c.policy = Arc::new(t);
-    s.cluster = Arc::new(c);
-    s
+    Arc::new(t)
 }
 
 fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, from_client: bool) -> Vec<u8> {
@@ -341,17 +346,7 @@ fn http_rules_apply_through_a_service_and_the_403_comes_from_the_frontend() {
     .into();
     let mut ingress = PolicyMap::default();
     ingress.add(CLIENT, 6, 8080, 8080, false, Some(&rules), &name);
-    ingress.enforced_by = Some(name.clone());
-    let mut t = PolicyTables::default();
-    t.slots.insert(name.clone(), POLICY_SLOT);
-    t.endpoints.insert(
-        BE1,
-        EndpointPolicy {
-            ingress: Some(ingress),
-            egress: None,
-        },
-    );
-    c.policy = Arc::new(t);
+    c.policy = be1_ingress(ingress, &name);
     s.cluster = Arc::new(c);
     let mut dp = Lb::new(s);
     let client = |flags, seq, ack, data: &[u8]| {
