@@ -31,11 +31,22 @@ ns() { ip netns exec "$P-$1" "${@:2}"; }
 nooffload() { ns "$1" ethtool -K "$2" tx off rx off >/dev/null; }
 
 down() {
+    local pids=()
     if [ -d "$STATE" ]; then
         for pid in "$STATE"/*.pid; do
-            [ -e "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+            [ -e "$pid" ] && pids+=("$(cat "$pid")")
         done
     fi
+    [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null || true
+    # wait for them to exit (sluice-decap writes its final counters on SIGTERM): files written
+    # after the rm below would leave the state directory behind; 2 s at most, then SIGKILL
+    for _ in $(seq 40); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive -eq 0 ] && break
+        sleep 0.05
+    done
+    [ ${#pids[@]} -gt 0 ] && kill -9 "${pids[@]}" 2>/dev/null || true
     for n in cli app sw be1 be2 be3 n2; do
         ip netns del "$P-$n" 2>/dev/null || true
     done
