@@ -186,14 +186,16 @@ pub fn inspect<'a, A: Addr>(
     let Some(conn) = conns.get(tb, slot) else {
         return Step::Pass;
     };
-    let Some(l4) = p.l4 else {
-        return Step::Pass;
+    // an inspected connection's segment that cannot be read whole (or an IP fragment of one)
+    // is not let through unread
+    let Some(l4) = p.l4.filter(|_| !p.fragment) else {
+        return no_slot(DropReason::Malformed);
     };
     let Some(seg) = pkt
         .get(l4..p.l3 + p.ip_len)
         .and_then(|b| TcpPacket::new_checked(b).ok())
     else {
-        return Step::Pass;
+        return no_slot(DropReason::Malformed);
     };
     let s = Segment {
         seq: seg.seq(),
