@@ -56,8 +56,11 @@ lab-down:
 	bash tools/lab/lab.sh down sl
 
 ## Criterion benchmarks (mem-backend pipeline).
-bench: deps
+bench: deps release
 	$(CARGO) bench -p sluice-bench --bench pipeline --bench overlay --bench lb --bench policy --bench flows
+	@# the SYN flood of issue 9, at a rate this 2-core lab's appliance processes (FLOOD_RATE=0:
+	@# the generator's full rate, which overflows the AF_XDP rings here)
+	RATE=$${FLOOD_RATE:-30000} bash bench/scripts/syn-flood.sh 10
 
 ## Fuzz the full parser and pipeline (FUZZ_SECONDS, default 600). cargo-fuzz needs nightly
 ## features: RUSTC_BOOTSTRAP=1 lets the installed stable toolchain provide them.

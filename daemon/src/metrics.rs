@@ -204,6 +204,11 @@ pub fn render(
             |w| w.ct_gc_freed.get(),
         ),
         (
+            "sluice_conntrack_evicted_total",
+            "Embryonic conntrack entries evicted to admit new connections (tables full).",
+            |w| w.ct_evicted.get(),
+        ),
+        (
             "sluice_policy_allowed_connections_total",
             "New connections allowed by policy.",
             |w| w.policy_allowed.get(),

@@ -70,6 +70,8 @@ pub struct WorkerStats {
     /// The worker's conntrack bound (set once) and the entries its GC freed.
     pub ct_capacity: Counter,
     pub ct_gc_freed: Counter,
+    /// Embryonic entries evicted to admit new connections when the tables were full.
+    pub ct_evicted: Counter,
     /// New connections that policy allowed (while any policy exists).
     pub policy_allowed: Counter,
     /// POLICY_DENIED [0] and POLICY_DENY [1] drops the sender's egress policy decided (the rest
@@ -117,6 +119,7 @@ impl Default for WorkerStats {
             snat_ports_per_backend: Counter::default(),
             ct_capacity: Counter::default(),
             ct_gc_freed: Counter::default(),
+            ct_evicted: Counter::default(),
             policy_allowed: Counter::default(),
             policy_drops_egress: Default::default(),
             batch_ns: Default::default(),

@@ -1,12 +1,14 @@
-//! `sluice-pktgen`: the traffic generator. This first engine transmits UDP templates through an
+//! `sluice-pktgen`: the traffic generator. This first engine transmits templates through an
 //! AF_XDP socket (copy mode on veth, zero-copy on NICs that have it) as fast as the ring drains
-//! or at a target rate, for a duration, and prints a JSON result.
+//! or at a target rate, for a duration, and prints a JSON result. Templates: UDP, or TCP SYNs
+//! (a SYN flood: every flow a new connection), over up to millions of flows (source port, then
+//! source address).
 
 use clap::Parser;
 use sluice_dataplane::io::afxdp::{AfXdpConfig, AfXdpIo, ZeroCopy};
 use sluice_dataplane::io::PacketIo;
 use sluice_dataplane::stats::WorkerStats;
-use sluice_dataplane::wire::build::PacketSpec;
+use sluice_dataplane::wire::build::{PacketSpec, L4};
 use sluice_dataplane::wire::ethernet::parse_mac;
 use sluice_dataplane::{Batch, Verdict, MAX_BATCH};
 use std::time::{Duration, Instant};
@@ -33,9 +35,12 @@ struct Args {
     dst_ip: String,
     #[arg(long, default_value_t = 9)]
     dst_port: u16,
-    /// Distinct flows (source ports).
+    /// Distinct flows: source ports 1024..61023, then the next source address.
     #[arg(long, default_value_t = 64)]
-    flows: u16,
+    flows: u32,
+    /// udp, or syn (TCP SYNs: a SYN flood).
+    #[arg(long, default_value = "udp")]
+    proto: String,
     /// Frame size in bytes (without FCS), 60..=1514.
     #[arg(long, default_value_t = 64)]
     size: usize,
@@ -59,9 +64,14 @@ fn run(a: &Args) -> Result<(), String> {
     if !(60..=1514).contains(&a.size) {
         return Err(format!("--size {} is outside 60..=1514", a.size));
     }
-    if a.flows == 0 {
-        return Err("--flows must be at least 1".into());
+    if a.flows == 0 || a.flows > 4_000_000 {
+        return Err("--flows must be 1..=4,000,000".into());
     }
+    let syn = match a.proto.as_str() {
+        "udp" => false,
+        "syn" => true,
+        o => return Err(format!("--proto {o:?} is not udp or syn")),
+    };
     let dst_mac =
         parse_mac(&a.dst_mac).ok_or_else(|| format!("--dst-mac {:?} is not a MAC", a.dst_mac))?;
     let src_mac =
@@ -79,9 +89,30 @@ fn run(a: &Args) -> Result<(), String> {
     // Ethernet + IPv6/IPv4 + UDP headers
     let overhead = if a.dst_ip.contains(':') { 62 } else { 42 };
     let payload = vec![0u8; a.size.saturating_sub(overhead)];
+    let base: std::net::IpAddr = a.src_ip.parse().map_err(|_| "--src-ip".to_string())?;
+    /// Source ports per source address.
+    const PORTS: u32 = 60_000;
     let templates: Vec<Vec<u8>> = (0..a.flows)
         .map(|f| {
-            let mut s = PacketSpec::udp(&a.src_ip, &a.dst_ip, 10000 + f, a.dst_port, &payload);
+            let src = match base {
+                std::net::IpAddr::V4(v) => {
+                    std::net::IpAddr::V4((u32::from(v).wrapping_add(f / PORTS)).into())
+                }
+                std::net::IpAddr::V6(v) => {
+                    std::net::IpAddr::V6((u128::from(v).wrapping_add(u128::from(f / PORTS))).into())
+                }
+            };
+            let sport = 1024 + (f % PORTS) as u16;
+            let mut s = PacketSpec::udp(&src.to_string(), &a.dst_ip, sport, a.dst_port, &payload);
+            if syn {
+                s.l4 = L4::TcpSeq {
+                    flags: 0x02,
+                    seq: f.wrapping_mul(2_654_435_761),
+                    ack: 0,
+                };
+                // SYNs carry no payload
+                s.payload.clear();
+            }
             s.src_mac = src_mac;
             s.dst_mac = dst_mac;
             s.build()
@@ -139,6 +170,7 @@ fn run(a: &Args) -> Result<(), String> {
         "zero_copy": io.is_zero_copy(),
         "size": a.size,
         "flows": a.flows,
+        "proto": a.proto,
         "seconds": secs,
         "sent": sent,
         "pps": sent as f64 / secs,

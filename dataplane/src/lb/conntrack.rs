@@ -184,6 +184,8 @@ pub struct Entry<A> {
     /// Direct server return: the backend answers the client itself, so only the original
     /// direction is tracked (and `source` is the client: nothing is masqueraded).
     pub dsr: bool,
+    /// The reply direction has been seen (a SYN-ACK, for TCP).
+    pub replied: bool,
     /// Worker clock second at which the entry expires.
     pub expires: u32,
 }
@@ -411,6 +413,7 @@ impl<A: Addr> Table<A> {
             proto,
             state: State::Embryonic,
             dsr,
+            replied: false,
             expires: 0,
         };
         advance(&mut e, Dir::Original, tcp_flags, now, &self.timeouts);
@@ -513,12 +516,15 @@ fn advance<A>(e: &mut Entry<A>, dir: Dir, flags: u8, now: u32, t: &Timeouts) {
         e.expires = now.wrapping_add(t.other);
         return;
     }
-    let handshake_done = if e.dsr {
-        // replies bypass the appliance: the client's ACK of the SYN-ACK says it completed
-        flags & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::ACK
-    } else {
-        dir == Dir::Reply
-    };
+    if dir == Dir::Reply {
+        e.replied = true;
+    }
+    // the client's ACK completes the handshake: after the server's SYN-ACK was seen, or, with
+    // DSR (replies bypass the appliance), on its own. A SYN answered by the server but never
+    // acknowledged (a spoofed SYN flood) stays embryonic: first to be evicted, short-lived.
+    let client_ack =
+        dir == Dir::Original && flags & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::ACK;
+    let handshake_done = client_ack && (e.dsr || e.replied);
     if flags & (tcp::flags::FIN | tcp::flags::RST) != 0 {
         e.state = State::Closing;
     } else if handshake_done && e.state == State::Embryonic {
@@ -576,7 +582,11 @@ mod tests {
         let s = t.insert(nat(1), 6, SYN, 100).unwrap();
         let e = t.get(s).unwrap();
         assert_eq!((e.state, e.expires), (State::Embryonic, 100 + to.syn));
+        // the server's SYN-ACK alone does not establish it (a spoofed SYN's would)
         let e = t.seen(s, Dir::Reply, SYN | ACK, 101).unwrap();
+        assert_eq!((e.state, e.expires), (State::Embryonic, 101 + to.syn));
+        // the client's ACK of it does
+        let e = t.seen(s, Dir::Original, ACK, 101).unwrap();
         assert_eq!(
             (e.state, e.expires),
             (State::Established, 101 + to.established)
@@ -630,11 +640,21 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_without_a_syn_ack_before_it_establishes_nothing() {
+        let mut t = Table::new(2, Timeouts::default());
+        let s = t.insert(nat(1), 6, SYN, 0).unwrap();
+        // an ACK flood: the server never answered
+        t.seen(s, Dir::Original, ACK, 1);
+        assert_eq!(t.get(s).unwrap().state, State::Embryonic);
+    }
+
+    #[test]
     fn full_table_evicts_embryonic_never_established() {
         let mut t = Table::new(4, Timeouts::default());
         for p in 0..4 {
             let s = t.insert(nat(p), 6, SYN, 0).unwrap();
             t.seen(s, Dir::Reply, SYN | ACK, 0);
+            t.seen(s, Dir::Original, ACK, 0);
         }
         // all established: a new flow is refused, nothing is touched
         assert_eq!(t.insert(nat(10), 6, SYN, 1), Err(InsertError::Full));

@@ -270,6 +270,11 @@ impl LbState {
         self.gc(GC_BUDGET)
     }
 
+    /// Embryonic connections evicted so far to admit new ones (tables full).
+    pub fn evicted(&self) -> u64 {
+        self.v4.tcp.evicted + self.v4.other.evicted + self.v6.tcp.evicted + self.v6.other.evicted
+    }
+
     /// Connections holding a SNAT source port.
     pub fn snat_connections(&self) -> usize {
         self.v4.tcp.translated_len()
@@ -503,6 +508,7 @@ pub fn service(
     stats.lb_new_connections.add(new);
     stats.ct_entries.set(lb.connections() as u64);
     stats.snat_connections.set(lb.snat_connections() as u64);
+    stats.ct_evicted.set(lb.evicted());
     stats
         .snat_ports_per_backend
         .set(u64::from(lb.ctx.port_range(snap.lb.snat_ports).1));
