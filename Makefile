@@ -61,6 +61,7 @@ bench: deps release
 	@# the SYN flood of issue 9, at a rate this 2-core lab's appliance processes (FLOOD_RATE=0:
 	@# the generator's full rate, which overflows the AF_XDP rings here)
 	RATE=$${FLOOD_RATE:-30000} bash bench/scripts/syn-flood.sh 10
+	bash bench/scripts/malformed-flood.sh 10
 
 ## Fuzz the full parser and pipeline (FUZZ_SECONDS, default 600). cargo-fuzz needs nightly
 ## features: RUSTC_BOOTSTRAP=1 lets the installed stable toolchain provide them.

@@ -545,7 +545,7 @@ async fn flows(
         .flows
         .query(&filter, last)
         .iter()
-        .map(|f| line(f))
+        .map(|l| Bytes::copy_from_slice(l))
         .collect();
     let ndjson = [(header::CONTENT_TYPE, "application/x-ndjson")];
     let Some(rx) = live else {

@@ -82,7 +82,9 @@ impl Exporter {
 
 /// The flow store.
 pub struct FlowLog {
-    kept: Mutex<VecDeque<Arc<Value>>>,
+    /// Each flow as its JSON line (with the newline): ~700 bytes, where a parsed `Value` tree
+    /// costs several KiB in small allocations. Queries parse what they filter.
+    kept: Mutex<VecDeque<Arc<[u8]>>>,
     capacity: usize,
     live: tokio::sync::broadcast::Sender<Arc<Value>>,
     export: Mutex<Option<Exporter>>,
@@ -125,6 +127,14 @@ impl FlowLog {
                 .map(|(e, h)| Arc::new(ctx.flow(e, h.as_ref())))
                 .collect()
         };
+        let lines: Vec<Arc<[u8]>> = flows
+            .iter()
+            .map(|f| {
+                let mut b = serde_json::to_vec(&**f).unwrap_or_default();
+                b.push(b'\n');
+                Arc::from(b)
+            })
+            .collect();
         if let Some(x) = self
             .export
             .lock()
@@ -132,31 +142,35 @@ impl FlowLog {
             .as_mut()
         {
             // one write per drain, not per flow
-            let mut buf = Vec::with_capacity(flows.len() * 700);
-            for f in &flows {
-                if serde_json::to_writer(&mut buf, &**f).is_ok() {
-                    buf.push(b'\n');
-                }
-            }
-            if let Err(e) = x.write(&buf) {
+            if let Err(e) = x.write(&lines.concat()) {
                 tracing::warn!(error = %e, path = %x.cfg.path.display(), "flow export failed");
             }
         }
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        for f in flows {
+        for (f, line) in flows.into_iter().zip(lines) {
             if kept.len() == self.capacity {
                 kept.pop_front();
             }
             // no follower is not an error
-            let _ = self.live.send(f.clone());
-            kept.push_back(f);
+            let _ = self.live.send(f);
+            kept.push_back(line);
         }
     }
 
-    /// The kept flows that match, oldest first; the last `last` of them when given.
-    pub fn query(&self, filter: &FlowFilter, last: Option<usize>) -> Vec<Arc<Value>> {
-        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Arc<Value>> = kept.iter().filter(|f| filter.matches(f)).cloned().collect();
+    /// The kept flows that match (JSON lines), oldest first; the last `last` of them when given.
+    pub fn query(&self, filter: &FlowFilter, last: Option<usize>) -> Vec<Arc<[u8]>> {
+        let kept: Vec<Arc<[u8]>> = self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        // parsed outside the lock: the collector keeps ingesting meanwhile
+        let mut out: Vec<Arc<[u8]>> = kept
+            .into_iter()
+            .filter(|l| serde_json::from_slice::<Value>(l).is_ok_and(|f| filter.matches(&f)))
+            .collect();
         if let Some(n) = last {
             out.drain(..out.len().saturating_sub(n));
         }
@@ -842,7 +856,11 @@ mod tests {
             log.ingest(&store, &snap, &[(e, None)]);
         }
         assert_eq!(log.len(), 3, "bounded");
-        let all = log.query(&FlowFilter::default(), None);
+        let all: Vec<Value> = log
+            .query(&FlowFilter::default(), None)
+            .iter()
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
         assert_eq!(all[2]["l4"]["UDP"]["source_port"], 39, "the newest kept");
         assert_eq!(all[0]["drop_reason_desc"], "FIB_LOOKUP_FAILED");
         assert_eq!(log.query(&FlowFilter::default(), Some(1)).len(), 1);

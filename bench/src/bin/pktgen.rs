@@ -38,7 +38,9 @@ struct Args {
     /// Distinct flows: source ports 1024..61023, then the next source address.
     #[arg(long, default_value_t = 64)]
     flows: u32,
-    /// udp, or syn (TCP SYNs: a SYN flood).
+    /// udp, syn (TCP SYNs: a SYN flood), or malformed (a corpus of broken frames toward
+    /// --dst-ip: truncated headers, bad lengths, bad checksums, IP options, fragments, TTL 1,
+    /// unknown EtherTypes, tunnel packets with garbage inside).
     #[arg(long, default_value = "udp")]
     proto: String,
     /// Frame size in bytes (without FCS), 60..=1514.
@@ -60,6 +62,77 @@ fn main() {
     }
 }
 
+/// Broken variants of a valid UDP/IPv4 frame `good` (and a few built afresh): what a router
+/// must survive. Each is a distinct kind; the corpus cycles through them.
+fn malformed_corpus(
+    good: &[u8],
+    src: &str,
+    dst: &str,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut p = good.to_vec();
+        f(&mut p);
+        p
+    };
+    out.push(good[..10].to_vec()); // shorter than an Ethernet header
+    out.push(good[..14 + 10].to_vec()); // half an IPv4 header
+    out.push(with(&|p| p[14] = 0x44)); // IHL 4 (< 5)
+    out.push(with(&|p| p[14] = 0x4f)); // IHL 15: options longer than the packet
+    out.push(with(&|p| p[16..18].copy_from_slice(&9000u16.to_be_bytes()))); // total length > frame
+    out.push(with(&|p| p[16..18].copy_from_slice(&10u16.to_be_bytes()))); // total length < header
+    out.push(with(&|p| p[24] ^= 0xff)); // bad IPv4 header checksum
+    out.push(with(&|p| p[14 + 20 + 6] ^= 0xff)); // bad UDP checksum
+    out.push(with(&|p| {
+        p[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&3u16.to_be_bytes())
+    })); // UDP length < 8
+    out.push(with(&|p| p[14 + 8] = 1)); // TTL 1
+    out.push(with(&|p| p[14 + 6] = 0x20)); // a first fragment (MF)
+    out.push(with(&|p| {
+        p[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes())
+    })); // a later fragment
+    out.push(with(&|p| {
+        p[12..14].copy_from_slice(&0x88b5u16.to_be_bytes())
+    })); // unknown EtherType
+    out.push(with(&|p| p[14] = 0x60)); // says IPv6, carries IPv4
+    out.push(with(&|p| p[14 + 9] = 253)); // an experimental protocol
+                                          // IPv4 with a 4-byte option (NOP x4): valid, forwarded as a router would
+    out.push({
+        let mut p = good[..14].to_vec();
+        let mut ip = good[14..34].to_vec();
+        ip[0] = 0x46;
+        let total = u16::from_be_bytes([ip[2], ip[3]]) + 4;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        ip.extend_from_slice(&[1, 1, 1, 1]);
+        let c = sluice_dataplane::wire::checksum::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        p.extend_from_slice(&ip);
+        p.extend_from_slice(&good[34..]);
+        p
+    });
+    // VXLAN and Geneve to the appliance with garbage inside
+    for port in [8472u16, 6081] {
+        let mut s = PacketSpec::udp(src, dst, 40000, port, &[0xde; 40]);
+        s.src_mac = src_mac;
+        s.dst_mac = dst_mac;
+        out.push(s.build());
+    }
+    // TCP with a data offset beyond the segment
+    out.push({
+        let mut s = PacketSpec::udp(src, dst, 40001, 80, b"");
+        s.l4 = L4::Tcp(0x02);
+        s.src_mac = src_mac;
+        s.dst_mac = dst_mac;
+        let mut p = s.build();
+        p[14 + 20 + 12] = 0xf0;
+        p
+    });
+    out
+}
+
 fn run(a: &Args) -> Result<(), String> {
     if !(60..=1514).contains(&a.size) {
         return Err(format!("--size {} is outside 60..=1514", a.size));
@@ -67,10 +140,11 @@ fn run(a: &Args) -> Result<(), String> {
     if a.flows == 0 || a.flows > 4_000_000 {
         return Err("--flows must be 1..=4,000,000".into());
     }
-    let syn = match a.proto.as_str() {
-        "udp" => false,
-        "syn" => true,
-        o => return Err(format!("--proto {o:?} is not udp or syn")),
+    let (syn, malformed) = match a.proto.as_str() {
+        "udp" => (false, false),
+        "syn" => (true, false),
+        "malformed" => (false, true),
+        o => return Err(format!("--proto {o:?} is not udp, syn or malformed")),
     };
     let dst_mac =
         parse_mac(&a.dst_mac).ok_or_else(|| format!("--dst-mac {:?} is not a MAC", a.dst_mac))?;
@@ -118,6 +192,11 @@ fn run(a: &Args) -> Result<(), String> {
             s.build()
         })
         .collect();
+    let templates = if malformed {
+        malformed_corpus(&templates[0], &a.src_ip, &a.dst_ip, src_mac, dst_mac)
+    } else {
+        templates
+    };
     let cfg = AfXdpConfig {
         zero_copy: ZeroCopy::Auto,
         ..AfXdpConfig::default()
@@ -171,6 +250,7 @@ fn run(a: &Args) -> Result<(), String> {
         "size": a.size,
         "flows": a.flows,
         "proto": a.proto,
+        "kinds": templates.len(),
         "seconds": secs,
         "sent": sent,
         "pps": sent as f64 / secs,
