@@ -73,10 +73,15 @@ fn services(mode: sluice_dataplane::lb::LbMode) -> Publisher {
     t.endpoints.insert(301, EndpointPolicy { ingress: Some(m), egress: None });
     t.slots.insert(name, 1);
     c.policy = Arc::new(t);
+    // the client and a backend paced by the bandwidth manager
+    c.egress_bandwidth = Arc::new([(ip("10.10.0.2"), 1_000_000u64), (ip("10.20.0.11"), 10_000_000)].into_iter().collect());
     s.cluster = Arc::new(c);
     s.lb = Arc::new(sluice_dataplane::lb::LbSettings { mode, ..(*s.lb).clone() });
     Publisher::new(s)
 }
+
+static RING: std::sync::LazyLock<Arc<sluice_dataplane::flow::FlowRing>> =
+    std::sync::LazyLock::new(|| Arc::new(sluice_dataplane::flow::FlowRing::new(1024)));
 
 fuzz_target!(|data: &[u8]| {
     for ports in [TunnelPorts::DEFAULT, TunnelPorts::NONE] {
@@ -112,9 +117,14 @@ fuzz_target!(|data: &[u8]| {
     PIPES.with(|p| {
         let mut p = p.borrow_mut();
         while p.len() < pubs.len() {
-            p.push(Pipeline::new());
+            // with a flow event ring: every drop and new flow is turned into an event too
+            let mut pipe = Pipeline::new();
+            pipe.outbox.events = sluice_dataplane::flow::EventSink::new(RING.clone());
+            p.push(pipe);
         }
         process_batch(&mut io, &mut p[which], &pubs[which], &mut batch, &stats, &mut NoNeighborRequests);
+        let mut drained = Vec::new();
+        RING.drain_into(&mut drained, 1 << 16);
     });
     assert_eq!(io.free_frames(), 4, "a frame was lost");
 });
