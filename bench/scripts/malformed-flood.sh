@@ -10,26 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-10}
 P=smf
-BIN=target/release
-RUN=/tmp/sluice-$P
 OUT=bench/results/malformed-flood-$(date +%Y%m%d-%H%M%S).json
-[ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-    bash tools/lab/lab.sh down $P
-    rm -rf "$RUN"
-}
-trap cleanup EXIT
-bash tools/lab/lab.sh down $P
-bash tools/lab/lab.sh up $P 1 >/dev/null
-ns() { ip netns exec "$P-$1" "${@:2}"; }
-rm -rf "$RUN"; mkdir -p "$RUN"
-sed "s#/run/sluice#$RUN#g; s#127.0.0.1:9800##; s#^token_file = .*##" configs/lab.toml >"$RUN/sluiced.toml"
-ip netns exec "$P-app" $BIN/sluiced --config "$RUN/sluiced.toml" --stats-file "$RUN/stats.json" \
-    >"$RUN/sluiced.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do [ -s "$RUN/stats.json" ] && break; sleep 0.1; done
+. bench/scripts/lab-sluiced.sh
+start_lab_sluiced ""
+pid=$SLUICED_PID
 ns cli curl -s -m 3 -o /dev/null http://10.20.0.11/ || true # neighbours known
 rss() { awk '/^VmRSS/ {print $2}' /proc/$pid/status; }
 sleep 1

@@ -15,34 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-10}
 P=ssf
-BIN=target/release
-RUN=/tmp/sluice-$P
 OUT=bench/results/syn-flood-$(date +%Y%m%d-%H%M%S).json
-[ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
-for b in sluiced sluice sluice-pktgen; do
-    [ -x $BIN/$b ] || { echo "no $BIN/$b: make release first" >&2; exit 1; }
-done
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    bash tools/lab/lab.sh down $P
-    rm -rf "$RUN"
-}
-trap cleanup EXIT
-bash tools/lab/lab.sh down $P
-bash tools/lab/lab.sh up $P 1 >/dev/null
-ns() { ip netns exec "$P-$1" "${@:2}"; }
-
-rm -rf "$RUN"; mkdir -p "$RUN"
-echo "syn-flood-token-0123456789" > "$RUN/token"; chmod 600 "$RUN/token"
-sed "s#/run/sluice#$RUN#g; s#127.0.0.1:9800##; s#^ct_tcp_max = .*#ct_tcp_max = ${CT_TCP_MAX:-4096}#" \
-    configs/lab.toml > "$RUN/sluiced.toml"
-ip netns exec "$P-app" $BIN/sluiced --config "$RUN/sluiced.toml" --stats-file "$RUN/stats.json" \
-    >"$RUN/sluiced.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$RUN/stats.json" ] && break; sleep 0.1; done
-export SLUICE_SERVER=unix:$RUN/api.sock SLUICE_TOKEN_FILE=$RUN/token
+. bench/scripts/lab-sluiced.sh
+start_lab_sluiced "s#^ct_tcp_max = .*#ct_tcp_max = ${CT_TCP_MAX:-4096}#"
 $BIN/sluice apply -f configs/lab-cluster.yaml >/dev/null
 for i in 1 2; do
     ip netns exec "$P-be$i" python3 tools/lab/echo.py serve "be$i" 7000 >/dev/null 2>&1 &

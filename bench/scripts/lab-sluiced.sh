@@ -1,0 +1,36 @@
+# Sourced by the flood scripts: a lab (prefix $P) with the release sluiced running in its
+# appliance namespace, state under $RUN, torn down on exit whatever happens.
+#   start_lab_sluiced EXTRA_SED   (a sed expression applied to configs/lab.toml, may be empty)
+# Sets: BIN, RUN, SLUICED_PID, pids (extra processes to stop), ns(); SLUICE_SERVER and
+# SLUICE_TOKEN_FILE for the sluice CLI.
+BIN=target/release
+RUN=/tmp/sluice-$P
+[ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
+for b in sluiced sluice sluice-pktgen; do
+    [ -x $BIN/$b ] || { echo "no $BIN/$b: make release first" >&2; exit 1; }
+done
+pids=()
+SLUICED_PID=""
+cleanup() {
+    for p in "${pids[@]}" $SLUICED_PID; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    bash tools/lab/lab.sh down $P
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+ns() { ip netns exec "$P-$1" "${@:2}"; }
+
+start_lab_sluiced() {
+    bash tools/lab/lab.sh down $P
+    bash tools/lab/lab.sh up $P 1 >/dev/null
+    rm -rf "$RUN"; mkdir -p "$RUN"
+    echo "$P-bench-token-0123456789" >"$RUN/token"; chmod 600 "$RUN/token"
+    # paths under $RUN, no TCP listener (make run's may be up)
+    sed "s#/run/sluice#$RUN#g; s#127.0.0.1:9800##; ${1:-}" configs/lab.toml >"$RUN/sluiced.toml"
+    ip netns exec "$P-app" $BIN/sluiced --config "$RUN/sluiced.toml" --stats-file "$RUN/stats.json" \
+        >"$RUN/sluiced.log" 2>&1 &
+    SLUICED_PID=$!
+    for _ in $(seq 100); do [ -s "$RUN/stats.json" ] && break; sleep 0.1; done
+    [ -s "$RUN/stats.json" ] || { cat "$RUN/sluiced.log" >&2; echo "sluiced did not start" >&2; exit 1; }
+    export SLUICE_SERVER=unix:$RUN/api.sock SLUICE_TOKEN_FILE=$RUN/token
+}
