@@ -28,6 +28,26 @@ pub const IDLE_SPINS: u32 = 512;
 /// Kernel socket counters are copied into the worker's stats every this many loop iterations
 /// (a getsockopt per socket: about once per 4096 batches under load, once per sleep when idle).
 const KERNEL_STATS_EVERY: u32 = 4096;
+/// A worker reports trouble on its fast path (rings overflowing, packets it could not send) in
+/// the log at most this often, with the counts since its last report: never a line per packet.
+pub const TROUBLE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The counters a worker watches for its rate-limited trouble report, by name.
+fn trouble(stats: &WorkerStats) -> [(&'static str, u64); 4] {
+    [
+        (
+            "AF_XDP RX ring full (kernel drops)",
+            stats.xsk_rx_ring_full.get(),
+        ),
+        ("transmit ring full", stats.drops(DropReason::TxRingFull)),
+        (
+            "hand-off queue full",
+            stats.drops(DropReason::HandoffQueueFull),
+        ),
+        ("fill ring starved", stats.fill_starved.get()),
+    ]
+}
+
 /// Longest sleep: the worker wakes this often to notice a stop request or a new snapshot.
 pub const IDLE_SLEEP: Duration = Duration::from_millis(100);
 
@@ -264,10 +284,16 @@ impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
         let mut waiter = self.waiter.take();
         let mut idle = 0u32;
         let mut loops = 0u32;
+        let mut reported = trouble(&self.stats).map(|(_, v)| v);
+        let mut last_report = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             loops = loops.wrapping_add(1);
             if loops.is_multiple_of(KERNEL_STATS_EVERY) {
                 self.copy_kernel_drops();
+                if last_report.elapsed() >= TROUBLE_LOG_EVERY {
+                    self.report_trouble(&mut reported);
+                    last_report = std::time::Instant::now();
+                }
             }
             let n = process_batch(
                 &mut self.io,
@@ -310,6 +336,25 @@ impl<I: PacketIo, N: NeighborRequests> Worker<I, N> {
         }
         self.copy_kernel_drops();
         Ok(())
+    }
+
+    /// Logs (one warning line) the trouble counters that grew since the last report.
+    fn report_trouble(&self, reported: &mut [u64; 4]) {
+        let now = trouble(&self.stats);
+        let grew: Vec<String> = now
+            .iter()
+            .zip(reported.iter())
+            .filter(|((_, v), before)| v > before)
+            .map(|((name, v), before)| format!("{name}: {}", v - before))
+            .collect();
+        if !grew.is_empty() {
+            tracing::warn!(
+                "worker overloaded in the last {} s: {}",
+                TROUBLE_LOG_EVERY.as_secs(),
+                grew.join(", ")
+            );
+        }
+        *reported = now.map(|(_, v)| v);
     }
 
     fn copy_kernel_drops(&self) {
