@@ -52,16 +52,11 @@ impl Filter {
                 (Some("port"), _) => (Term::Port(port(words.get(i + 1))?), 2),
                 (Some("src"), Some("port")) => (Term::SrcPort(port(words.get(i + 2))?), 3),
                 (Some("dst"), Some("port")) => (Term::DstPort(port(words.get(i + 2))?), 3),
-                (Some("net"), Some(c)) => {
-                    let (a, l) = c.split_once('/').ok_or(format!("{c:?} is not a CIDR"))?;
-                    let a: IpAddr = a.parse().map_err(|_| format!("{c:?} is not a CIDR"))?;
-                    let l: u8 = l
-                        .parse()
-                        .ok()
-                        .filter(|l| *l <= if a.is_ipv4() { 32 } else { 128 })
-                        .ok_or(format!("{c:?}: bad prefix length"))?;
+                (Some("net"), Some(c)) if c.contains('/') => {
+                    let (a, l) = crate::flows::cidr(c)?;
                     (Term::Net(a, l), 2)
                 }
+                (Some("net"), Some(c)) => return Err(format!("{c:?} is not a CIDR")),
                 (Some("tcp"), _) => (Term::Proto(6), 1),
                 (Some("udp"), _) => (Term::Proto(17), 1),
                 (Some("icmp"), _) => (Term::Proto(1), 1),

@@ -529,7 +529,8 @@ pub struct FlowFilter {
     policy: Option<String>,
 }
 
-fn cidr(s: &str) -> Result<(IpAddr, u8), String> {
+/// An address (a host prefix) or a CIDR, as filters take them.
+pub(crate) fn cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let (a, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
