@@ -24,6 +24,7 @@ use crate::flow::{EventKind, FlowEvent};
 use crate::l7::inspect::{inspect, Conns, Judged, Step};
 use crate::l7::{Ends, Outbox};
 use crate::lb::conntrack::{Addr, Dir, Endpoint, Nat, Table, Timeouts, Tuple};
+use crate::lb::slots::{clock_secs, Adoption, PersistAt};
 use crate::packet::{Batch, Port, Verdict};
 use crate::policy::{self, PolicyDrop};
 use crate::region::Region;
@@ -32,7 +33,7 @@ use crate::stats::WorkerStats;
 use crate::wire::parse::{parse_fast, Parsed, TunnelPorts};
 use crate::wire::tcp;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::path::Path;
 
 /// How many flow-table slots one GC step examines per batch (as the LB stage's GC).
 const GC_BUDGET: usize = 32;
@@ -43,7 +44,7 @@ pub struct PolicyState {
     v6: Table<[u8; 16]>,
     l7_v4: Conns<u32>,
     l7_v6: Conns<[u8; 16]>,
-    start: Instant,
+    /// CLOCK_MONOTONIC seconds, as the LB stage's clock.
     now: u32,
 }
 
@@ -58,14 +59,40 @@ impl PolicyState {
     /// Room for `max` allowed flows per family.
     pub fn new(max: usize, timeouts: Timeouts) -> Self {
         let max = max.max(1);
+        Self::of(Table::new(max, timeouts), Table::new(max, timeouts))
+    }
+
+    fn of(v4: Table<u32>, v6: Table<[u8; 16]>) -> Self {
         PolicyState {
-            v4: Table::new(max, timeouts),
-            v6: Table::new(max, timeouts),
-            l7_v4: Conns::new(max),
-            l7_v6: Conns::new(max),
-            start: Instant::now(),
-            now: 0,
+            l7_v4: Conns::new(v4.capacity()),
+            l7_v6: Conns::new(v6.capacity()),
+            v4,
+            v6,
+            now: clock_secs(),
         }
+    }
+
+    /// As `new`, with the flow tables in files under `dir` that outlive the process (see
+    /// `LbState::persistent`): worker `worker` of `workers`.
+    pub fn persistent(
+        max: usize,
+        timeouts: Timeouts,
+        dir: &Path,
+        (worker, workers): (u16, u16),
+    ) -> std::io::Result<(Self, Vec<Adoption>)> {
+        let max = max.max(1);
+        let now = clock_secs();
+        let at = |name: &str| PersistAt {
+            path: dir.join(format!("policy-{name}-w{worker}.ct")),
+            worker,
+            workers,
+        };
+        let (v4, r4) = Table::persistent(max, timeouts, &at("v4"), now)?;
+        let (v6, r6) = Table::persistent(max, timeouts, &at("v6"), now)?;
+        let mut st = Self::of(v4, v6);
+        st.l7_v4.mark_adopted(&st.v4);
+        st.l7_v6.mark_adopted(&st.v6);
+        Ok((st, vec![r4, r6]))
     }
 
     pub fn flows(&self) -> usize {
@@ -203,7 +230,7 @@ pub fn enforce(
     if snap.cluster.policy.is_empty() {
         return;
     }
-    st.now = st.start.elapsed().as_secs() as u32;
+    st.now = clock_secs();
     st.v4.gc_step(st.now, GC_BUDGET);
     st.v6.gc_step(st.now, GC_BUDGET);
     for i in 0..batch.len() {

@@ -31,7 +31,35 @@ pub struct Conns<A> {
     max: usize,
 }
 
+/// `of_slot` of a connection taken over from an earlier process (conntrack tables outlive it,
+/// this state does not): whether its rules inspect it is decided again at its next packet, and
+/// inspection then starts at that segment.
+const ADOPTED: u32 = u32::MAX;
+
 impl<A: Addr> Conns<A> {
+    /// Marks the TCP connections of `tb` (just adopted) to be judged again at their next packet.
+    pub fn mark_adopted(&mut self, tb: &Table<A>) {
+        for (slot, o) in self.of_slot.iter_mut().enumerate() {
+            if tb
+                .get(slot as u32)
+                .is_some_and(|e| e.proto == crate::wire::tcp::PROTOCOL)
+            {
+                *o = ADOPTED;
+            }
+        }
+    }
+
+    /// Whether `slot` holds an adopted connection not looked at since (the mark is cleared).
+    fn take_adopted(&mut self, slot: u32) -> bool {
+        match self.of_slot.get_mut(slot as usize) {
+            Some(o) if *o == ADOPTED => {
+                *o = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// For a flow table of `slots` slots.
     pub fn new(slots: usize) -> Self {
         Conns {
@@ -52,7 +80,9 @@ impl<A: Addr> Conns<A> {
 
     /// The state of the flow in `slot`, if it is inspected (and still the same flow).
     fn get(&mut self, tb: &Table<A>, slot: u32) -> Option<&mut HttpConn> {
-        let i = (*self.of_slot.get(slot as usize)?).checked_sub(1)? as usize;
+        let i = (*self.of_slot.get(slot as usize)?)
+            .checked_sub(1)
+            .filter(|i| *i != ADOPTED - 1)? as usize;
         if !tb.holds(slot, Dir::Original, &self.conns[i].1) {
             // the flow it was for is gone: the slot holds another one
             self.release(i);
@@ -80,6 +110,7 @@ impl<A: Addr> Conns<A> {
         let reuse = self
             .of_slot
             .get(slot as usize)
+            .filter(|o| **o != ADOPTED)
             .and_then(|o| o.checked_sub(1));
         let i = match reuse.or_else(|| self.free.pop()) {
             Some(i) => {
@@ -175,7 +206,10 @@ pub fn inspect<'a, A: Addr>(
         })
     };
     let mut j = None;
-    if new {
+    // a connection taken over from an earlier process is judged as if it had just opened:
+    // when its rules inspect it, inspection starts at this segment (l7/mod.rs: picked up
+    // mid-connection), so its next request is read and judged
+    if new || conns.take_adopted(slot) {
         let jj = judged();
         let (s, d) = jj.identities;
         if jj.policy.inspected_by(s, d, jj.port).is_some() && !conns.attach(tb, slot) {

@@ -8,6 +8,7 @@
 //! for IPv4, 116 for IPv6 (`bytes_per_entry`).
 
 use super::index::Index;
+use super::slots::{Adoption, PersistAt, PlainBits, Slots};
 use crate::hugepages::HugePages;
 use crate::wire::tcp;
 use std::hash::Hash;
@@ -146,6 +147,18 @@ pub enum State {
     Closing,
 }
 
+impl State {
+    /// The state of a byte read back from a table file (slots.rs), if it is one.
+    pub fn from_u8(b: u8) -> Option<State> {
+        match b {
+            0 => Some(State::Embryonic),
+            1 => Some(State::Established),
+            2 => Some(State::Closing),
+            _ => None,
+        }
+    }
+}
+
 /// Which way a packet travels on its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
@@ -175,19 +188,66 @@ impl Default for Timeouts {
 
 /// A tracked connection. The NAT is stored as address and port arrays (client, frontend,
 /// backend, source), not as four padded `Endpoint`s: 24 bytes instead of 32 for IPv4.
+///
+/// `#[repr(C)]` without padding, and all zero bits for a free slot: tables may live in a file
+/// the next process adopts (slots.rs), so this layout is versioned there (`LAYOUT_VERSION`).
 #[derive(Debug, Clone, Copy)]
+#[repr(C)]
 pub struct Entry<A> {
-    addrs: [A; 4],
-    ports: [u16; 4],
+    pub(super) addrs: [A; 4],
+    pub(super) ports: [u16; 4],
     pub proto: u8,
     pub state: State,
+    /// FLAG_* bits.
+    pub(super) flags: u8,
+    pub(super) _reserved: u8,
+    /// CLOCK_MONOTONIC second at which the entry expires.
+    pub expires: u32,
+}
+
+/// The slot holds a connection.
+pub(super) const FLAG_USED: u8 = 1;
+/// Direct server return (see `Entry::dsr`).
+pub(super) const FLAG_DSR: u8 = 2;
+/// The reply direction has been seen.
+pub(super) const FLAG_REPLIED: u8 = 4;
+pub(super) const FLAG_KNOWN: u8 = FLAG_USED | FLAG_DSR | FLAG_REPLIED;
+
+// The table file layout (slots.rs) relies on these sizes: no padding anywhere.
+const _: () = assert!(std::mem::size_of::<Entry<u32>>() == 32);
+const _: () = assert!(std::mem::size_of::<Entry<[u8; 16]>>() == 80);
+
+impl<A: Copy + Default> Entry<A> {
+    /// A free slot: all zero bits.
+    pub fn free() -> Self {
+        Entry {
+            addrs: [A::default(); 4],
+            ports: [0; 4],
+            proto: 0,
+            state: State::Embryonic,
+            flags: 0,
+            _reserved: 0,
+            expires: 0,
+        }
+    }
+}
+
+impl<A> Entry<A> {
+    #[inline]
+    pub fn used(&self) -> bool {
+        self.flags & FLAG_USED != 0
+    }
     /// Direct server return: the backend answers the client itself, so only the original
     /// direction is tracked (and `source` is the client: nothing is masqueraded).
-    pub dsr: bool,
+    #[inline]
+    pub fn dsr(&self) -> bool {
+        self.flags & FLAG_DSR != 0
+    }
     /// The reply direction has been seen (a SYN-ACK, for TCP).
-    pub replied: bool,
-    /// Worker clock second at which the entry expires.
-    pub expires: u32,
+    #[inline]
+    pub fn replied(&self) -> bool {
+        self.flags & FLAG_REPLIED != 0
+    }
 }
 
 impl<A: Addr> Entry<A> {
@@ -223,7 +283,7 @@ pub const SCAN: usize = 64;
 pub struct Table<A> {
     /// Original and reply tuple -> slot index << 1 | direction (1 = reply).
     index: Index,
-    slots: HugeVec<Option<Entry<A>>>,
+    slots: Slots<A>,
     free: HugeVec<u32>,
     max: usize,
     len: usize,
@@ -239,13 +299,36 @@ pub struct Table<A> {
 impl<A: Addr> Table<A> {
     /// A table for at most `max` connections; all memory is allocated here.
     pub fn new(max: usize, timeouts: Timeouts) -> Self {
+        Self::with_slots(Slots::anon(max), max, timeouts)
+    }
+
+    /// A table for at most `max` connections whose slots live in the file `at` (slots.rs),
+    /// holding the connections an earlier process left there, when they are its to take.
+    pub fn persistent(
+        max: usize,
+        timeouts: Timeouts,
+        at: &PersistAt,
+        now: u32,
+    ) -> std::io::Result<(Self, Adoption)>
+    where
+        A: PlainBits,
+    {
+        let (slots, previous, mut report) = Slots::persistent(at, max, now)?;
+        let mut t = Self::with_slots(slots, max, timeouts);
+        for e in previous {
+            if t.adopt(e) {
+                report.adopted += 1;
+            } else {
+                report.dropped += 1;
+            }
+        }
+        Ok((t, report))
+    }
+
+    fn with_slots(slots: Slots<A>, max: usize, timeouts: Timeouts) -> Self {
         Table {
             index: Index::new(2 * max),
-            slots: {
-                let mut v = HugeVec::with_capacity_in(max, HugePages);
-                v.resize(max, None);
-                v
-            },
+            slots,
             free: {
                 let mut v = HugeVec::with_capacity_in(max, HugePages);
                 v.extend((0..max as u32).rev());
@@ -279,7 +362,7 @@ impl<A: Addr> Table<A> {
     /// Memory per tracked connection of this table (allocated bytes / capacity).
     pub fn bytes_per_entry(&self) -> usize {
         let index = self.index.capacity() * 8;
-        let slots = self.max * (std::mem::size_of::<Option<Entry<A>>>() + 4); // + free list
+        let slots = self.max * (std::mem::size_of::<Entry<A>>() + 4); // + free list
         (index + slots) / self.max.max(1)
     }
 
@@ -329,7 +412,7 @@ impl<A: Addr> Table<A> {
             let nat = e.nat();
             match dir {
                 Dir::Original => nat.original(e.proto) == *t,
-                Dir::Reply => !e.dsr && nat.reply(e.proto) == *t,
+                Dir::Reply => !e.dsr() && nat.reply(e.proto) == *t,
             }
         })
     }
@@ -338,11 +421,11 @@ impl<A: Addr> Table<A> {
     #[inline]
     pub fn prefetch(&self, slot: u32) {
         #[cfg(target_arch = "x86_64")]
-        if let Some(e) = self.slots.get(slot as usize) {
+        if let Some(e) = self.slots.as_slice().get(slot as usize) {
             // SAFETY: a prefetch is only a hint and never faults; the address is in bounds.
             unsafe {
                 core::arch::x86_64::_mm_prefetch(
-                    (e as *const Option<Entry<A>>).cast::<i8>(),
+                    (e as *const Entry<A>).cast::<i8>(),
                     core::arch::x86_64::_MM_HINT_T0,
                 )
             };
@@ -352,7 +435,10 @@ impl<A: Addr> Table<A> {
     }
 
     pub fn get(&self, slot: u32) -> Option<&Entry<A>> {
-        self.slots.get(slot as usize).and_then(Option::as_ref)
+        self.slots
+            .as_slice()
+            .get(slot as usize)
+            .filter(|e| e.used())
     }
 
     /// Tracks a new connection. When full, an expired or embryonic entry near the scan cursor
@@ -412,19 +498,42 @@ impl<A: Addr> Table<A> {
             ],
             proto,
             state: State::Embryonic,
-            dsr,
-            replied: false,
+            flags: FLAG_USED | if dsr { FLAG_DSR } else { 0 },
+            _reserved: 0,
             expires: 0,
         };
         advance(&mut e, Dir::Original, tcp_flags, now, &self.timeouts);
-        self.slots[slot as usize] = Some(e);
-        self.index.insert(self.index.hash(&orig), slot << 1);
-        if !dsr {
-            self.index.insert(self.index.hash(&reply), slot << 1 | 1);
+        self.place(slot, e);
+        Ok(slot)
+    }
+
+    /// Puts `e` in the free `slot` and indexes its tuples.
+    fn place(&mut self, slot: u32, e: Entry<A>) {
+        let nat = e.nat();
+        self.slots.as_mut_slice()[slot as usize] = e;
+        self.index
+            .insert(self.index.hash(&nat.original(e.proto)), slot << 1);
+        if !e.dsr() {
+            self.index
+                .insert(self.index.hash(&nat.reply(e.proto)), slot << 1 | 1);
         }
         self.len += 1;
-        self.dsr_len += usize::from(dsr);
-        Ok(slot)
+        self.dsr_len += usize::from(e.dsr());
+    }
+
+    /// Takes over a connection as an earlier process left it (state, expiry, translation);
+    /// false when it collides with one already taken over, or the table is full.
+    fn adopt(&mut self, e: Entry<A>) -> bool {
+        let nat = e.nat();
+        if self.contains(&nat.original(e.proto)) || (!e.dsr() && self.contains(&nat.reply(e.proto)))
+        {
+            return false;
+        }
+        let Some(slot) = self.free.pop() else {
+            return false;
+        };
+        self.place(slot, e);
+        true
     }
 
     /// Whether this packet starts a new connection over a finished one with the same tuple: a
@@ -443,23 +552,29 @@ impl<A: Addr> Table<A> {
     #[inline]
     pub fn seen(&mut self, slot: u32, dir: Dir, tcp_flags: u8, now: u32) -> Option<&Entry<A>> {
         let t = self.timeouts;
-        let e = self.slots.get_mut(slot as usize)?.as_mut()?;
+        let e = self
+            .slots
+            .as_mut_slice()
+            .get_mut(slot as usize)
+            .filter(|e| e.used())?;
         advance(e, dir, tcp_flags, now, &t);
         Some(e)
     }
 
     pub fn remove(&mut self, slot: u32) {
-        if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::take) {
-            let nat = e.nat();
-            let (orig, reply) = (nat.original(e.proto), nat.reply(e.proto));
-            self.index.remove(self.index.hash(&orig), slot << 1);
-            if !e.dsr {
-                self.index.remove(self.index.hash(&reply), slot << 1 | 1);
-            }
-            self.free.push(slot);
-            self.len -= 1;
-            self.dsr_len -= usize::from(e.dsr);
+        let Some(e) = self.get(slot).copied() else {
+            return;
+        };
+        self.slots.as_mut_slice()[slot as usize] = Entry::free();
+        let nat = e.nat();
+        let (orig, reply) = (nat.original(e.proto), nat.reply(e.proto));
+        self.index.remove(self.index.hash(&orig), slot << 1);
+        if !e.dsr() {
+            self.index.remove(self.index.hash(&reply), slot << 1 | 1);
         }
+        self.free.push(slot);
+        self.len -= 1;
+        self.dsr_len -= usize::from(e.dsr());
     }
 
     /// Examines up to `budget` slots from the GC cursor and frees the expired ones. Returns how
@@ -469,7 +584,7 @@ impl<A: Addr> Table<A> {
         for _ in 0..budget.min(self.max) {
             let slot = self.cursor;
             self.cursor = (self.cursor + 1) % self.max;
-            if matches!(&self.slots[slot], Some(e) if expired(e, now)) {
+            if matches!(self.get(slot as u32), Some(e) if expired(e, now)) {
                 self.remove(slot as u32);
                 freed += 1;
             }
@@ -482,7 +597,7 @@ impl<A: Addr> Table<A> {
         for _ in 0..SCAN.min(self.max) {
             let slot = self.cursor;
             self.cursor = (self.cursor + 1) % self.max;
-            match &self.slots[slot] {
+            match self.get(slot as u32) {
                 Some(e) if expired(e, now) => {
                     self.remove(slot as u32);
                     self.expired += 1;
@@ -501,8 +616,8 @@ impl<A: Addr> Table<A> {
 }
 
 #[inline]
-fn expired<A>(e: &Entry<A>, now: u32) -> bool {
-    // wrapping: the clock is seconds since the worker started
+pub(super) fn expired<A>(e: &Entry<A>, now: u32) -> bool {
+    // wrapping: CLOCK_MONOTONIC seconds, as u32
     (now.wrapping_sub(e.expires) as i32) >= 0
 }
 
@@ -517,14 +632,14 @@ fn advance<A>(e: &mut Entry<A>, dir: Dir, flags: u8, now: u32, t: &Timeouts) {
         return;
     }
     if dir == Dir::Reply {
-        e.replied = true;
+        e.flags |= FLAG_REPLIED;
     }
     // the client's ACK completes the handshake: after the server's SYN-ACK was seen, or, with
     // DSR (replies bypass the appliance), on its own. A SYN answered by the server but never
     // acknowledged (a spoofed SYN flood) stays embryonic: first to be evicted, short-lived.
     let client_ack =
         dir == Dir::Original && flags & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::ACK;
-    let handshake_done = client_ack && (e.dsr || e.replied);
+    let handshake_done = client_ack && (e.dsr() || e.replied());
     if flags & (tcp::flags::FIN | tcp::flags::RST) != 0 {
         e.state = State::Closing;
     } else if handshake_done && e.state == State::Embryonic {
@@ -539,11 +654,11 @@ fn advance<A>(e: &mut Entry<A>, dir: Dir, flags: u8, now: u32, t: &Timeouts) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::wire::tcp::flags::{ACK, FIN, SYN};
 
-    fn nat(client_port: u16) -> Nat<u32> {
+    pub(crate) fn nat(client_port: u16) -> Nat<u32> {
         Nat {
             client: Endpoint {
                 addr: 0x0a0a_0002,
@@ -608,7 +723,7 @@ mod tests {
         let mut n = nat(1);
         n.source = n.client;
         let s = t.insert_dsr(n, 6, SYN, 0).unwrap();
-        assert!(t.get(s).unwrap().dsr);
+        assert!(t.get(s).unwrap().dsr());
         assert_eq!(t.lookup(&n.original(6)), Some((s, Dir::Original)));
         assert_eq!(t.lookup(&n.reply(6)), None, "replies bypass the appliance");
         // another frontend to the same backend from the same client port: same reply tuple

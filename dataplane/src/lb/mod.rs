@@ -27,6 +27,7 @@ pub mod dsr;
 mod index;
 pub mod maglev;
 mod nat;
+pub mod slots;
 
 use crate::drop::DropReason;
 use crate::flow::{EventKind, FlowEvent};
@@ -43,8 +44,9 @@ use affinity::Affinity;
 use arrayvec::ArrayVec;
 use conntrack::{Addr, Dir, Endpoint, InsertError, Nat, Table, Timeouts, Tuple};
 use nat::rewrite;
+use slots::{clock_secs, Adoption, PersistAt, PlainBits};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Instant;
+use std::path::Path;
 
 /// The appliance's load-balancing settings (config `[lb]`), part of the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,13 +142,58 @@ struct Family<A> {
     l7: Conns<A>,
 }
 
+/// A family's table sizes for one worker: (TCP, other).
+fn shares(l: &CtLimits, share: usize) -> (usize, usize) {
+    ((l.tcp_max / share).max(1), (l.other_max / share).max(1))
+}
+
 impl<A: Addr> Family<A> {
     fn new(l: &CtLimits, share: usize) -> Self {
-        let tcp_max = (l.tcp_max / share).max(1);
+        let (tcp, other) = shares(l, share);
+        Self::of(
+            Table::new(tcp, l.timeouts),
+            Table::new(other, l.timeouts),
+            l,
+            share,
+        )
+    }
+
+    /// With tables in files under `dir` (`name`: the family), adopting what they hold.
+    fn persistent(
+        l: &CtLimits,
+        share: usize,
+        at: (&Path, &str, u16),
+        now: u32,
+        report: &mut Vec<Adoption>,
+    ) -> std::io::Result<Self>
+    where
+        A: PlainBits,
+    {
+        let (dir, name, worker) = at;
+        let (tcp_max, other_max) = shares(l, share);
+        let mut table = |kind: &str, max: usize| {
+            let at = PersistAt {
+                path: dir.join(format!("lb-{name}-{kind}-w{worker}.ct")),
+                worker,
+                workers: share as u16,
+            };
+            let (t, r) = Table::persistent(max, l.timeouts, &at, now)?;
+            report.push(r);
+            Ok::<_, std::io::Error>(t)
+        };
+        let tcp = table("tcp", tcp_max)?;
+        let other = table("other", other_max)?;
+        let mut f = Self::of(tcp, other, l, share);
+        // adopted TCP connections are looked at again by the L7 step (rules may apply to them)
+        f.l7.mark_adopted(&f.tcp);
+        Ok(f)
+    }
+
+    fn of(tcp: Table<A>, other: Table<A>, l: &CtLimits, share: usize) -> Self {
         Family {
-            l7: Conns::new(tcp_max),
-            tcp: Table::new(tcp_max, l.timeouts),
-            other: Table::new((l.other_max / share).max(1), l.timeouts),
+            l7: Conns::new(tcp.capacity()),
+            tcp,
+            other,
             // room for one client with affinity per 32 tracked TCP connections: 32 sets for the
             // small test tables, the maximum (4,096) with Cilium's default bound
             affinity: Affinity::new(l.tcp_max / share / 32 / 4),
@@ -193,12 +240,24 @@ pub struct LbState {
 struct Ctx {
     worker: u16,
     workers: u16,
-    start: Instant,
+    /// Added to the clock (tests: expiry without waiting).
+    skew: u32,
+    /// CLOCK_MONOTONIC seconds (slots.rs): system-wide, so adopted tables keep their expiry.
     now: u32,
     rng: u64,
 }
 
 impl Ctx {
+    fn new(worker: u16, workers: u16) -> Self {
+        Ctx {
+            worker,
+            workers: workers.max(1),
+            skew: 0,
+            now: clock_secs(),
+            rng: 0x853c_49e6_748f_ea9b ^ u64::from(worker),
+        }
+    }
+
     /// This worker's SNAT ports: (first, count).
     fn port_range(&self, all: (u16, u16)) -> (u32, u32) {
         let (lo, hi) = (u32::from(all.0), u32::from(all.1.max(all.0)));
@@ -248,14 +307,25 @@ impl LbState {
         LbState {
             v4: Family::new(limits, share),
             v6: Family::new(limits, share),
-            ctx: Ctx {
-                worker,
-                workers: workers.max(1),
-                start: Instant::now(),
-                now: 0,
-                rng: 0x853c_49e6_748f_ea9b ^ u64::from(worker),
-            },
+            ctx: Ctx::new(worker, workers),
         }
+    }
+
+    /// As `new`, with the tables in files under `dir` that outlive the process: the
+    /// connections an earlier sluiced left there (this worker's, of the same worker count and
+    /// layout) are taken over, and each file's report says what was found.
+    pub fn persistent(
+        limits: &CtLimits,
+        worker: u16,
+        workers: u16,
+        dir: &Path,
+    ) -> std::io::Result<(Self, Vec<Adoption>)> {
+        let share = usize::from(workers.max(1));
+        let ctx = Ctx::new(worker, workers);
+        let mut report = Vec::new();
+        let v4 = Family::persistent(limits, share, (dir, "v4", worker), ctx.now, &mut report)?;
+        let v6 = Family::persistent(limits, share, (dir, "v6", worker), ctx.now, &mut report)?;
+        Ok((LbState { v4, v6, ctx }, report))
     }
 
     /// Tracked connections (all tables).
@@ -266,7 +336,7 @@ impl LbState {
     /// Advances the clock (seconds; once per batch) and runs a GC step on every table: the
     /// entries freed.
     pub fn tick(&mut self) -> usize {
-        self.ctx.now = self.ctx.start.elapsed().as_secs() as u32;
+        self.ctx.now = clock_secs().wrapping_add(self.ctx.skew);
         self.gc(GC_BUDGET)
     }
 
@@ -293,7 +363,7 @@ impl LbState {
 
     /// Moves the clock on by `secs` (tests: expiry without waiting).
     pub fn advance_clock(&mut self, secs: u32) {
-        self.ctx.start -= std::time::Duration::from_secs(u64::from(secs));
+        self.ctx.skew = self.ctx.skew.wrapping_add(secs);
     }
 
     fn gc(&mut self, budget: usize) -> usize {
@@ -671,7 +741,7 @@ fn one<A: Addr>(
                         return Outcome::PolicyDrop(d);
                     }
                 }
-                if e.dsr {
+                if e.dsr() {
                     return Outcome::Dsr {
                         backend: nat.backend.addr.ip(),
                         new: false,
