@@ -11,18 +11,27 @@ use sluice_dataplane::wire::build::PacketSpec;
 use sluice_dataplane::worker::process_batch;
 use sluice_dataplane::{Batch, DropReason, MAX_BATCH};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 struct Counting;
-static COUNTING: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Counting is per thread: the test harness's own thread (printing the other test's
+    /// result) allocates meanwhile, and is not the fast path.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 /// The counter is process-wide: the tests take turns, or one counts the other's allocations.
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+fn counting() -> bool {
+    COUNTING.try_with(Cell::get).unwrap_or(false)
+}
+
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
@@ -33,7 +42,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
@@ -83,7 +92,7 @@ fn encap_decap_and_the_whole_batch_allocate_nothing() {
             };
             assert!(io.inject(port, f));
         }
-        COUNTING.store(count, Ordering::SeqCst);
+        COUNTING.set(count);
         let n = process_batch(
             &mut io,
             &mut pipeline,
@@ -92,7 +101,7 @@ fn encap_decap_and_the_whole_batch_allocate_nothing() {
             &stats,
             &mut NoNeighborRequests,
         );
-        COUNTING.store(false, Ordering::SeqCst);
+        COUNTING.set(false);
         assert_eq!(n, MAX_BATCH);
     };
     round(false); // warm-up: lazily initialised state is not the fast path
@@ -132,7 +141,7 @@ fn flow_events_allocate_nothing() {
         for i in 0..MAX_BATCH {
             assert!(io.inject(0, &frames[i % 16]));
         }
-        COUNTING.store(count, Ordering::SeqCst);
+        COUNTING.set(count);
         process_batch(
             &mut io,
             &mut pipeline,
@@ -143,7 +152,7 @@ fn flow_events_allocate_nothing() {
         );
         drained.clear();
         ring.drain_into(&mut drained, MAX_BATCH);
-        COUNTING.store(false, Ordering::SeqCst);
+        COUNTING.set(false);
         assert_eq!(drained.len(), MAX_BATCH, "one event per drop");
     };
     round(false);
