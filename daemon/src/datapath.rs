@@ -18,8 +18,10 @@ use sluice_dataplane::worker::{PollMode, Worker};
 use sluice_xdp::{OwnedKey, Steering, XdpMode};
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The interfaces as the snapshot sees them, and ifindex -> port.
 pub fn probe_interfaces(cfg: &Config) -> Result<(Vec<PortInfo>, HashMap<u32, u16>)> {
@@ -53,6 +55,12 @@ pub struct Datapath {
     overlay_on: bool,
     /// Service frontends currently steered.
     frontends: HashSet<(IpAddr, u8, u16)>,
+    /// Queues served (held while sluiced restarts).
+    pub queues: u32,
+    /// The restart hold (zero: none; the programs go with the process).
+    pub hold: Duration,
+    /// Locks the conntrack directory: one sluiced adopts and writes those tables at a time.
+    _ct_lock: Option<std::fs::File>,
 }
 
 impl Datapath {
@@ -131,6 +139,79 @@ impl Datapath {
         tracing::info!(frontends = steered.len(), "service frontends steered");
         self.frontends = steered;
     }
+
+    /// Renews the restart hold (a heartbeat: should sluiced die, its programs hold the queues
+    /// for `hold` after the last renewal, then the kernel takes over).
+    pub fn renew_hold(&self) {
+        if self.hold.is_zero() {
+            return;
+        }
+        if let Err(e) = self.steering.hold(self.queues, self.hold) {
+            tracing::warn!("renewing the restart hold: {e}");
+        }
+    }
+
+    /// At stop, the workers joined: with a restart hold, the programs stay attached and hold
+    /// the owned traffic for the next sluiced; without, they are detached now.
+    pub fn stop(&mut self) {
+        if self.hold.is_zero() {
+            self.steering.detach_all();
+            tracing::info!("XDP detached: the kernel path takes over");
+            return;
+        }
+        self.renew_hold();
+        self.steering.release();
+        tracing::info!(
+            hold_ms = self.hold.as_millis() as u64,
+            "XDP left attached, holding owned traffic for a restart; after the hold the kernel path takes over"
+        );
+    }
+}
+
+/// Takes the conntrack directory for this process (created if missing): an exclusive lock, so
+/// two sluiced never adopt and write the same tables.
+fn lock_conntrack_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("lock");
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on an fd we own; LOCK_NB makes it fail instead of waiting.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        anyhow::bail!(
+            "{} is locked: another sluiced uses this runtime directory ({})",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(f)
+}
+
+/// Logs what adopting the conntrack table files found; the connections taken over.
+fn log_adoption(reports: &[sluice_dataplane::lb::slots::Adoption]) -> usize {
+    let mut total = 0;
+    for r in reports {
+        if let Some(why) = &r.discarded {
+            tracing::warn!(file = %r.path.display(), "conntrack table set aside, its connections are not taken over: {why}");
+        }
+        if r.adopted + r.expired + r.invalid + r.dropped > 0 {
+            tracing::info!(
+                file = %r.path.display(),
+                adopted = r.adopted,
+                expired = r.expired,
+                invalid = r.invalid,
+                no_room = r.dropped,
+                unclean = r.unclean,
+                "conntrack table adopted"
+            );
+        }
+        total += r.adopted;
+    }
+    total
 }
 
 /// Attaches XDP everywhere, owns the configured traffic, starts the workers.
@@ -148,9 +229,15 @@ pub fn start(
         XdpModeCfg::Native => XdpMode::Native,
         XdpModeCfg::Generic => XdpMode::Generic,
     };
+    // Loaded first, attached last: the maps are filled (owned traffic, the hold) before the
+    // programs replace an earlier sluiced's, so no owned packet meets a program that does not
+    // know it.
     for name in &ifnames {
-        let m = steering.attach(name, mode, cfg.dataplane.xdp_fallback_generic)?;
-        tracing::info!(interface = %name, mode = m.as_str(), "XDP steering program attached");
+        steering.load(name)?;
+    }
+    let hold = Duration::from_millis(cfg.dataplane.restart_hold_ms);
+    if !hold.is_zero() {
+        steering.hold(cfg.dataplane.queues, hold)?;
     }
     let overlay = cfg.overlay()?;
     if matches!(overlay.mode, OverlayMode::Vxlan | OverlayMode::Geneve) {
@@ -180,6 +267,12 @@ pub fn start(
         tracing::info!(address = %a, ports = ?lb.snat_ports, "SNAT replies steered");
     }
     let ct = cfg.ct_limits()?;
+    let ct_dir = cfg.appliance.runtime_dir.join("conntrack");
+    let ct_lock = if cfg.dataplane.persist_conntrack {
+        Some(lock_conntrack_dir(&ct_dir)?)
+    } else {
+        None
+    };
 
     let xsk_cfg = AfXdpConfig {
         frame_size: cfg.dataplane.frame_size,
@@ -202,7 +295,19 @@ pub fn start(
         cluster_seen: None,
         overlay_on: overlay.mode != OverlayMode::Off,
         frontends: HashSet::new(),
+        queues: cfg.dataplane.queues,
+        hold,
+        _ct_lock: ct_lock,
     };
+    // the services of the restored cluster state are steered before the programs attach
+    dp.sync_cluster(&hub.current().cluster);
+    dp.steering
+        .attach_loaded(mode, cfg.dataplane.xdp_fallback_generic, !hold.is_zero())?;
+    for name in &ifnames {
+        let m = dp.steering.mode(name).map_or("?", XdpMode::as_str);
+        tracing::info!(interface = %name, mode = m, outlives_process = !hold.is_zero(), "XDP steering program attached");
+    }
+    let mut adopted = 0;
     // replies that arrive on another queue than their connection's go to its worker
     let handoff = (cfg.dataplane.queues > 1).then(|| {
         Handoff::new(
@@ -226,8 +331,26 @@ pub fn start(
         if core.is_none() {
             tracing::warn!(queue = q, "requested core not available; worker not pinned");
         }
-        let mut pipeline =
-            Pipeline::with_lb(LbState::new(&ct, q as u16, cfg.dataplane.queues as u16));
+        let (w, workers) = (q as u16, cfg.dataplane.queues as u16);
+        let (lb, policy) = if cfg.dataplane.persist_conntrack {
+            let (lb, r) = LbState::persistent(&ct, w, workers, &ct_dir)
+                .with_context(|| format!("conntrack tables in {}", ct_dir.display()))?;
+            adopted += log_adoption(&r);
+            // allowed flows of the policy stage: sized like the non-TCP conntrack bound
+            let (policy, r) = PolicyState::persistent(
+                ct.other_max / usize::from(workers.max(1)),
+                ct.timeouts,
+                &ct_dir,
+                (w, workers),
+            )
+            .with_context(|| format!("policy flow tables in {}", ct_dir.display()))?;
+            adopted += log_adoption(&r);
+            (lb, policy)
+        } else {
+            let policy = PolicyState::new(ct.other_max / usize::from(workers.max(1)), ct.timeouts);
+            (LbState::new(&ct, w, workers), policy)
+        };
+        let mut pipeline = Pipeline::with_lb(lb);
         pipeline.handoff = handoff.as_ref().map(|h| h.port(q as usize));
         stats.ct_capacity.set(pipeline.lb.capacity() as u64);
         pipeline.tap = Some(tap.clone());
@@ -235,11 +358,7 @@ pub fn start(
         let ring = Arc::new(FlowRing::new(sluice_dataplane::flow::RING));
         pipeline.outbox.events = EventSink::new(ring.clone());
         dp.flow_rings.push(ring);
-        // allowed flows of the policy stage: sized like the non-TCP conntrack bound
-        pipeline.policy = PolicyState::new(
-            ct.other_max / cfg.dataplane.queues.max(1) as usize,
-            ct.timeouts,
-        );
+        pipeline.policy = policy;
         let mut worker = Worker {
             io,
             pipeline,
@@ -278,6 +397,9 @@ pub fn start(
             .context("spawning worker thread")?;
         tracing::info!(queue = q, core = ?core.map(|c| c.id), zero_copy = dp.zero_copy[q as usize], "worker started");
         dp.workers.push(h);
+    }
+    if cfg.dataplane.persist_conntrack {
+        tracing::info!(connections = adopted, dir = %ct_dir.display(), "conntrack tables in files that outlive the process");
     }
     Ok(dp)
 }

@@ -45,6 +45,9 @@ struct Args {
 /// How often the control loop reconciles neighbours and drains resolution requests: short enough
 /// that a first packet to a new next hop is retried successfully within a TCP SYN retransmit.
 const CONTROL_TICK: Duration = Duration::from_millis(100);
+/// How often the restart hold is renewed: a second is a small part of the hold (5 s by
+/// default), so a crash is held for nearly the whole hold, and one map write a second is free.
+const HOLD_RENEWAL: Duration = Duration::from_secs(1);
 
 fn main() {
     let args = Args::parse();
@@ -212,6 +215,7 @@ fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Resu
     let stats_every = Duration::from_millis(cfg.appliance.stats_interval_ms);
     let mut last_stats = Instant::now();
     let mut last_watchdog = Instant::now();
+    let mut last_hold = Instant::now();
     let mut exit_error = None;
     while !stop.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
@@ -246,6 +250,12 @@ fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Resu
             d.sync_cluster(&snap.cluster);
         }
         status.set_steered(snap.generation);
+        if last_hold.elapsed() >= HOLD_RENEWAL {
+            last_hold = Instant::now();
+            if let Some(d) = dp.as_ref() {
+                d.renew_hold();
+            }
+        }
         if last_stats.elapsed() >= stats_every {
             last_stats = Instant::now();
             if let Err(e) = report(&dp) {
@@ -256,7 +266,7 @@ fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Resu
     }
 
     notifier.send("STOPPING=1");
-    tracing::info!("stopping: API, workers, then XDP (the kernel path takes over)");
+    tracing::info!("stopping: API, workers, then XDP");
     stop.store(true, Ordering::Relaxed);
     server.stop();
     api.persister.finish();
@@ -270,7 +280,7 @@ fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Resu
     let _ = collector.join();
     report(&dp)?;
     if let Some(d) = dp.as_mut() {
-        d.steering.detach_all();
+        d.stop();
     }
     match exit_error {
         Some(e) => Err(e),

@@ -32,6 +32,9 @@ struct InterfaceStatus {
     xdp_passed: u64,
     /// Owned packets passed to the kernel because no socket was bound on their queue.
     xdp_no_socket: u64,
+    /// Owned packets dropped because no socket was bound on their queue while it was held
+    /// (sluiced starting: the sockets come after the program).
+    xdp_held: u64,
 }
 
 #[derive(Serialize)]
@@ -163,6 +166,7 @@ impl Reporter {
                 xdp_steered: c.steered,
                 xdp_passed: c.passed,
                 xdp_no_socket: c.no_socket,
+                xdp_held: c.held,
             });
         }
         let batch_ns = crate::metrics::batch_quantiles(workers)

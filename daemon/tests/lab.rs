@@ -10,11 +10,18 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The lab config without a restart hold: XDP attached through a bpf_link, gone with the
+/// process.
+fn no_hold() -> String {
+    lab_config(1, "").replace("[dataplane]\n", "[dataplane]\nrestart_hold_ms = 0\n")
+}
+
 #[test]
 fn forwards_tcp_and_udp_through_afxdp_and_stops_cleanly() {
     let _g = lock();
     let Some(lab) = Lab::up("fw", 1) else { return };
-    let mut d = lab.start_sluiced(&lab_config(1, ""));
+    // no restart hold: the program goes at exit (restart.rs tests the hold)
+    let mut d = lab.start_sluiced(&no_hold());
 
     assert_eq!(
         lab.curl("http://10.20.0.11/").as_deref(),
@@ -89,12 +96,13 @@ fn forwards_tcp_and_udp_through_afxdp_and_stops_cleanly() {
 fn kill_9_leaves_no_blackhole() {
     let _g = lock();
     let Some(lab) = Lab::up("k9", 1) else { return };
-    let mut d = lab.start_sluiced(&lab_config(1, ""));
+    let mut d = lab.start_sluiced(&no_hold());
     assert!(lab.curl("http://10.20.0.12/").is_some(), "{}", d.log_text());
     assert!(u(iface(&d.stats(), "eth-cli"), &["xdp_steered"]) > 0);
     assert!(lab.xdp_attached("eth-cli"));
 
-    // A crash: the bpf_link dies with the process, the program detaches, the kernel forwards.
+    // A crash without a restart hold: the bpf_link dies with the process, the program
+    // detaches, the kernel forwards.
     assert_eq!(d.signal_and_wait(libc::SIGKILL), None);
     assert!(
         !lab.xdp_attached("eth-cli"),

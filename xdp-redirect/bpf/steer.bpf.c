@@ -14,7 +14,7 @@
  * IPv4 addresses are stored as IPv4-mapped IPv6 (::ffff:a.b.c.d), so one map serves both families.
  *
  * If no socket is bound for the receiving queue the packet is passed to the kernel and counted
- * (never a silent drop).
+ * (never a silent drop), except while that queue is held: see `hold` below.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -53,7 +53,8 @@ enum {
 	CNT_STEERED = 0,
 	CNT_PASSED = 1,
 	CNT_NO_SOCKET = 2,
-	CNT_MAX = 3,
+	CNT_HELD = 3,
+	CNT_MAX = 4,
 };
 
 struct {
@@ -86,6 +87,22 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
 } owned_prefixes SEC(".maps");
 
+/*
+ * Restart hold (decision 013), per queue: until this CLOCK_MONOTONIC time in ns, owned traffic
+ * arriving on a queue with no socket is dropped (and counted) instead of passed. While sluiced
+ * restarts, its clients and backends retransmit into the gap and the next sluiced, which adopts
+ * the connection table, carries on; passed, the kernel would answer them with resets. sluiced
+ * writes it for the queues it serves: before it attaches, as a heartbeat, and when it stops.
+ * Once it expires (sluiced stopped for good, or crashed and was not restarted), the kernel path
+ * takes over. Zero: not held.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u64);
+} hold SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);
@@ -104,6 +121,19 @@ static __always_inline void count(__u32 slot)
 static __always_inline int pass(void)
 {
 	count(CNT_PASSED);
+	return XDP_PASS;
+}
+
+/* Owned, but no socket on queue q: dropped while the queue is held, else the kernel's. */
+static __always_inline int no_socket(__u32 q)
+{
+	__u64 *until = bpf_map_lookup_elem(&hold, &q);
+
+	if (until && bpf_ktime_get_ns() < *until) {
+		count(CNT_HELD);
+		return XDP_DROP;
+	}
+	count(CNT_NO_SOCKET);
 	return XDP_PASS;
 }
 
@@ -213,10 +243,8 @@ int sluice_steer(struct xdp_md *ctx)
 		return pass();
 
 	q = ctx->rx_queue_index;
-	if (!bpf_map_lookup_elem(&xsks, &q)) {
-		count(CNT_NO_SOCKET);
-		return XDP_PASS;
-	}
+	if (!bpf_map_lookup_elem(&xsks, &q))
+		return no_socket(q);
 	count(CNT_STEERED);
 	/* XDP_PASS as the fallback action: should the socket vanish between lookup and redirect. */
 	return bpf_redirect_map(&xsks, q, XDP_PASS);

@@ -4,9 +4,15 @@
 //! indexed by `rx_queue_index` and queue 0 of `eth0` is another socket than queue 0 of `eth1`);
 //! all instances share one `owned` map, so a steering change is one map update for the appliance.
 //!
-//! Programs are attached through a bpf_link: the link is a file descriptor owned by this process,
-//! so when `sluiced` exits, or crashes, the kernel detaches the program and the interface falls
-//! back to the kernel datapath instead of steering into sockets nobody reads.
+//! Two ways to attach (decision 013):
+//! - through a bpf_link, a file descriptor owned by this process: when `sluiced` exits, or
+//!   crashes, the kernel detaches the program and the interface falls back to the kernel
+//!   datapath at once;
+//! - through netlink, for restarts that keep connections: the program outlives the process and
+//!   holds the owned traffic of its queues (drops it, counted) until the hold time the process
+//!   last wrote, so the next `sluiced` (which replaces the program atomically and adopts the
+//!   connection table) carries on where this one stopped. After the hold, the kernel path takes
+//!   over. Only an earlier sluice program is ever replaced; anybody else's is refused.
 
 mod decap;
 mod owned;
@@ -79,22 +85,49 @@ pub struct SteerCounters {
     pub passed: u64,
     /// Owned, but no socket was bound on the receiving queue: handed to the kernel.
     pub no_socket: u64,
+    /// Owned, no socket, and the queue held (a restart): dropped.
+    pub held: u64,
 }
 
 const CNT_STEERED: u32 = 0;
 const CNT_PASSED: u32 = 1;
 const CNT_NO_SOCKET: u32 = 2;
+const CNT_HELD: u32 = 3;
 
-/// One attached program instance.
+/// The program's name, as the kernel reports it (an earlier sluiced's is replaced, nobody
+/// else's).
+const PROG_NAME: &str = "sluice_steer";
+
+/// How an instance is attached.
+enum How {
+    /// A bpf_link: detached when the fd closes (with the process).
+    Link(#[allow(dead_code)] OwnedFd), // held for its drop: closing the fd detaches
+    /// Netlink, with these mode flags: stays until detached.
+    Netlink(u32),
+}
+
+/// One program instance on one interface.
 struct Attached {
     ifname: String,
     ifindex: u32,
-    mode: XdpMode,
+    /// None until attached.
+    mode: Option<XdpMode>,
     xsks: MapHandle,
     counters: MapHandle,
+    prog_fd: RawFd,
     // Field order matters for drop: the link goes first, then the object that holds the program.
-    _link: OwnedFd,
+    how: Option<How>,
     _obj: Object,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // a netlink attachment left by an error path goes too, unless `release` kept it; only
+        // while it is still ours (REPLACE with our fd: a successor's program is not touched)
+        if let Some(How::Netlink(flags)) = self.how.take() {
+            netlink_detach(self.ifindex, flags, self.prog_fd);
+        }
+    }
 }
 
 /// The steering programs of this appliance.
@@ -103,6 +136,8 @@ pub struct Steering {
     owned: Option<MapHandle>,
     /// The `owned_prefixes` LPM trie, shared the same way.
     prefixes: Option<MapHandle>,
+    /// The per-queue restart hold, shared the same way.
+    hold: Option<MapHandle>,
     attached: Vec<Attached>,
 }
 
@@ -117,70 +152,137 @@ impl Steering {
         Steering {
             owned: None,
             prefixes: None,
+            hold: None,
             attached: Vec::new(),
         }
     }
 
-    /// Loads a program instance and attaches it to `ifname` in `mode`; when that fails and
-    /// `fallback_generic` is set, tries generic mode. Returns the mode it runs in.
+    /// Loads a program instance and attaches it to `ifname` through a bpf_link (detached when
+    /// the process exits) in `mode`; when that fails and `fallback_generic` is set, tries
+    /// generic mode. Returns the mode it runs in.
     pub fn attach(
         &mut self,
         ifname: &str,
         mode: XdpMode,
         fallback_generic: bool,
     ) -> Result<XdpMode> {
+        self.load(ifname)?;
+        self.attach_loaded(mode, fallback_generic, false)?;
+        self.mode(ifname)
+            .ok_or_else(|| XdpError::Load("attached instance missing".into()))
+    }
+
+    /// Loads a program instance for `ifname` without attaching it: its maps (shared by all
+    /// instances) can be filled first, so the program steers everything from its first packet.
+    pub fn load(&mut self, ifname: &str) -> Result<()> {
         let ifindex = ifindex_of(ifname)?;
         let obj = self.load_instance()?;
         let prog = obj
             .progs()
-            .find(|p| p.name() == "sluice_steer")
-            .ok_or_else(|| XdpError::Load("program sluice_steer missing from object".into()))?;
+            .find(|p| p.name() == PROG_NAME)
+            .ok_or_else(|| XdpError::Load(format!("program {PROG_NAME} missing from object")))?;
         let prog_fd = prog.as_fd().as_raw_fd();
-
-        let (link, mode) = match link_xdp(prog_fd, ifindex, mode) {
-            Ok(l) => (l, mode),
-            Err(e) if fallback_generic && mode == XdpMode::Native => {
-                tracing::warn!(ifname, error = %e, "native XDP attach failed, falling back to generic mode");
-                let l = link_xdp(prog_fd, ifindex, XdpMode::Generic).map_err(|source| {
-                    XdpError::Attach {
-                        ifname: ifname.into(),
-                        mode: XdpMode::Generic.as_str(),
-                        source,
-                    }
-                })?;
-                (l, XdpMode::Generic)
-            }
-            Err(source) => {
-                return Err(XdpError::Attach {
-                    ifname: ifname.into(),
-                    mode: mode.as_str(),
-                    source,
-                })
-            }
-        };
         let xsks = map_handle(&obj, "xsks")?;
         let counters = map_handle(&obj, "counters")?;
         if self.owned.is_none() {
             self.owned = Some(map_handle(&obj, "owned")?);
             self.prefixes = Some(map_handle(&obj, "owned_prefixes")?);
+            self.hold = Some(map_handle(&obj, "hold")?);
         }
         self.attached.push(Attached {
             ifname: ifname.into(),
             ifindex,
-            mode,
+            mode: None,
             xsks,
             counters,
-            _link: link,
+            prog_fd,
+            how: None,
             _obj: obj,
         });
-        Ok(mode)
+        Ok(())
+    }
+
+    /// Attaches every loaded instance not attached yet, in `mode` (generic when native fails
+    /// and `fallback_generic`). `keep`: through netlink, so the program outlives the process
+    /// (restart hold), replacing an earlier sluiced's program on the interface; otherwise
+    /// through a bpf_link.
+    pub fn attach_loaded(
+        &mut self,
+        mode: XdpMode,
+        fallback_generic: bool,
+        keep: bool,
+    ) -> Result<()> {
+        for a in self.attached.iter_mut().filter(|a| a.how.is_none()) {
+            let try_mode = |m: XdpMode| {
+                if keep {
+                    netlink_attach(a.prog_fd, a.ifindex, m).map(|()| How::Netlink(m.flags()))
+                } else {
+                    link_xdp(a.prog_fd, a.ifindex, m).map(How::Link)
+                }
+            };
+            let (how, m) = match try_mode(mode) {
+                Ok(h) => (h, mode),
+                Err(e) if fallback_generic && mode == XdpMode::Native => {
+                    tracing::warn!(ifname = %a.ifname, error = %e, "native XDP attach failed, falling back to generic mode");
+                    let h = try_mode(XdpMode::Generic).map_err(|source| XdpError::Attach {
+                        ifname: a.ifname.clone(),
+                        mode: XdpMode::Generic.as_str(),
+                        source,
+                    })?;
+                    (h, XdpMode::Generic)
+                }
+                Err(source) => {
+                    return Err(XdpError::Attach {
+                        ifname: a.ifname.clone(),
+                        mode: mode.as_str(),
+                        source,
+                    })
+                }
+            };
+            a.how = Some(how);
+            a.mode = Some(m);
+        }
+        Ok(())
+    }
+
+    /// Holds queues `0..queues` (see `hold` in steer.bpf.c) until `d` from now: owned traffic
+    /// that finds no socket there is dropped meanwhile. `d` zero: released at once.
+    pub fn hold(&self, queues: u32, d: std::time::Duration) -> Result<()> {
+        let Some(m) = &self.hold else { return Ok(()) };
+        let until = if d.is_zero() {
+            0
+        } else {
+            monotonic_ns().saturating_add(d.as_nanos() as u64)
+        };
+        for q in 0..queues.min(MAX_QUEUES) {
+            m.update(&q.to_ne_bytes(), &until.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|e| XdpError::Map {
+                    map: "hold",
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of the programs without detaching those attached through netlink: they stay,
+    /// holding their queues until the hold written last, for the next sluiced to replace.
+    pub fn release(&mut self) {
+        for mut a in self.attached.drain(..) {
+            if matches!(a.how, Some(How::Netlink(_))) {
+                a.how = None;
+            }
+        }
     }
 
     fn load_instance(&self) -> Result<Object> {
         let mut open = ObjectBuilder::default()
             .open_memory(STEER_OBJ)
             .map_err(|e| XdpError::Load(e.to_string()))?;
-        for (name, shared) in [("owned", &self.owned), ("owned_prefixes", &self.prefixes)] {
+        for (name, shared) in [
+            ("owned", &self.owned),
+            ("owned_prefixes", &self.prefixes),
+            ("hold", &self.hold),
+        ] {
             let Some(shared) = shared else { continue };
             let mut m = open
                 .maps_mut()
@@ -204,7 +306,7 @@ impl Steering {
 
     /// The mode the program on `ifname` runs in.
     pub fn mode(&self, ifname: &str) -> Option<XdpMode> {
-        self.find(ifname).ok().map(|a| a.mode)
+        self.find(ifname).ok().and_then(|a| a.mode)
     }
 
     /// Binds the AF_XDP socket `fd` to queue `queue` of `ifname`: from now on owned packets
@@ -297,6 +399,7 @@ impl Steering {
             steered: read(CNT_STEERED)?,
             passed: read(CNT_PASSED)?,
             no_socket: read(CNT_NO_SOCKET)?,
+            held: read(CNT_HELD)?,
         })
     }
 
@@ -304,7 +407,7 @@ impl Steering {
     pub fn interfaces(&self) -> impl Iterator<Item = (&str, u32, XdpMode)> {
         self.attached
             .iter()
-            .map(|a| (a.ifname.as_str(), a.ifindex, a.mode))
+            .filter_map(|a| Some((a.ifname.as_str(), a.ifindex, a.mode?)))
     }
 
     /// Detaches every program now (dropping `Steering` does the same).
@@ -355,6 +458,97 @@ fn link_xdp(prog_fd: RawFd, ifindex: u32, mode: XdpMode) -> std::io::Result<Owne
     }
     // SAFETY: a non-negative return of bpf_link_create is a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The program attached to `ifindex` in `mode` through netlink or a link, if any: its fd and
+/// name.
+fn attached_prog(ifindex: u32, mode: XdpMode) -> Option<(OwnedFd, String)> {
+    let mut id = 0u32;
+    // SAFETY: writes the id into our u32; ifindex and flags are plain values.
+    let r = unsafe { libbpf_sys::bpf_xdp_query_id(ifindex as i32, mode.flags() as i32, &mut id) };
+    if r != 0 || id == 0 {
+        return None;
+    }
+    // SAFETY: a plain syscall wrapper; a non-negative result is a new fd we own.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: as above, fd is new and ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: bpf_prog_info is a plain C struct (all-zero valid); the kernel fills at most
+    // `len` bytes of it.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len are ours and sized as said.
+    let r = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if r != 0 {
+        return None;
+    }
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    Some((fd, String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// Attaches through netlink (the program outlives the process). An earlier sluice program on
+/// the interface is replaced atomically (XDP_FLAGS_REPLACE: no packet meets no program);
+/// anybody else's is left alone and the attach refused.
+fn netlink_attach(prog_fd: RawFd, ifindex: u32, mode: XdpMode) -> std::io::Result<()> {
+    let old = attached_prog(ifindex, mode);
+    if let Some((_, name)) = &old {
+        if name != PROG_NAME {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "another XDP program ({name:?}) is attached; sluiced replaces only its own"
+                ),
+            ));
+        }
+    }
+    // SAFETY: bpf_xdp_attach_opts is a plain C struct, all-zero its default; sz set as
+    // libbpf's OPTS macros do.
+    let mut opts: libbpf_sys::bpf_xdp_attach_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of::<libbpf_sys::bpf_xdp_attach_opts>() as _;
+    let mut flags = mode.flags();
+    if let Some((fd, _)) = &old {
+        opts.old_prog_fd = fd.as_raw_fd();
+        flags |= libbpf_sys::XDP_FLAGS_REPLACE;
+    }
+    // SAFETY: prog_fd is a loaded program kept alive by the caller's Object; opts outlives the
+    // call (and `old`'s fd with it).
+    let r = unsafe { libbpf_sys::bpf_xdp_attach(ifindex as i32, prog_fd, flags, &opts) };
+    if r < 0 {
+        return Err(std::io::Error::from_raw_os_error(-r));
+    }
+    Ok(())
+}
+
+/// Detaches our netlink-attached program `prog_fd`, only if it is still the one attached.
+fn netlink_detach(ifindex: u32, flags: u32, prog_fd: RawFd) {
+    // SAFETY: as in netlink_attach.
+    let mut opts: libbpf_sys::bpf_xdp_attach_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of::<libbpf_sys::bpf_xdp_attach_opts>() as _;
+    opts.old_prog_fd = prog_fd;
+    // SAFETY: plain values and our opts; detaching with REPLACE fails harmlessly (EEXIST) when
+    // another program is attached by now.
+    unsafe {
+        libbpf_sys::bpf_xdp_detach(ifindex as i32, flags | libbpf_sys::XDP_FLAGS_REPLACE, &opts)
+    };
 }
 
 /// The interface index of `ifname` in this network namespace.

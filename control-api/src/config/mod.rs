@@ -130,6 +130,16 @@ pub struct Dataplane {
     /// Descriptors per AF_XDP ring (power of two, 64..=32768).
     #[serde(default = "default_ring")]
     pub ring_size: u32,
+    /// When sluiced stops or dies, its XDP program stays and holds the owned traffic (drops
+    /// it; the peers retransmit) this long, so a restarted sluiced picks the connections up
+    /// instead of the kernel resetting them; then the kernel path takes over. 0: the program
+    /// is detached at exit and the kernel takes over at once (decision 013).
+    #[serde(default = "default_hold")]
+    pub restart_hold_ms: u64,
+    /// Conntrack and NAT state in files under `appliance.runtime_dir`/conntrack, which the
+    /// next sluiced adopts: restarts keep connections.
+    #[serde(default = "yes")]
+    pub persist_conntrack: bool,
 }
 
 fn one() -> u32 {
@@ -156,6 +166,15 @@ fn default_frame() -> u32 {
 fn default_ring() -> u32 {
     2048
 }
+/// Covers a restart (stop, start, tables adopted, sockets bound: about a second here) with
+/// room: TCP's retransmissions (200 ms, 400, 800, 1.6 s...) land after it. Short enough that a
+/// sluiced stopped for good hands its addresses to the kernel within seconds.
+fn default_hold() -> u64 {
+    5000
+}
+/// A longer black hole is a misconfiguration: clients give up on connecting after about a
+/// minute (net.ipv4.tcp_syn_retries = 6 is 127 s, but applications time out sooner).
+const MAX_HOLD_MS: u64 = 60_000;
 
 impl Default for Dataplane {
     fn default() -> Self {
@@ -169,6 +188,8 @@ impl Default for Dataplane {
             zero_copy: default_zc(),
             frame_size: default_frame(),
             ring_size: default_ring(),
+            restart_hold_ms: default_hold(),
+            persist_conntrack: yes(),
         }
     }
 }
@@ -330,6 +351,12 @@ impl Config {
             return Err(bad(
                 "dataplane.frame_size",
                 format!("{} must be a power of two in 2048..=65536", d.frame_size),
+            ));
+        }
+        if d.restart_hold_ms > MAX_HOLD_MS {
+            return Err(bad(
+                "dataplane.restart_hold_ms",
+                format!("{} is above the maximum {MAX_HOLD_MS}", d.restart_hold_ms),
             ));
         }
         if !d.ring_size.is_power_of_two() || !(64..=32768).contains(&d.ring_size) {
@@ -646,6 +673,8 @@ port = 80
         assert_eq!(ok.overlay().unwrap().port, 6081);
         let e = err_of(&GOOD.replace("[dataplane]", "[dataplane]\nring_size = 1000"));
         assert_eq!(e.field, "dataplane.ring_size");
+        let e = err_of(&GOOD.replace("[dataplane]", "[dataplane]\nrestart_hold_ms = 600000"));
+        assert_eq!(e.field, "dataplane.restart_hold_ms");
     }
 
     #[test]

@@ -98,10 +98,14 @@ impl Lab {
     }
 
     /// Starts sluiced in the appliance namespace with `config` (TOML text); /run/sluice paths
-    /// in it (API socket, token, state) are moved to this test's own directory.
+    /// in it (runtime directory, API socket, token, state) are moved to this test's own
+    /// directory.
     pub fn start_sluiced(&self, config: &str) -> Daemon {
         let mine = format!("{}/", self.dir.display());
-        let config = config.replace("/run/sluice/", &mine);
+        let config = config.replace("/run/sluice/", &mine).replace(
+            "runtime_dir = \"/run/sluice\"",
+            &format!("runtime_dir = \"{}\"", self.dir.display()),
+        );
         let token = self.dir.join("token");
         if !token.exists() {
             std::fs::write(&token, "lab-test-token\n").expect("token");
@@ -236,6 +240,10 @@ impl Drop for Lab {
                 self.prefix,
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+        // the test's files (config, logs, conntrack tables) are kept when it failed, to read
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
