@@ -405,3 +405,51 @@ fn http_rules_apply_through_a_service_and_the_403_comes_from_the_frontend() {
     assert_eq!(dp.stats.l7_requests.get(), 2);
     assert_eq!(dp.stats.policy_drops[usize::from(POLICY_SLOT)].get(), 1);
 }
+
+#[test]
+fn an_inspected_connection_taken_over_by_a_restart_is_still_judged() {
+    use sluice_dataplane::l7::FORBIDDEN;
+    use sluice_dataplane::policy_stage::PolicyState;
+    use sluice_dataplane::wire::tcp::flags::PSH;
+    let dir = std::env::temp_dir().join(format!("sluice-l7-adopt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let timeouts = sluice_dataplane::lb::conntrack::Timeouts::default();
+    let persistent = |dp: &mut Lb| {
+        let (st, reports) = PolicyState::persistent(1024, timeouts, &dir, (0, 1)).unwrap();
+        dp.pipeline.policy = st;
+        reports.iter().map(|r| r.adopted).sum::<usize>()
+    };
+    let (c0, s0) = (7000u32, 9000u32);
+    let mut dp = Lb::new(with_l7());
+    assert_eq!(persistent(&mut dp), 0);
+    assert!(dp.send(0, &seg(true, 40001, SYN, c0, 0, b"")).is_some());
+    assert!(dp
+        .send(1, &seg(false, 40001, SYN | ACK, s0, c0 + 1, b""))
+        .is_some());
+    let ok = b"GET /api/users/1 HTTP/1.1\r\nHost: be1\r\n\r\n";
+    let c = c0 + 1;
+    assert!(dp
+        .send(0, &seg(true, 40001, ACK | PSH, c, s0 + 1, ok))
+        .is_some());
+    let c = c + ok.len() as u32;
+    drop(dp); // the process stops; its flow table stays in the file
+
+    // the next process adopts the flow; its HTTP state was not kept, yet the connection is
+    // inspected again from its next segment: an allowed request passes, a refused one does not
+    let mut dp = Lb::new(with_l7());
+    assert_eq!(persistent(&mut dp), 1, "the flow is taken over");
+    let again = b"GET /api/users/2 HTTP/1.1\r\nHost: be1\r\n\r\n";
+    let out = dp.send(0, &seg(true, 40001, ACK | PSH, c, s0 + 1, again));
+    assert_eq!(
+        out.map(|(port, _)| port),
+        Some(1),
+        "allowed after the restart"
+    );
+    let c = c + again.len() as u32;
+    let bad = b"POST /admin/delete HTTP/1.1\r\nHost: be1\r\ncontent-length: 0\r\n\r\n";
+    let out = dp.batch(&[(0, &seg(true, 40001, ACK | PSH, c, s0 + 1, bad))]);
+    assert_eq!(out.len(), 2, "the reset and the 403: {out:?}");
+    assert_eq!(tcp_of(&out[1].1).3, FORBIDDEN);
+    assert_eq!(dp.stats.l7_refused.get(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
