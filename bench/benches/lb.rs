@@ -87,13 +87,28 @@ fn wide_service() -> Snapshot {
     snap
 }
 
+/// The tables in a file on tmpfs, as sluiced keeps them under /run/sluice/conntrack so restarts
+/// keep connections (decision 013): /dev/shm is tmpfs like /run.
+fn in_file(limits: &CtLimits) -> (LbState, std::path::PathBuf) {
+    let dir = std::path::PathBuf::from(format!("/dev/shm/sluice-bench-ct-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("/dev/shm");
+    let (lb, _) = LbState::persistent(limits, 0, 1, &dir).expect("table files");
+    (lb, dir)
+}
+
 fn conntrack(c: &mut Criterion) {
-    let snap = wide_service();
     let limits = CtLimits {
         tcp_max: 1 << 21,
         ..CtLimits::default()
     };
-    let mut lb = LbState::new(&limits, 0, 1);
+    conntrack_in(c, LbState::new(&limits, 0, 1), "");
+    let (lb, dir) = in_file(&limits);
+    conntrack_in(c, lb, ", tables in a tmpfs file");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn conntrack_in(c: &mut Criterion, mut lb: LbState, tables: &str) {
+    let snap = wide_service();
     let mut io = MemIo::new(256, 2048, TxSink::Discard);
     let stats = WorkerStats::default();
     let mut batch = Batch::new(MAX_BATCH);
@@ -135,10 +150,11 @@ fn conntrack(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("lb_mem");
     g.throughput(Throughput::Elements(MAX_BATCH as u64));
-    for (name, frames) in [
-        ("tracked flow, 1M connections", &established),
-        ("not a service (floor)", &other),
-    ] {
+    let tracked = format!("tracked flow, 1M connections{tables}");
+    let floor = tables
+        .is_empty()
+        .then_some(("not a service (floor)", &other));
+    for (name, frames) in std::iter::once((tracked.as_str(), &established)).chain(floor) {
         let mut k = 0usize;
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
