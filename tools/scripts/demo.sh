@@ -26,6 +26,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     fi
     bash $LAB down $P
+    rm -rf $RUNDIR/conntrack
     echo "lab torn down"
 }
 trap cleanup EXIT
@@ -41,7 +42,8 @@ bash $LAB up $P 1
 bold "starting sluiced in $P-app with configs/lab.toml"
 mkdir -p $RUNDIR
 rm -f $STATS
-rm -rf $RUNDIR/state   # the demo starts from an empty cluster state
+# the demo starts from an empty cluster state and no tracked connections
+rm -rf $RUNDIR/state $RUNDIR/conntrack
 # not through ns(): $! must be the pid of sluiced itself (ip netns exec execs it)
 ip netns exec "$P-app" $BIN/sluiced --config configs/lab.toml --stats-file $STATS >"$LOG" 2>&1 &
 pid=$!
@@ -184,13 +186,35 @@ else
     echo "  FAIL  state changed after a rejected apply"; fail=1
 fi
 
+# start_sluiced CONFIG: starts sluiced again, waits until its API answers
+start_sluiced() {
+    ip netns exec "$P-app" $BIN/sluiced --config "$1" --stats-file $STATS >>"$LOG" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do $BIN/sluice status >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
+bold "a restart keeps connections: 5 keep-alive connections through the NodePort while sluiced restarts"
+ns cli python3 tools/lab/hold_open.py 10.10.0.1 30080 5 4 >/tmp/sluice-demo-hold.$$ &
+hpid=$!
+sleep 1
+t0=$(date +%s%N)
+kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+start_sluiced configs/lab.toml
+echo "  sluiced stopped and started again in $(( ($(date +%s%N) - t0) / 1000000 )) ms; it took over the tables:"
+grep -E 'conntrack table adopted file=\S+lb-v4-tcp|outlive the process' "$LOG" | tail -n 2 | sed 's/\x1b\[[0-9;]*m//g; s/^/  /'
+wait $hpid || true
+python3 -c "
+import json; r = json.load(open('/tmp/sluice-demo-hold.$$'))
+print(f\"  {r['connections']} connections answered {r['answered']} requests, longest wait {r['max_wait_ms']} ms, errors: {r['errors'] or 'none'}\")"
+check "connections reset by the restart" "0" \
+    "$(python3 -c "import json; print(len(json.load(open('/tmp/sluice-demo-hold.$$'))['errors']))")"
+rm -f /tmp/sluice-demo-hold.$$
+
 bold "direct server return: sluiced restarted with lb.mode = \"dsr\" (IPIP), backends strip the tunnel (sluice-decap)"
 kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 sed 's/^mode = "snat"/mode = "dsr"/' configs/lab.toml > $RUNDIR/lab-dsr.toml
 SLUICE_DECAP=$BIN/sluice-decap bash tools/lab/dsr-backends.sh $P | sed 's/^/  /'
-ip netns exec "$P-app" $BIN/sluiced --config $RUNDIR/lab-dsr.toml --stats-file $STATS >>"$LOG" 2>&1 &
-pid=$!
-for _ in $(seq 100); do $BIN/sluice status >/dev/null 2>&1 && break; sleep 0.1; done
+start_sluiced $RUNDIR/lab-dsr.toml
 sleep 0.5   # the restored services are steered on the control loop's first tick
 before=$(grep -c '^::ffff:10.10.0.2 ' /run/sluice-lab/$P/http-be*.log | awk -F: '{s+=$NF} END {print s}')
 split http://192.0.2.80/ 100
