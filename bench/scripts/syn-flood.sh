@@ -7,9 +7,10 @@
 # CT_TCP_MAX (default 4096) bounds the TCP conntrack below what the SNAT ports allow (3
 # backends x 4,536 ports), so the flood meets the conntrack bound: embryonic entries are evicted
 # for new ones (sluice_conntrack_evicted_total) and established ones never are.
-# RATE (pps, default 0: the generator's full rate) sets the flood's rate: above what the
-# appliance processes, the AF_XDP RX ring overflows and the kernel drops packets of every flow
-# alike before sluice sees them.
+# RATE (pps, default 0: the generator's full rate) sets the flood's rate. Above what the
+# appliance processes, its receive ring backs up: the worker flags the queue overloaded and the
+# XDP program sheds new TCP connections (xdp_syn_shed) before they take ring slots, so the
+# established connections' packets still find room.
 # usage: [CT_TCP_MAX=N] [RATE=PPS] syn-flood.sh [SECONDS]    result: bench/results/syn-flood-*.json
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -41,11 +42,20 @@ sleep 0.5
 echo "100 established connections to 10.96.0.70:7000, then a ${SECS}s SYN flood to 192.0.2.80:80..." >&2
 talks=()
 for n in $(seq 100); do
-    ip netns exec "$P-cli" python3 tools/lab/echo.py talk 10.96.0.70 7000 $((SECS + 4)) \
+    ip netns exec "$P-cli" python3 tools/lab/echo.py talk 10.96.0.70 7000 $((SECS + 14)) \
         >"$RUN/talk-$n.json" 2>&1 &
     talks+=($!)
 done
-sleep 1.5
+# the flood starts once all 100 are established (100 python processes take seconds to start
+# on 2 cores; a connection still opening when the flood begins is a new connection, whose SYN
+# is shed with the flood's)
+for _ in $(seq 50); do
+    up=$(ns cli ss -Htn state established '( dport = :7000 )' | wc -l)
+    [ "$up" -ge 100 ] && break
+    sleep 0.2
+done
+echo "$up connections established; flooding" >&2
+sleep 0.5
 dmac=$(ns app cat /sys/class/net/eth-cli/address)
 flood=$(ns cli $BIN/sluice-pktgen --iface cli0 --dst-mac "$dmac" --src-ip 198.18.0.1 \
     --dst-ip 192.0.2.80 --dst-port 80 --proto syn --flows 1000000 --duration "$SECS" \
@@ -80,6 +90,10 @@ res = {
                   "new_connections": metric("sluice_lb_new_connections_total")},
     "drops": stats["totals"]["drops"],
     "xsk_rx_ring_full": sum(w["xsk_rx_ring_full"] for w in stats["workers"]),
+    # new TCP connections shed at XDP while the worker's receive ring was backed up
+    "overloads": sum(w.get("overloads", 0) for w in stats["workers"]),
+    "xdp": {i["name"]: {k: i.get(k, 0) for k in ("xdp_steered", "xdp_syn_shed", "xdp_passed")}
+            for i in stats["interfaces"]},
 }
 # every tracked connection here is TCP: the table holds at most its bound
 res["pass"] = res["established"]["broken"] == 0 and res["conntrack"]["entries"] <= res["conntrack"]["tcp_bound"]

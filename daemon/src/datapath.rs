@@ -316,7 +316,13 @@ pub fn start(
         )
     });
     for q in 0..cfg.dataplane.queues {
-        let io = AfXdpIo::open(&ifnames, q, &xsk_cfg)?;
+        let mut io = AfXdpIo::open(&ifnames, q, &xsk_cfg)?;
+        let flag = dp.steering.pressure_flag(q)?;
+        io.set_overload_signal(Box::new(move |on| {
+            // a failed update leaves the flag as it was: shedding continues or does not start,
+            // and the ring's own overflow counters still say what happened
+            let _ = flag.set(on);
+        }));
         dp.zero_copy.push(io.is_zero_copy());
         for (ifname, fd) in io.socket_fds() {
             dp.steering.register_socket(&ifname, q, fd)?;

@@ -169,6 +169,11 @@ pub fn render(
             |w| w.xsk_fill_ring_empty.get(),
         ),
         (
+            "sluice_worker_overloads_total",
+            "Times the receive rings backed up past half full (new TCP connections shed at XDP).",
+            |w| w.overloads.get(),
+        ),
+        (
             "sluice_worker_xsk_rx_dropped_total",
             "Packets the kernel dropped for the socket (other reasons).",
             |w| w.xsk_rx_dropped.get(),

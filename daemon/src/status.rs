@@ -35,6 +35,8 @@ struct InterfaceStatus {
     /// Owned packets dropped because no socket was bound on their queue while it was held
     /// (sluiced starting: the sockets come after the program).
     xdp_held: u64,
+    /// New TCP connections dropped at XDP while the queue's worker was overloaded.
+    xdp_syn_shed: u64,
 }
 
 #[derive(Serialize)]
@@ -167,6 +169,7 @@ impl Reporter {
                 xdp_passed: c.passed,
                 xdp_no_socket: c.no_socket,
                 xdp_held: c.held,
+                xdp_syn_shed: c.syn_shed,
             });
         }
         let batch_ns = crate::metrics::batch_quantiles(workers)

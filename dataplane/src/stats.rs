@@ -59,6 +59,9 @@ pub struct WorkerStats {
     pub xsk_rx_dropped: Counter,
     pub xsk_rx_ring_full: Counter,
     pub xsk_fill_ring_empty: Counter,
+    /// Times the receive rings backed up past half full (new TCP connections were shed at XDP
+    /// until they drained).
+    pub overloads: Counter,
     drops: Vec<Counter>,
     /// Drops per policy (slot: `PolicyTables::slots`).
     pub policy_drops: Box<[Counter]>,
@@ -111,6 +114,7 @@ impl Default for WorkerStats {
             xsk_rx_dropped: Counter::default(),
             xsk_rx_ring_full: Counter::default(),
             xsk_fill_ring_empty: Counter::default(),
+            overloads: Counter::default(),
             drops: DropReason::ALL.iter().map(|_| Counter::default()).collect(),
             policy_drops: (0..crate::policy::POLICY_SLOTS)
                 .map(|_| Counter::default())
@@ -167,6 +171,7 @@ impl WorkerStats {
             xsk_rx_dropped: self.xsk_rx_dropped.get(),
             xsk_rx_ring_full: self.xsk_rx_ring_full.get(),
             xsk_fill_ring_empty: self.xsk_fill_ring_empty.get(),
+            overloads: self.overloads.get(),
             drops: DropReason::ALL
                 .iter()
                 .filter(|r| self.drops(**r) > 0)
@@ -219,6 +224,7 @@ pub struct WorkerStatsSnapshot {
     pub xsk_rx_dropped: u64,
     pub xsk_rx_ring_full: u64,
     pub xsk_fill_ring_empty: u64,
+    pub overloads: u64,
     pub drops: Vec<DropCount>,
     /// (policy drop slot, packets), non-zero only; the stats document names them.
     pub policy_drops: Vec<(u16, u64)>,

@@ -54,7 +54,8 @@ enum {
 	CNT_PASSED = 1,
 	CNT_NO_SOCKET = 2,
 	CNT_HELD = 3,
-	CNT_MAX = 4,
+	CNT_SYN_SHED = 4,
+	CNT_MAX = 5,
 };
 
 struct {
@@ -103,6 +104,21 @@ struct {
 	__type(value, __u64);
 } hold SEC(".maps");
 
+/*
+ * Overload, per queue: set by the worker serving the queue while its AF_XDP receive ring is
+ * backed up (over half full; cleared under an eighth). New TCP connections (SYN without ACK) to
+ * owned addresses are then dropped here, counted, before they take ring slots: a SYN flood
+ * beyond what the worker processes cannot crowd out the packets of established connections,
+ * which otherwise the kernel drops with everyone else's when the ring overflows. Clients of
+ * legitimate new connections retransmit their SYN.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} pressure SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);
@@ -135,6 +151,18 @@ static __always_inline int no_socket(__u32 q)
 	}
 	count(CNT_NO_SOCKET);
 	return XDP_PASS;
+}
+
+/* A TCP SYN without ACK (a new connection) arriving on queue q while q is under pressure. */
+static __always_inline int shed_syn(void *l4, void *data_end, __u32 q)
+{
+	struct tcphdr *th = l4;
+	__u32 *on;
+
+	if ((void *)(th + 1) > data_end || !th->syn || th->ack)
+		return 0;
+	on = bpf_map_lookup_elem(&pressure, &q);
+	return on && *on;
 }
 
 static __always_inline int is_owned(struct owned_key *k)
@@ -172,6 +200,7 @@ int sluice_steer(struct xdp_md *ctx)
 	struct owned_key key = {};
 	void *l4;
 	__u16 proto;
+	__u8 l4proto;
 	__u32 q;
 	int i;
 
@@ -239,12 +268,17 @@ int sluice_steer(struct xdp_md *ctx)
 		key.proto = 0;
 	}
 
+	l4proto = key.proto; /* is_owned() rewrites the key for its wildcard lookups */
 	if (!is_owned(&key))
 		return pass();
 
 	q = ctx->rx_queue_index;
 	if (!bpf_map_lookup_elem(&xsks, &q))
 		return no_socket(q);
+	if (l4proto == IPPROTO_TCP && shed_syn(l4, data_end, q)) {
+		count(CNT_SYN_SHED);
+		return XDP_DROP;
+	}
 	count(CNT_STEERED);
 	/* XDP_PASS as the fallback action: should the socket vanish between lookup and redirect. */
 	return bpf_redirect_map(&xsks, q, XDP_PASS);

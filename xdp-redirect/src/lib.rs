@@ -87,12 +87,15 @@ pub struct SteerCounters {
     pub no_socket: u64,
     /// Owned, no socket, and the queue held (a restart): dropped.
     pub held: u64,
+    /// New TCP connections (SYN) dropped while their queue's worker was overloaded.
+    pub syn_shed: u64,
 }
 
 const CNT_STEERED: u32 = 0;
 const CNT_PASSED: u32 = 1;
 const CNT_NO_SOCKET: u32 = 2;
 const CNT_HELD: u32 = 3;
+const CNT_SYN_SHED: u32 = 4;
 
 /// The program's name, as the kernel reports it (an earlier sluiced's is replaced, nobody
 /// else's).
@@ -138,6 +141,8 @@ pub struct Steering {
     prefixes: Option<MapHandle>,
     /// The per-queue restart hold, shared the same way.
     hold: Option<MapHandle>,
+    /// The per-queue overload flags, shared the same way.
+    pressure: Option<MapHandle>,
     attached: Vec<Attached>,
 }
 
@@ -153,6 +158,7 @@ impl Steering {
             owned: None,
             prefixes: None,
             hold: None,
+            pressure: None,
             attached: Vec::new(),
         }
     }
@@ -188,6 +194,7 @@ impl Steering {
             self.owned = Some(map_handle(&obj, "owned")?);
             self.prefixes = Some(map_handle(&obj, "owned_prefixes")?);
             self.hold = Some(map_handle(&obj, "hold")?);
+            self.pressure = Some(map_handle(&obj, "pressure")?);
         }
         self.attached.push(Attached {
             ifname: ifname.into(),
@@ -264,6 +271,26 @@ impl Steering {
         Ok(())
     }
 
+    /// The overload flag of `queue`, for the worker serving it (see `pressure` in
+    /// steer.bpf.c).
+    pub fn pressure_flag(&self, queue: u32) -> Result<PressureFlag> {
+        let m = self.pressure.as_ref().ok_or(XdpError::Map {
+            map: "pressure",
+            reason: "no program loaded yet".into(),
+        })?;
+        if queue >= MAX_QUEUES {
+            return Err(XdpError::Map {
+                map: "pressure",
+                reason: format!("queue {queue} above the supported {MAX_QUEUES}"),
+            });
+        }
+        let map = MapHandle::try_from(m).map_err(|e| XdpError::Map {
+            map: "pressure",
+            reason: e.to_string(),
+        })?;
+        Ok(PressureFlag { map, queue })
+    }
+
     /// Lets go of the programs without detaching those attached through netlink: they stay,
     /// holding their queues until the hold written last, for the next sluiced to replace.
     pub fn release(&mut self) {
@@ -282,6 +309,7 @@ impl Steering {
             ("owned", &self.owned),
             ("owned_prefixes", &self.prefixes),
             ("hold", &self.hold),
+            ("pressure", &self.pressure),
         ] {
             let Some(shared) = shared else { continue };
             let mut m = open
@@ -400,6 +428,7 @@ impl Steering {
             passed: read(CNT_PASSED)?,
             no_socket: read(CNT_NO_SOCKET)?,
             held: read(CNT_HELD)?,
+            syn_shed: read(CNT_SYN_SHED)?,
         })
     }
 
@@ -413,6 +442,28 @@ impl Steering {
     /// Detaches every program now (dropping `Steering` does the same).
     pub fn detach_all(&mut self) {
         self.attached.clear();
+    }
+}
+
+/// One queue's overload flag: while set, the programs drop new TCP connections on that queue.
+pub struct PressureFlag {
+    map: MapHandle,
+    queue: u32,
+}
+
+impl PressureFlag {
+    /// Sets or clears the flag (one map update: a syscall, made only when the state changes).
+    pub fn set(&self, on: bool) -> Result<()> {
+        self.map
+            .update(
+                &self.queue.to_ne_bytes(),
+                &u32::from(on).to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(|e| XdpError::Map {
+                map: "pressure",
+                reason: e.to_string(),
+            })
     }
 }
 

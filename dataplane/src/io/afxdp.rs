@@ -126,8 +126,16 @@ pub struct AfXdpIo {
     ring_size: u32,
     rx_cursor: usize,
     zero_copy: bool,
+    /// Told when the receive rings back up and when they drain (see `set_overload_signal`).
+    overload: Option<OverloadSignal>,
+    overloaded: bool,
     _mem: Mmap,
 }
+
+/// Called with true when this worker's receive rings back up (over half full), false when they
+/// have drained (under an eighth): the XDP program sheds new TCP connections meanwhile. The
+/// gap between the two marks keeps it from flapping batch by batch.
+pub type OverloadSignal = Box<dyn FnMut(bool) + Send>;
 
 // SAFETY: the raw pointers inside (UMEM mapping, rings) are only used by the thread that owns the
 // AfXdpIo; it is moved to its worker thread once, after setup.
@@ -275,6 +283,8 @@ impl AfXdpIo {
             ring_size: cfg.ring_size,
             rx_cursor: 0,
             zero_copy,
+            overload: None,
+            overloaded: false,
             _mem: mem,
         };
         let stats = WorkerStats::default();
@@ -292,6 +302,37 @@ impl AfXdpIo {
 
     pub fn is_zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// Who to tell when the receive rings back up and drain.
+    pub fn set_overload_signal(&mut self, signal: OverloadSignal) {
+        self.overload = Some(signal);
+    }
+
+    /// Follows the receive rings' backlog (one load of each ring's producer index, no
+    /// syscall) and tells the overload signal when it crosses a mark.
+    fn watch_backlog(&mut self, stats: &WorkerStats) {
+        let Some(signal) = self.overload.as_mut() else {
+            return;
+        };
+        let backlog = self
+            .ports
+            .iter()
+            .map(|p| p.rx.available())
+            .max()
+            .unwrap_or(0);
+        let flip = if self.overloaded {
+            backlog < self.ring_size / 8
+        } else {
+            backlog > self.ring_size / 2
+        };
+        if flip {
+            self.overloaded = !self.overloaded;
+            signal(self.overloaded);
+            if self.overloaded {
+                stats.overloads.add(1);
+            }
+        }
     }
 
     /// Takes a free chunk for a packet the caller builds itself (a generator, an ICMP reply);
@@ -337,6 +378,7 @@ impl PacketIo for AfXdpIo {
         }
         self.rx_cursor = (self.rx_cursor + 1) % n_ports;
         stats.rx_packets.add(n as u64);
+        self.watch_backlog(stats);
         n
     }
 
