@@ -2,9 +2,10 @@
 # Forwarding rate on the lab veth, in one run, same generator:
 #   1. the appliance namespace's kernel forwarding (baseline; no sluiced)
 #   2. sluiced (XDP steering -> AF_XDP worker -> AF_XDP transmit)
-# The generator is sluice-pktgen's AF_XDP engine in the client namespace; what counts is the
-# packets arriving on the server segment (sw-app rx in the switch namespace).
-# usage: forward-rate.sh [SECONDS] [SIZE]      results: bench/results/forward-rate-*.json
+# The generator is sluice-pktgen in the client namespace, its `live` engine by default
+# (ENGINE=afxdp for the AF_XDP one); what counts is the packets arriving on the server segment
+# (sw-app rx in the switch namespace).
+# usage: [ENGINE=live|afxdp] forward-rate.sh [SECONDS] [SIZE]  results: bench/results/forward-rate-*.json
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-5}
@@ -28,23 +29,41 @@ arrived() { ns sw cat /sys/class/net/sw-app/statistics/rx_packets; }
 dmac=$(ns app cat /sys/class/net/eth-cli/address)
 # make sure the kernel knows be1, so the baseline is not measuring ARP
 ns cli curl -s -m 3 -o /dev/null http://10.20.0.11/
+# the live engine transmits with XDP_TX into cli0: its peer needs NAPI (GRO on, or an XDP program)
+ns app ethtool -K eth-cli gro on >/dev/null
+ENGINE=${ENGINE:-live}
+# the live engine's thread, and the veth receive it drives, on the core the worker is not on
+# (configs/lab.toml pins worker 0 to core 0)
+GEN_CPUS=""
+[ "$ENGINE" = live ] && GEN_CPUS="--cpus $(( $(nproc) - 1 ))"
 
-gen() {
-    ns cli $BIN/sluice-pktgen --iface cli0 --dst-mac "$dmac" --src-ip 10.10.0.2 --dst-ip 10.20.0.11 \
-        --flows 64 --size "$SIZE" --duration "$SECS" 2>/dev/null
+# Offered loads (pps; 0 = the generator's full rate). Overloaded, both datapaths forward less
+# than they can (the kernel's receive livelock, the AF_XDP ring overflowing), so the capacity
+# reported is the best forwarded rate over the sweep, as RFC 2544 looks for the best rate.
+RATES=${RATES:-"100000 200000 400000 800000 0"}
+
+gen() { # rate
+    ns cli $BIN/sluice-pktgen --engine "$ENGINE" --iface cli0 --dst-mac "$dmac" --src-ip 10.10.0.2 --dst-ip 10.20.0.11 \
+        --flows 64 --size "$SIZE" --duration "$SECS" --rate "$1" $GEN_CPUS 2>/dev/null
 }
 
-measure() { # label -> prints JSON fragment
-    local before after g
-    before=$(arrived)
-    g=$(gen)
-    sleep 0.5
-    after=$(arrived)
+measure() { # label -> prints JSON fragment: every offered load, and the best
+    local before after g points=()
+    for rate in $RATES; do
+        before=$(arrived)
+        g=$(gen "$rate")
+        sleep 0.5
+        after=$(arrived)
+        points+=("$(python3 -c "
+import json
+g=json.loads('''$g''')
+print(json.dumps({'offered_pps':round(g['pps']),'forwarded_pps':round(($after-$before)/g['seconds'])}))")")
+        echo "    $1 ${points[-1]}" >&2
+    done
     python3 -c "
 import json,sys
-g=json.loads('''$g''')
-fwd=($after-$before)/g['seconds']
-print(json.dumps({'label':'$1','generated_pps':round(g['pps']),'forwarded_pps':round(fwd)}))"
+pts=[json.loads(p) for p in sys.argv[1:]]
+print(json.dumps({'label':'$1','engine':'$ENGINE','forwarded_pps':max(p['forwarded_pps'] for p in pts),'sweep':pts}))" "${points[@]}"
 }
 
 echo "kernel forwarding baseline (${SECS}s, ${SIZE}B)..." >&2

@@ -16,6 +16,7 @@
 
 mod decap;
 mod owned;
+pub mod trafficgen;
 
 pub use decap::{Decap, DecapCounters};
 pub use owned::{OwnedKey, IPPROTO_TCP, IPPROTO_UDP};
@@ -483,7 +484,7 @@ fn percpu_sum(map: &MapHandle, name: &'static str, slot: u32) -> Result<u64> {
         .sum())
 }
 
-fn map_handle(obj: &Object, name: &'static str) -> Result<MapHandle> {
+pub(crate) fn map_handle(obj: &Object, name: &'static str) -> Result<MapHandle> {
     let map = obj
         .maps()
         .find(|m| m.name() == name)
