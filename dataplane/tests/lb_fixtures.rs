@@ -368,15 +368,51 @@ fn snat_ports_run_out_with_a_named_drop() {
         ..(*s.lb).clone()
     });
     let mut lb = Lb::new(s);
-    let mut ok = 0;
+    // four connections take the four ports toward the one backend, handshakes completed
+    let mut ports = Vec::new();
+    for sport in 1000..1004 {
+        let (_, out) = lb
+            .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN))
+            .expect("a port is free");
+        let p = checked(&out);
+        let reply = tcp(&p.dst.to_string(), &p.src.to_string(), 8080, p.src_port, SYN | ACK);
+        assert!(lb.send(1, &reply).is_some());
+        assert!(lb
+            .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, ACK))
+            .is_some());
+        ports.push(p.src_port);
+    }
+    ports.sort();
+    assert_eq!(ports, vec![61000, 61001, 61002, 61003]);
+    // established connections keep their ports: the next ones are refused, by name
+    for sport in 1004..1010 {
+        assert!(lb
+            .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN))
+            .is_none());
+    }
+    assert_eq!(lb.stats.drops(DropReason::SnatPortsExhausted), 6);
+}
+
+#[test]
+fn half_open_connections_give_up_their_snat_ports_to_new_ones() {
+    let mut s = service_snapshot([1, 0, 0]);
+    s.lb = Arc::new(sluice_dataplane::lb::LbSettings {
+        snat_ports: (61000, 61003),
+        ..(*s.lb).clone()
+    });
+    let mut lb = Lb::new(s);
+    // a SYN flood: every SYN gets a port, taken from an unanswered (embryonic) one when none
+    // is free
     for sport in 1000..1010 {
-        ok += usize::from(
+        assert!(
             lb.send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN))
                 .is_some(),
+            "SYN from port {sport}"
         );
     }
-    assert_eq!(ok, 4, "four SNAT ports toward the one backend");
-    assert_eq!(lb.stats.drops(DropReason::SnatPortsExhausted), 6);
+    assert_eq!(lb.stats.drops(DropReason::SnatPortsExhausted), 0);
+    assert_eq!(lb.pipeline.lb.evicted(), 6, "six half-open connections evicted");
+    assert_eq!(lb.pipeline.lb.connections(), 4);
 }
 
 fn with_mode(mode: LbMode, dispatch: Dispatch) -> Snapshot {

@@ -863,13 +863,35 @@ fn one<A: Addr>(
             port: 0,
         },
     };
-    // the first SNAT port toward this backend that no tracked connection uses
+    // the first SNAT port toward this backend that no tracked connection uses; failing that,
+    // one held by an embryonic or expired connection, which gives it up: a SYN flood fills the
+    // ports with half-open connections, and, as for a full table, those go first (established
+    // connections never lose theirs)
+    let mut reclaim = None;
     let free = (0..PORT_PROBES.min(span)).find_map(|k| {
         nat.source.port = (lo + (first + k) % span) as u16;
-        (!tb.contains(&nat.reply(t.proto))).then_some(nat)
+        match tb.lookup(&nat.reply(t.proto)) {
+            None => Some(nat),
+            Some((slot, _)) => {
+                if reclaim.is_none()
+                    && tb.get(slot).is_some_and(|e| {
+                        e.state == conntrack::State::Embryonic || conntrack::expired(e, now)
+                    })
+                {
+                    reclaim = Some((slot, nat));
+                }
+                None
+            }
+        }
     });
-    let Some(nat) = free else {
-        return Outcome::Drop(DropReason::SnatPortsExhausted);
+    let nat = match (free, reclaim) {
+        (Some(nat), _) => nat,
+        (None, Some((slot, nat))) => {
+            tb.remove(slot);
+            tb.evicted += 1;
+            nat
+        }
+        (None, None) => return Outcome::Drop(DropReason::SnatPortsExhausted),
     };
     match tb.insert(nat, t.proto, p.tcp_flags, now) {
         Ok(slot) => {

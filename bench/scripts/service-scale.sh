@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# New connections through N services (issue 8, the case kube-proxy's iptables mode degrades on).
+# Every packet is a TCP SYN of a new flow (a million tuples from 198.18.0.0/15) to the LAST of N
+# ClusterIP services (10.96.0.0/16, port 80), each backed by the 3 lab backends. Counted: packets
+# reaching the backend segment per second (sw-app rx). Same generator (sluice-pktgen's live
+# engine, on the core the appliance's worker is not on), same lab, one run:
+#   iptables  DNAT as kube-proxy's iptables mode installs it (KUBE-SERVICES -> KUBE-SVC-* ->
+#             KUBE-SEP-*, statistic random), through iptables-restore (iptables-nft here)
+#   nftables  as kube-proxy's nftables mode does: one verdict map on (daddr, proto, dport), a
+#             chain per service picking an endpoint chain with numgen
+#   sluiced   the same services through its API (PUT /v1/state)
+# for N in 1 1000 10000 (or the arguments). The kernel's conntrack bound is raised for the run
+# (and restored) so that it measures the rule lookup, not the table filling up.
+# usage: [RATES="100000 300000"] service-scale.sh [SECONDS] [N...]   result: bench/results/service-scale-*.json
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS=${1:-2}
+shift || true
+COUNTS=${*:-"1 1000 10000"}
+RATES=${RATES:-"100000 300000"}
+P=ssc
+BIN=target/release
+RUN=/tmp/$P-run
+OUT=bench/results/service-scale-$(date +%Y%m%d-%H%M%S).json
+[ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
+for b in sluiced sluice-pktgen; do
+    [ -x $BIN/$b ] || { echo "$BIN/$b missing: make release" >&2; exit 1; }
+done
+ct_max=$(sysctl -n net.netfilter.nf_conntrack_max)
+pid=""
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    bash tools/lab/lab.sh down $P
+    sysctl -qw net.netfilter.nf_conntrack_max="$ct_max"
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+sysctl -qw net.netfilter.nf_conntrack_max=4194304
+mkdir -p "$RUN"
+ns() { ip netns exec "$P-$1" "${@:2}"; }
+arrived() { ns sw cat /sys/class/net/sw-app/statistics/rx_packets; }
+vip() { echo "10.96.$(($1 / 250)).$(($1 % 250 + 1))"; }
+
+lab_up() {
+    bash tools/lab/lab.sh down $P
+    bash tools/lab/lab.sh up $P 1 >/dev/null
+    # the kernel knows the backends (no ARP in the measurement); the live engine's XDP_TX into
+    # cli0 needs NAPI on its peer
+    for b in 11 12 13; do ns cli curl -s -m 3 -o /dev/null http://10.20.0.$b/ || true; done
+    ns app ethtool -K eth-cli gro on >/dev/null
+    ns app sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth-cli.rp_filter=0
+}
+
+# measure LABEL N: the SYN flood at each offered load; prints the best rate as JSON
+measure() {
+    local dmac pts=() before g
+    dmac=$(ns app cat /sys/class/net/eth-cli/address)
+    for rate in $RATES; do
+        before=$(arrived)
+        g=$(ns cli $BIN/sluice-pktgen --engine live --cpus $(( $(nproc) - 1 )) --iface cli0 \
+            --dst-mac "$dmac" --src-ip 198.18.0.1 --dst-ip "$(vip $(($2 - 1)))" --dst-port 80 \
+            --proto syn --flows 1000000 --duration "$SECS" --rate "$rate" 2>/dev/null)
+        sleep 0.5
+        pts+=("$(python3 -c "
+import json
+g = json.loads('''$g''')
+print(json.dumps({'offered_pps': round(g['pps']), 'new_flows_pps': round(($(arrived) - $before) / g['seconds'])}))")")
+        echo "    $1 N=$2 ${pts[-1]}" >&2
+    done
+    python3 -c "
+import json, sys
+pts = [json.loads(p) for p in sys.argv[1:]]
+print(json.dumps({'datapath': '$1', 'services': $2, 'new_flows_pps': max(p['new_flows_pps'] for p in pts), 'sweep': pts}))" "${pts[@]}"
+}
+
+iptables_rules() { # N -> iptables-restore input, kube-proxy's shape
+    python3 - "$1" <<'PY'
+import sys
+n = int(sys.argv[1])
+out = ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]"]
+rules = ["-A PREROUTING -m comment --comment kubernetes-service-portals -j KUBE-SERVICES"]
+for i in range(n):
+    vip = f"10.96.{i // 250}.{i % 250 + 1}"
+    svc = f"KUBE-SVC-{i:08d}"
+    out.append(f":{svc} - [0:0]")
+    rules.append(f"-A KUBE-SERVICES -d {vip}/32 -p tcp -m comment --comment \"ns/svc-{i}:http cluster IP\" -m tcp --dport 80 -j {svc}")
+    for k, (b, prob) in enumerate([(11, "0.33333333349"), (12, "0.50000000000"), (13, None)]):
+        sep = f"KUBE-SEP-{i:07d}{k}"
+        out.append(f":{sep} - [0:0]")
+        stat = f"-m statistic --mode random --probability {prob} " if prob else ""
+        rules.append(f"-A {svc} {stat}-j {sep}")
+        rules.append(f"-A {sep} -p tcp -m tcp -j DNAT --to-destination 10.20.0.{b}:80")
+print("\n".join(out + rules + ["COMMIT"]))
+PY
+}
+
+nft_rules() { # N -> nft -f input, kube-proxy nftables mode's shape
+    python3 - "$1" <<'PY'
+import sys
+n = int(sys.argv[1])
+lines = ["table ip kube-proxy {"]
+for i in range(n):
+    for k, b in enumerate((11, 12, 13)):
+        lines.append(f"  chain endpoint-{i}-{k} {{ meta l4proto tcp dnat to 10.20.0.{b}:80; }}")
+    lines.append(f"  chain service-{i} {{ numgen random mod 3 vmap {{ 0 : goto endpoint-{i}-0, 1 : goto endpoint-{i}-1, 2 : goto endpoint-{i}-2 }}; }}")
+elems = ", ".join(f"10.96.{i // 250}.{i % 250 + 1} . tcp . 80 : goto service-{i}" for i in range(n))
+lines.append("  map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; elements = { " + elems + " }; }")
+lines.append("  chain services { ip daddr . meta l4proto . th dport vmap @service-ips; }")
+lines.append("  chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }")
+lines.append("}")
+print("\n".join(lines))
+PY
+}
+
+state_doc() { # N -> PUT /v1/state body: N services on the 3 lab backends
+    python3 - "$1" <<'PY'
+import json, sys
+n = int(sys.argv[1])
+items = []
+for i in range(n):
+    items.append({"apiVersion": "v1", "kind": "Service",
+                  "metadata": {"name": f"svc-{i}", "namespace": "bench"},
+                  "spec": {"clusterIP": f"10.96.{i // 250}.{i % 250 + 1}",
+                           "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+    items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                  "metadata": {"name": f"svc-{i}-x", "namespace": "bench",
+                               "labels": {"kubernetes.io/service-name": f"svc-{i}"}},
+                  "addressType": "IPv4",
+                  "endpoints": [{"addresses": [f"10.20.0.{b}"], "conditions": {"ready": True}} for b in (11, 12, 13)],
+                  "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]})
+print(json.dumps({"kind": "List", "items": items}))
+PY
+}
+
+results=()
+for n in $COUNTS; do
+    echo "== $n services" >&2
+    lab_up
+    iptables_rules "$n" >"$RUN/iptables.rules"
+    t0=$(date +%s.%N)
+    ns app iptables-restore <"$RUN/iptables.rules"
+    load_ipt=$(python3 -c "print(round($(date +%s.%N) - $t0, 3))")
+    r=$(measure iptables "$n")
+    results+=("$(echo "$r" | python3 -c "import json,sys; d=json.load(sys.stdin); d['load_s']=$load_ipt; print(json.dumps(d))")")
+
+    lab_up
+    nft_rules "$n" >"$RUN/nft.rules"
+    t0=$(date +%s.%N)
+    ns app nft -f "$RUN/nft.rules"
+    load_nft=$(python3 -c "print(round($(date +%s.%N) - $t0, 3))")
+    r=$(measure nftables "$n")
+    results+=("$(echo "$r" | python3 -c "import json,sys; d=json.load(sys.stdin); d['load_s']=$load_nft; print(json.dumps(d))")")
+
+    lab_up
+    rm -rf "$RUN/sl"; mkdir -p "$RUN/sl"
+    (umask 077; echo "bench-token-$$" >"$RUN/sl/token")
+    sed "s#/run/sluice#$RUN/sl#g; s#127.0.0.1:9800##; ${SLUICED_SED:-}" configs/lab.toml >"$RUN/sl/sluiced.toml"
+    ip netns exec "$P-app" $BIN/sluiced --config "$RUN/sl/sluiced.toml" --stats-file "$RUN/sl/stats.json" >"$RUN/sl/sluiced.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do [ -s "$RUN/sl/stats.json" ] && break; sleep 0.1; done
+    state_doc "$n" >"$RUN/state.json"
+    t0=$(date +%s.%N)
+    curl -sf --unix-socket "$RUN/sl/api.sock" -H "Authorization: Bearer bench-token-$$" \
+        -X PUT --data-binary @"$RUN/state.json" -H 'Content-Type: application/json' \
+        "http://sluice/v1/state?wait=true" >/dev/null
+    load_sl=$(python3 -c "print(round($(date +%s.%N) - $t0, 3))")
+    sleep 0.5 # the frontends are steered on the control loop's next tick
+    r=$(measure sluiced "$n")
+    sleep 0.6 # one more stats rewrite
+    results+=("$(echo "$r" | python3 -c "
+import json, sys
+d = json.load(sys.stdin); d['load_s'] = $load_sl
+st = json.load(open('$RUN/sl/stats.json'))
+d['drops'] = st['totals']['drops']
+d['xdp_syn_shed'] = sum(i.get('xdp_syn_shed', 0) for i in st['interfaces'])
+print(json.dumps(d))")")
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+done
+
+python3 - "$OUT" "${results[@]}" <<'PY'
+import json, os, platform, sys
+out, rows = sys.argv[1], [json.loads(r) for r in sys.argv[2:]]
+res = {"what": "new TCP connections (SYNs of new flows) to the last of N ClusterIP services",
+       "cpus": os.cpu_count(), "kernel": platform.release(), "results": rows}
+by = {(r["datapath"], r["services"]): r["new_flows_pps"] for r in rows}
+res["ratios"] = {f"sluiced/{k} at {n}": round(by[("sluiced", n)] / max(by[(k, n)], 1), 2)
+                 for (d, n) in by if d == "sluiced" for k in ("iptables", "nftables") if (k, n) in by}
+os.makedirs(os.path.dirname(out), exist_ok=True)
+json.dump(res, open(out, "w"), indent=2)
+print(json.dumps(res, indent=2))
+PY
