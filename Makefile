@@ -61,6 +61,11 @@ bench: deps release
 	@# the SYN flood of issue 9 at the generator's full rate (FLOOD_RATE=PPS for another rate)
 	RATE=$${FLOOD_RATE:-0} bash bench/scripts/syn-flood.sh 10
 	bash bench/scripts/malformed-flood.sh 10
+	@# against the kernel's datapaths, in one run each (BENCHMARKS.md)
+	bash bench/scripts/forward-rate.sh 3
+	bash bench/scripts/latency.sh 5
+	bash bench/scripts/service-scale.sh 2
+	python3 bench/scripts/plot.py
 
 ## Fuzz the full parser and pipeline (FUZZ_SECONDS, default 600). cargo-fuzz needs nightly
 ## features: RUSTC_BOOTSTRAP=1 lets the installed stable toolchain provide them.

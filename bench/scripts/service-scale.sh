@@ -9,8 +9,10 @@
 #   nftables  as kube-proxy's nftables mode does: one verdict map on (daddr, proto, dport), a
 #             chain per service picking an endpoint chain with numgen
 #   sluiced   the same services through its API (PUT /v1/state)
-# for N in 1 1000 10000 (or the arguments). The kernel's conntrack bound is raised for the run
-# (and restored) so that it measures the rule lookup, not the table filling up.
+# for N in 1 1000 10000 (or the arguments). Before the SYNs, the TCP connect latency through the
+# VIP (300 connects to the backends' web servers, idle datapath). sluiced runs in busy-poll mode
+# (SLUICED_SED=... to change its config). The kernel's conntrack bound is raised for the run (and
+# restored) so that it measures the rule lookup, not the table filling up.
 # usage: [RATES="100000 300000"] service-scale.sh [SECONDS] [N...]   result: bench/results/service-scale-*.json
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -51,10 +53,13 @@ lab_up() {
     ns app sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth-cli.rp_filter=0
 }
 
-# measure LABEL N: the SYN flood at each offered load; prints the best rate as JSON
+# measure LABEL N: connect latency, then the SYN flood at each offered load; prints the best
+# rate as JSON
 measure() {
-    local dmac pts=() before g
+    local dmac pts=() before g conn
     dmac=$(ns app cat /sys/class/net/eth-cli/address)
+    conn=$(ns cli python3 tools/lab/connect_time.py "$(vip $(($2 - 1)))" 80 300)
+    echo "    $1 N=$2 connect $conn" >&2
     for rate in $RATES; do
         before=$(arrived)
         g=$(ns cli $BIN/sluice-pktgen --engine live --cpus $(( $(nproc) - 1 )) --iface cli0 \
@@ -70,7 +75,9 @@ print(json.dumps({'offered_pps': round(g['pps']), 'new_flows_pps': round(($(arri
     python3 -c "
 import json, sys
 pts = [json.loads(p) for p in sys.argv[1:]]
-print(json.dumps({'datapath': '$1', 'services': $2, 'new_flows_pps': max(p['new_flows_pps'] for p in pts), 'sweep': pts}))" "${pts[@]}"
+c = json.loads('''$conn''')
+print(json.dumps({'datapath': '$1', 'services': $2, 'new_flows_pps': max(p['new_flows_pps'] for p in pts),
+                  'connect_us': c['connect_us'], 'connect_failed': c['failed'], 'sweep': pts}))" "${pts[@]}"
 }
 
 iptables_rules() { # N -> iptables-restore input, kube-proxy's shape
@@ -154,7 +161,7 @@ for n in $COUNTS; do
     lab_up
     rm -rf "$RUN/sl"; mkdir -p "$RUN/sl"
     (umask 077; echo "bench-token-$$" >"$RUN/sl/token")
-    sed "s#/run/sluice#$RUN/sl#g; s#127.0.0.1:9800##; ${SLUICED_SED:-}" configs/lab.toml >"$RUN/sl/sluiced.toml"
+    sed "s#/run/sluice#$RUN/sl#g; s#127.0.0.1:9800##; ${SLUICED_SED:-s/^poll_mode = .*/poll_mode = \"busy\"/}" configs/lab.toml >"$RUN/sl/sluiced.toml"
     ip netns exec "$P-app" $BIN/sluiced --config "$RUN/sl/sluiced.toml" --stats-file "$RUN/sl/stats.json" >"$RUN/sl/sluiced.log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do [ -s "$RUN/sl/stats.json" ] && break; sleep 0.1; done

@@ -375,7 +375,13 @@ fn snat_ports_run_out_with_a_named_drop() {
             .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN))
             .expect("a port is free");
         let p = checked(&out);
-        let reply = tcp(&p.dst.to_string(), &p.src.to_string(), 8080, p.src_port, SYN | ACK);
+        let reply = tcp(
+            &p.dst.to_string(),
+            &p.src.to_string(),
+            8080,
+            p.src_port,
+            SYN | ACK,
+        );
         assert!(lb.send(1, &reply).is_some());
         assert!(lb
             .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, ACK))
@@ -411,7 +417,11 @@ fn half_open_connections_give_up_their_snat_ports_to_new_ones() {
         );
     }
     assert_eq!(lb.stats.drops(DropReason::SnatPortsExhausted), 0);
-    assert_eq!(lb.pipeline.lb.evicted(), 6, "six half-open connections evicted");
+    assert_eq!(
+        lb.pipeline.lb.evicted(),
+        6,
+        "six half-open connections evicted"
+    );
     assert_eq!(lb.pipeline.lb.connections(), 4);
 }
 
