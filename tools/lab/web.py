@@ -41,6 +41,9 @@ def main(name, port):
     class Server(http.server.ThreadingHTTPServer):
         address_family = socket.AF_INET6
         daemon_threads = True
+        # socketserver's default listen backlog is 5: a burst of connects overflows it and the
+        # kernel drops SYNs (ListenDrops), which measures the server, not the path to it
+        request_queue_size = 1024
 
         def server_bind(self):
             # both families on one socket, as `python3 -m http.server --bind ::` does
