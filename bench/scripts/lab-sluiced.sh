@@ -1,6 +1,7 @@
-# Sourced by the flood scripts: a lab (prefix $P) with the release sluiced running in its
+# Sourced by the bench scripts: a lab (prefix $P) with the release sluiced running in its
 # appliance namespace, state under $RUN, torn down on exit whatever happens.
 #   start_lab_sluiced EXTRA_SED   (a sed expression applied to configs/lab.toml, may be empty)
+#   or: lab_up, then start_sluiced EXTRA_SED / stop_sluiced as often as needed
 # Sets: BIN, RUN, SLUICED_PID, pids (extra processes to stop), ns(); SLUICE_SERVER and
 # SLUICE_TOKEN_FILE for the sluice CLI.
 BIN=target/release
@@ -20,9 +21,14 @@ cleanup() {
 trap cleanup EXIT
 ns() { ip netns exec "$P-$1" "${@:2}"; }
 
-start_lab_sluiced() {
+# a fresh lab (prefix $P, one queue)
+lab_up() {
     bash tools/lab/lab.sh down $P
     bash tools/lab/lab.sh up $P 1 >/dev/null
+}
+
+# start_sluiced EXTRA_SED: sluiced on the lab that is up, with fresh state under $RUN
+start_sluiced() {
     rm -rf "$RUN"; mkdir -p "$RUN"
     echo "$P-bench-token-0123456789" >"$RUN/token"; chmod 600 "$RUN/token"
     # paths under $RUN, no TCP listener (make run's may be up)
@@ -33,4 +39,14 @@ start_lab_sluiced() {
     for _ in $(seq 100); do [ -s "$RUN/stats.json" ] && break; sleep 0.1; done
     [ -s "$RUN/stats.json" ] || { cat "$RUN/sluiced.log" >&2; echo "sluiced did not start" >&2; exit 1; }
     export SLUICE_SERVER=unix:$RUN/api.sock SLUICE_TOKEN_FILE=$RUN/token
+}
+
+stop_sluiced() {
+    [ -n "$SLUICED_PID" ] && kill "$SLUICED_PID" 2>/dev/null && wait "$SLUICED_PID" 2>/dev/null || true
+    SLUICED_PID=""
+}
+
+start_lab_sluiced() {
+    lab_up
+    start_sluiced "${1:-}"
 }

@@ -9,37 +9,14 @@ cd "$(dirname "$0")/../.."
 SECS=${1:-5}
 RATE=${RATE:-2000}
 P=slat
-BIN=target/release
-RUN=/tmp/$P-run
 OUT=bench/results/latency-$(date +%Y%m%d-%H%M%S).json
-[ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-    bash tools/lab/lab.sh down $P
-    [ -n "${KEEP:-}" ] || rm -rf "$RUN"
-}
-trap cleanup EXIT
-bash tools/lab/lab.sh down $P
-bash tools/lab/lab.sh up $P 1 >/dev/null
-mkdir -p "$RUN"
-(umask 077; echo "bench-token-$$" >"$RUN/token")
-ns() { ip netns exec "$P-$1" "${@:2}"; }
+. bench/scripts/lab-sluiced.sh
+lab_up
 
 rtt() { # label
     ns cli $BIN/sluice-pktgen --engine latency \
         --src-ip 10.10.0.2 --dst-ip 10.20.0.11 --dst-port 5353 --rate "$RATE" \
         --duration "$SECS" | python3 -c "import json,sys; d=json.load(sys.stdin); d['label']='$1'; print(json.dumps(d))"
-}
-
-start_sluiced() { # poll mode
-    sed "s#/run/sluice#$RUN#g; s#127.0.0.1:9800##; s#^poll_mode = .*#poll_mode = \"$1\"#" \
-        configs/lab.toml >"$RUN/sluiced.toml"
-    rm -f "$RUN/stats.json"
-    ip netns exec "$P-app" $BIN/sluiced --config "$RUN/sluiced.toml" --stats-file "$RUN/stats.json" >"$RUN/sluiced.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do [ -s "$RUN/stats.json" ] && break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null || { cat "$RUN/sluiced.log"; echo "sluiced did not start" >&2; exit 1; }
 }
 
 # the requests went through sluiced's workers, not around them
@@ -56,13 +33,12 @@ echo "kernel forwarding, ${RATE} requests/s for ${SECS}s..." >&2
 kernel=$(rtt kernel); echo "  $kernel" >&2
 rows=("$kernel")
 for mode in adaptive busy; do
-    start_sluiced $mode
+    start_sluiced "s#^poll_mode = .*#poll_mode = \"$mode\"#"
     echo "sluiced ($mode poll)..." >&2
     r=$(rtt "sluiced-$mode"); echo "  $r" >&2
     through_sluiced
     rows+=("$r")
-    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-    rm -rf "$RUN/conntrack"
+    stop_sluiced
 done
 
 python3 - "$OUT" "${rows[@]}" <<'PY'

@@ -63,7 +63,7 @@ def bars(title, groups, series, values, unit, path):
 
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else "bench/results"
-    ss = newest(d, "service-scale")
+    ss = newest(d, "service-scale", lambda r: r.get("sluiced_poll_mode", "busy") == "busy")
     if ss:
         rows = ss["results"]
         ns = sorted({r["services"] for r in rows})

@@ -11,7 +11,7 @@
 #   sluiced   the same services through its API (PUT /v1/state)
 # for N in 1 1000 10000 (or the arguments). Before the SYNs, the TCP connect latency through the
 # VIP (300 connects to the backends' web servers, idle datapath). sluiced runs in busy-poll mode
-# (SLUICED_SED=... to change its config). The kernel's conntrack bound is raised for the run (and
+# (SLUICED_POLL=adaptive for the other). The kernel's conntrack bound is raised for the run (and
 # restored) so that it measures the rule lookup, not the table filling up.
 # usage: [RATES="100000 300000"] service-scale.sh [SECONDS] [N...]   result: bench/results/service-scale-*.json
 set -euo pipefail
@@ -21,31 +21,18 @@ shift || true
 COUNTS=${*:-"1 1000 10000"}
 RATES=${RATES:-"100000 300000"}
 P=ssc
-BIN=target/release
-RUN=/tmp/$P-run
 OUT=bench/results/service-scale-$(date +%Y%m%d-%H%M%S).json
-[ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
-for b in sluiced sluice-pktgen; do
-    [ -x $BIN/$b ] || { echo "$BIN/$b missing: make release" >&2; exit 1; }
-done
+. bench/scripts/lab-sluiced.sh
+WORK=/tmp/$P-work
 ct_max=$(sysctl -n net.netfilter.nf_conntrack_max)
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-    bash tools/lab/lab.sh down $P
-    sysctl -qw net.netfilter.nf_conntrack_max="$ct_max"
-    rm -rf "$RUN"
-}
-trap cleanup EXIT
+trap 'cleanup; sysctl -qw net.netfilter.nf_conntrack_max="$ct_max"; rm -rf "$WORK"' EXIT
 sysctl -qw net.netfilter.nf_conntrack_max=4194304
-mkdir -p "$RUN"
-ns() { ip netns exec "$P-$1" "${@:2}"; }
+mkdir -p "$WORK"
 arrived() { ns sw cat /sys/class/net/sw-app/statistics/rx_packets; }
 vip() { echo "10.96.$(($1 / 250)).$(($1 % 250 + 1))"; }
 
-lab_up() {
-    bash tools/lab/lab.sh down $P
-    bash tools/lab/lab.sh up $P 1 >/dev/null
+lab_ready() {
+    lab_up
     # the kernel knows the backends (no ARP in the measurement); the live engine's XDP_TX into
     # cli0 needs NAPI on its peer
     for b in 11 12 13; do ns cli curl -s -m 3 -o /dev/null http://10.20.0.$b/ || true; done
@@ -142,33 +129,28 @@ PY
 results=()
 for n in $COUNTS; do
     echo "== $n services" >&2
-    lab_up
-    iptables_rules "$n" >"$RUN/iptables.rules"
+    lab_ready
+    iptables_rules "$n" >"$WORK/iptables.rules"
     t0=$(date +%s.%N)
-    ns app iptables-restore <"$RUN/iptables.rules"
+    ns app iptables-restore <"$WORK/iptables.rules"
     load_ipt=$(python3 -c "print(round($(date +%s.%N) - $t0, 3))")
     r=$(measure iptables "$n")
     results+=("$(echo "$r" | python3 -c "import json,sys; d=json.load(sys.stdin); d['load_s']=$load_ipt; print(json.dumps(d))")")
 
-    lab_up
-    nft_rules "$n" >"$RUN/nft.rules"
+    lab_ready
+    nft_rules "$n" >"$WORK/nft.rules"
     t0=$(date +%s.%N)
-    ns app nft -f "$RUN/nft.rules"
+    ns app nft -f "$WORK/nft.rules"
     load_nft=$(python3 -c "print(round($(date +%s.%N) - $t0, 3))")
     r=$(measure nftables "$n")
     results+=("$(echo "$r" | python3 -c "import json,sys; d=json.load(sys.stdin); d['load_s']=$load_nft; print(json.dumps(d))")")
 
-    lab_up
-    rm -rf "$RUN/sl"; mkdir -p "$RUN/sl"
-    (umask 077; echo "bench-token-$$" >"$RUN/sl/token")
-    sed "s#/run/sluice#$RUN/sl#g; s#127.0.0.1:9800##; ${SLUICED_SED:-s/^poll_mode = .*/poll_mode = \"busy\"/}" configs/lab.toml >"$RUN/sl/sluiced.toml"
-    ip netns exec "$P-app" $BIN/sluiced --config "$RUN/sl/sluiced.toml" --stats-file "$RUN/sl/stats.json" >"$RUN/sl/sluiced.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do [ -s "$RUN/sl/stats.json" ] && break; sleep 0.1; done
-    state_doc "$n" >"$RUN/state.json"
+    lab_ready
+    start_sluiced "s/^poll_mode = .*/poll_mode = \"${SLUICED_POLL:-busy}\"/"
+    state_doc "$n" >"$WORK/state.json"
     t0=$(date +%s.%N)
-    curl -sf --unix-socket "$RUN/sl/api.sock" -H "Authorization: Bearer bench-token-$$" \
-        -X PUT --data-binary @"$RUN/state.json" -H 'Content-Type: application/json' \
+    curl -sf --unix-socket "$RUN/api.sock" -H "Authorization: Bearer $(cat "$RUN/token")" \
+        -X PUT --data-binary @"$WORK/state.json" -H 'Content-Type: application/json' \
         "http://sluice/v1/state?wait=true" >/dev/null
     load_sl=$(python3 -c "print(round($(date +%s.%N) - $t0, 3))")
     sleep 0.5 # the frontends are steered on the control loop's next tick
@@ -177,18 +159,19 @@ for n in $COUNTS; do
     results+=("$(echo "$r" | python3 -c "
 import json, sys
 d = json.load(sys.stdin); d['load_s'] = $load_sl
-st = json.load(open('$RUN/sl/stats.json'))
+st = json.load(open('$RUN/stats.json'))
 d['drops'] = st['totals']['drops']
 d['xdp_syn_shed'] = sum(i.get('xdp_syn_shed', 0) for i in st['interfaces'])
 print(json.dumps(d))")")
-    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+    stop_sluiced
 done
 
-python3 - "$OUT" "${results[@]}" <<'PY'
+SLUICED_POLL=${SLUICED_POLL:-busy} python3 - "$OUT" "${results[@]}" <<'PY'
 import json, os, platform, sys
 out, rows = sys.argv[1], [json.loads(r) for r in sys.argv[2:]]
 res = {"what": "new TCP connections (SYNs of new flows) to the last of N ClusterIP services",
-       "cpus": os.cpu_count(), "kernel": platform.release(), "results": rows}
+       "cpus": os.cpu_count(), "kernel": platform.release(),
+       "sluiced_poll_mode": os.environ.get("SLUICED_POLL", "busy"), "results": rows}
 by = {(r["datapath"], r["services"]): r["new_flows_pps"] for r in rows}
 res["ratios"] = {f"sluiced/{k} at {n}": round(by[("sluiced", n)] / max(by[(k, n)], 1), 2)
                  for (d, n) in by if d == "sluiced" for k in ("iptables", "nftables") if (k, n) in by}
