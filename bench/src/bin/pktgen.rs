@@ -64,9 +64,24 @@ struct Args {
     /// unknown EtherTypes, tunnel packets with garbage inside).
     #[arg(long, default_value = "udp")]
     proto: String,
-    /// Frame size in bytes (without FCS), 60..=1514.
-    #[arg(long, default_value_t = 64)]
-    size: usize,
+    /// Frame size in bytes (without FCS), 60..=1514, or imix: 64, 576 and 1500 bytes, 7:4:1.
+    /// With --encap, the size of the inner frame.
+    #[arg(long, default_value = "64")]
+    size: String,
+    /// Encapsulate every frame: vxlan or geneve (the generated frame is the inner Ethernet
+    /// frame; flows also vary the outer UDP source port, as a VTEP's entropy does).
+    #[arg(long)]
+    encap: Option<String>,
+    #[arg(long, default_value_t = 5001)]
+    vni: u32,
+    /// Outer source and destination addresses (with --encap): the sending and receiving VTEP.
+    #[arg(long)]
+    outer_src: Option<String>,
+    #[arg(long)]
+    outer_dst: Option<String>,
+    /// Outer UDP destination port; default 8472 (Linux vxlan) or 6081 (geneve).
+    #[arg(long)]
+    outer_port: Option<u16>,
     /// Seconds to run.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
@@ -77,6 +92,89 @@ struct Args {
 
 /// Source ports per source address.
 const PORTS: u32 = 60_000;
+/// Outer UDP source ports of encapsulated flows (49152..=65535, as VTEPs pick them).
+const ENCAP_PORTS: u32 = 16_384;
+/// Simple IMIX, frames without FCS: 7 of 64 bytes, 4 of 576, 1 of 1500.
+const IMIX: [usize; 12] = [64, 64, 64, 64, 64, 64, 64, 576, 576, 576, 576, 1500];
+
+/// The frame sizes to cycle through: one, or the IMIX. With encapsulation (`encap` bytes of
+/// outer headers) the outer frame must fit 1514 bytes: IMIX's largest is cut to fit.
+fn sizes_of(size: &str, encap: usize) -> Result<Vec<usize>, String> {
+    let max = 1514 - encap;
+    if size == "imix" {
+        return Ok(IMIX.iter().map(|s| (*s).min(max)).collect());
+    }
+    let n: usize = size
+        .parse()
+        .map_err(|_| format!("--size {size:?} is not a number of bytes or imix"))?;
+    if !(60..=max).contains(&n) {
+        return Err(format!("--size {n} is outside 60..={max}"));
+    }
+    Ok(vec![n])
+}
+
+/// A tunnel around every frame.
+struct Encap {
+    geneve: bool,
+    vni: u32,
+    src: String,
+    dst: String,
+    port: u16,
+    /// Bytes of outer headers: Ethernet, IP, UDP, the tunnel header.
+    overhead: usize,
+}
+
+fn encap_of(a: &Args) -> Result<Option<Encap>, String> {
+    let Some(kind) = &a.encap else {
+        return Ok(None);
+    };
+    let geneve = match kind.as_str() {
+        "vxlan" => false,
+        "geneve" => true,
+        o => return Err(format!("--encap {o:?} is not vxlan or geneve")),
+    };
+    if a.vni > 0x00ff_ffff {
+        return Err(format!("--vni {} does not fit 24 bits", a.vni));
+    }
+    let (Some(src), Some(dst)) = (&a.outer_src, &a.outer_dst) else {
+        return Err("--encap needs --outer-src and --outer-dst (the VTEPs)".into());
+    };
+    let v6 = dst.contains(':');
+    if src.parse::<std::net::IpAddr>().is_err()
+        || dst.parse::<std::net::IpAddr>().is_err()
+        || src.contains(':') != v6
+    {
+        return Err("--outer-src and --outer-dst must be addresses of one IP family".into());
+    }
+    Ok(Some(Encap {
+        geneve,
+        vni: a.vni,
+        src: src.clone(),
+        dst: dst.clone(),
+        port: a.outer_port.unwrap_or(if geneve { 6081 } else { 8472 }),
+        overhead: if v6 { 70 } else { 50 },
+    }))
+}
+
+impl Encap {
+    /// `inner` in the tunnel, flow `f` in the outer source port.
+    fn wrap(&self, inner: &[u8], f: u32, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
+        let vni = self.vni.to_be_bytes();
+        let mut payload = if self.geneve {
+            // version 0, no options; protocol: transparent Ethernet bridging
+            vec![0, 0, 0x65, 0x58, vni[1], vni[2], vni[3], 0]
+        } else {
+            // flags: VNI valid
+            vec![0x08, 0, 0, 0, vni[1], vni[2], vni[3], 0]
+        };
+        payload.extend_from_slice(inner);
+        let sport = 49152 + (f % ENCAP_PORTS) as u16;
+        let mut s = PacketSpec::udp(&self.src, &self.dst, sport, self.port, &payload);
+        s.src_mac = src_mac;
+        s.dst_mac = dst_mac;
+        s.build()
+    }
+}
 
 /// Frames per BPF_PROG_RUN call at full rate: ~10-20 ms of work at this machine's rates, so
 /// the duration is kept to within that and progress is smooth.
@@ -88,24 +186,33 @@ const LIVE_SLICE: Duration = Duration::from_millis(1);
 
 /// The live engine: `threads` threads (pinned to `--cpus` when given), each running the
 /// generator program over `template` until the duration is over.
-fn live(a: &Args, template: &[u8]) -> Result<(), String> {
+fn live(a: &Args, mix: &[(Vec<u8>, u32)], encap: bool) -> Result<(), String> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     let threads = a.threads.max(1);
     let ifindex = sluice_xdp::ifindex_of(&a.iface).map_err(|e| e.to_string())?;
-    let cfg = sluice_xdp::trafficgen::GenConfig::for_frame(template, a.flows, PORTS, threads)?;
+    let ports = if encap { ENCAP_PORTS } else { PORTS };
+    let cfgs = mix
+        .iter()
+        .map(|(t, _)| sluice_xdp::trafficgen::GenConfig::for_frame(t, a.flows, ports, threads))
+        .collect::<Result<Vec<_>, _>>()?;
+    let weight: u32 = mix.iter().map(|(_, w)| w).sum();
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.duration);
     let per_thread_rate = a.rate as f64 / f64::from(threads);
     let mut handles = Vec::new();
     for t in 0..threads {
-        let gen = sluice_xdp::trafficgen::TrafficGen::load(&cfg).map_err(|e| e.to_string())?;
+        let gens = cfgs
+            .iter()
+            .map(sluice_xdp::trafficgen::TrafficGen::load)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         let core = a
             .cpus
             .get(t as usize)
             .map(|&id| core_affinity::CoreId { id });
-        let (sent, frame) = (sent.clone(), template.to_vec());
+        let (sent, mix) = (sent.clone(), mix.to_vec());
         handles.push(std::thread::spawn(move || -> Result<(), String> {
             if let Some(c) = core {
                 core_affinity::set_for_current(c);
@@ -122,8 +229,18 @@ fn live(a: &Args, template: &[u8]) -> Result<(), String> {
                 } else {
                     LIVE_CHUNK
                 };
-                gen.run(&frame, ifindex, n, 64)
-                    .map_err(|e| format!("BPF_PROG_RUN (live frames) on ifindex {ifindex}: {e}"))?;
+                // the chunk split over the sizes by their share (IMIX), the remainder to the first
+                let mut left = n;
+                for (k, (gen, (frame, w))) in gens.iter().zip(&mix).enumerate().rev() {
+                    let part = if k == 0 { left } else { n / weight * w };
+                    if part == 0 {
+                        continue;
+                    }
+                    gen.run(frame, ifindex, part, 64).map_err(|e| {
+                        format!("BPF_PROG_RUN (live frames) on ifindex {ifindex}: {e}")
+                    })?;
+                    left -= part;
+                }
                 mine += u64::from(n);
                 sent.fetch_add(u64::from(n), Ordering::Relaxed);
             }
@@ -153,7 +270,8 @@ fn live(a: &Args, template: &[u8]) -> Result<(), String> {
         "engine": "live",
         "iface": a.iface,
         "threads": threads,
-        "size": template.len(),
+        "size": a.size,
+        "encap": a.encap,
         "flows": a.flows,
         "proto": a.proto,
         "seconds": secs,
@@ -332,9 +450,8 @@ fn run(a: &Args) -> Result<(), String> {
     if a.iface.is_empty() || a.dst_mac.is_empty() {
         return Err(format!("--engine {} needs --iface and --dst-mac", a.engine));
     }
-    if !(60..=1514).contains(&a.size) {
-        return Err(format!("--size {} is outside 60..=1514", a.size));
-    }
+    let encap = encap_of(a)?;
+    let sizes = sizes_of(&a.size, encap.as_ref().map_or(0, |e| e.overhead))?;
     if a.flows == 0 || a.flows > 4_000_000 {
         return Err("--flows must be 1..=4,000,000".into());
     }
@@ -360,12 +477,20 @@ fn run(a: &Args) -> Result<(), String> {
     }
     // Ethernet + IPv6/IPv4 + UDP headers
     let overhead = if a.dst_ip.contains(':') { 62 } else { 42 };
-    let payload = vec![0u8; a.size.saturating_sub(overhead)];
     let base: std::net::IpAddr = a.src_ip.parse().map_err(|_| "--src-ip".to_string())?;
-    // the live engine rewrites flow 0's template in the kernel: one is enough
-    let built = if a.engine == "live" { 1 } else { a.flows };
+    // the live engine rewrites flow 0's template in the kernel: one per size is enough; the
+    // AF_XDP engine sends them all, every size over the flows
+    let n_sizes = sizes.len() as u32;
+    let built = if a.engine == "live" {
+        n_sizes
+    } else {
+        // a whole number of size cycles, so the mix holds over the templates
+        a.flows.div_ceil(n_sizes) * n_sizes
+    };
     let templates: Vec<Vec<u8>> = (0..built)
-        .map(|f| {
+        .map(|i| {
+            let f = if a.engine == "live" { 0 } else { i % a.flows };
+            let payload = vec![0u8; sizes[i as usize % sizes.len()].saturating_sub(overhead)];
             let src = match base {
                 std::net::IpAddr::V4(v) => {
                     std::net::IpAddr::V4((u32::from(v).wrapping_add(f / PORTS)).into())
@@ -387,14 +512,38 @@ fn run(a: &Args) -> Result<(), String> {
             }
             s.src_mac = src_mac;
             s.dst_mac = dst_mac;
-            s.build()
+            match &encap {
+                Some(e) => e.wrap(&s.build(), f, src_mac, dst_mac),
+                None => s.build(),
+            }
         })
         .collect();
     if a.engine == "live" {
         if malformed {
             return Err("--proto malformed needs --engine afxdp (a corpus of frames)".into());
         }
-        return live(a, &templates[0]);
+        if encap.is_some() && a.flows > ENCAP_PORTS {
+            return Err(format!(
+                "--engine live with --encap varies the outer source port only: --flows at most {ENCAP_PORTS}"
+            ));
+        }
+        // each size in its IMIX share: the live engine runs one template per size
+        let mix: Vec<(Vec<u8>, u32)> = templates
+            .iter()
+            .enumerate()
+            .map(|(k, t)| {
+                let n = sizes.iter().filter(|s| **s == sizes[k]).count() as u32;
+                (t.clone(), n)
+            })
+            .filter(|(t, _)| !t.is_empty())
+            .collect();
+        let mut distinct: Vec<(Vec<u8>, u32)> = Vec::new();
+        for (t, w) in mix {
+            if !distinct.iter().any(|(d, _)| d.len() == t.len()) {
+                distinct.push((t, w));
+            }
+        }
+        return live(a, &distinct, encap.is_some());
     }
     if a.engine != "afxdp" {
         return Err(format!("--engine {:?} is not live or afxdp", a.engine));
@@ -455,6 +604,7 @@ fn run(a: &Args) -> Result<(), String> {
         "iface": a.iface,
         "zero_copy": io.is_zero_copy(),
         "size": a.size,
+        "encap": a.encap,
         "flows": a.flows,
         "proto": a.proto,
         "kinds": templates.len(),
@@ -465,4 +615,47 @@ fn run(a: &Args) -> Result<(), String> {
     });
     println!("{result}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_dataplane::wire::parse::{parse, TunnelKind, TunnelPorts};
+
+    fn encap(geneve: bool) -> Encap {
+        Encap {
+            geneve,
+            vni: 5001,
+            src: "10.20.0.21".into(),
+            dst: "10.20.0.1".into(),
+            port: if geneve { 6081 } else { 8472 },
+            overhead: 50,
+        }
+    }
+
+    #[test]
+    fn encapsulated_templates_parse_as_tunnels_with_the_inner_frame_whole() {
+        let inner = PacketSpec::udp("10.244.2.5", "10.10.0.2", 9000, 1024, &[0; 22]).build();
+        for (geneve, kind) in [(false, TunnelKind::Vxlan), (true, TunnelKind::Geneve)] {
+            let f = encap(geneve).wrap(&inner, 7, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+            assert_eq!(f.len(), inner.len() + 50);
+            let p = parse(&f, TunnelPorts::DEFAULT).expect("outer parses");
+            let t = p.tunnel.expect("a tunnel");
+            assert_eq!((t.kind, t.vni), (kind, 5001));
+            assert_eq!(&f[t.inner..], &inner[..]);
+            assert_eq!(p.src_port, 49152 + 7, "the flow in the outer source port");
+        }
+    }
+
+    #[test]
+    fn imix_is_seven_four_one_and_fits_the_tunnel() {
+        let s = sizes_of("imix", 0).unwrap();
+        assert_eq!(s.iter().filter(|n| **n == 64).count(), 7);
+        assert_eq!(s.iter().filter(|n| **n == 576).count(), 4);
+        assert_eq!(s.iter().filter(|n| **n == 1500).count(), 1);
+        assert_eq!(sizes_of("imix", 50).unwrap().iter().max(), Some(&1464));
+        assert!(sizes_of("1500", 50).is_err());
+        assert!(sizes_of("big", 0).is_err());
+        assert_eq!(sizes_of("128", 0).unwrap(), vec![128]);
+    }
 }
