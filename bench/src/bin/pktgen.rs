@@ -5,6 +5,9 @@
 //!   packet its flow in the kernel. No socket and no ring: faster than the device under test.
 //! - `afxdp`: templates through an AF_XDP socket's TX ring (copy mode on veth, zero-copy on NICs
 //!   that have it); also sends the malformed corpus.
+//! - `afxdp-fwd`: not a generator but the I/O ceiling a datapath on AF_XDP has: every IPv4
+//!   packet arriving on `--iface` is steered into an AF_XDP socket and sent out of `--out-iface`
+//!   to `--dst-mac`, nothing else done (run it where the device under test would run).
 //! - `latency`: UDP requests through the device under test to an echo server (the lab backends'
 //!   `udp.py serve`), each stamped with its send time; the round trips' p50/p90/p99/p99.9 from an
 //!   HDR histogram. Run it against the kernel path and against sluiced: the difference is what
@@ -40,9 +43,12 @@ struct Args {
     /// received, on the generator's CPU.
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
-    /// Interface to transmit on (live and afxdp engines).
+    /// Interface to transmit on (live and afxdp engines; afxdp-fwd: to receive on).
     #[arg(long, default_value = "")]
     iface: String,
+    /// afxdp-fwd: the interface to forward out of.
+    #[arg(long, default_value = "")]
+    out_iface: String,
     #[arg(long, default_value_t = 0)]
     queue: u32,
     /// Destination MAC (the next hop: the device under test; live and afxdp engines).
@@ -282,6 +288,77 @@ fn live(a: &Args, mix: &[(Vec<u8>, u32)], encap: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The bare AF_XDP forwarder (the I/O ceiling of an AF_XDP datapath on these interfaces): XDP
+/// steers every IPv4 packet into the sockets, and each one received on the first interface
+/// leaves by the second with its destination MAC set, in batches, busy polling. Nothing else:
+/// no parsing, no tables.
+fn afxdp_forward(a: &Args) -> Result<(), String> {
+    use sluice_xdp::{Steering, XdpMode};
+    if a.iface.is_empty() || a.out_iface.is_empty() || a.dst_mac.is_empty() {
+        return Err("--engine afxdp-fwd needs --iface, --out-iface and --dst-mac".into());
+    }
+    let dst_mac =
+        parse_mac(&a.dst_mac).ok_or_else(|| format!("--dst-mac {:?} is not a MAC", a.dst_mac))?;
+    let src_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", a.out_iface))
+        .ok()
+        .and_then(|m| parse_mac(m.trim()))
+        .ok_or_else(|| format!("reading the MAC of {}", a.out_iface))?;
+    let ifaces = [a.iface.clone(), a.out_iface.clone()];
+    let mut steering = Steering::new();
+    for i in &ifaces {
+        steering
+            .attach(i, XdpMode::Native, true)
+            .map_err(|e| e.to_string())?;
+    }
+    // every IPv4 destination (IPv4 is kept as mapped IPv6: ::ffff:0.0.0.0/96)
+    steering
+        .own_prefix(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
+        .map_err(|e| e.to_string())?;
+    let cfg = AfXdpConfig {
+        zero_copy: ZeroCopy::Auto,
+        ..AfXdpConfig::default()
+    };
+    let mut io = AfXdpIo::open(&ifaces, a.queue, &cfg).map_err(|e| e.to_string())?;
+    for (ifname, fd) in io.socket_fds() {
+        steering
+            .register_socket(&ifname, a.queue, fd)
+            .map_err(|e| e.to_string())?;
+    }
+    let stats = WorkerStats::default();
+    let mut batch = Batch::new(MAX_BATCH);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(a.duration);
+    while Instant::now() < end {
+        io.service(&stats);
+        if io.rx_burst(&mut batch, &stats) == 0 {
+            continue;
+        }
+        for i in 0..batch.len() {
+            let f = batch.frame(i);
+            let out = f.port == 0;
+            if let Some(d) = io.region_mut().data_mut(&f).filter(|d| d.len() >= 12 && out) {
+                d[..6].copy_from_slice(&dst_mac);
+                d[6..12].copy_from_slice(&src_mac);
+                batch.set_verdict(i, Verdict::Tx(1));
+            }
+        }
+        io.tx_burst(&mut batch, &stats);
+        io.recycle(&mut batch);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let result = serde_json::json!({
+        "engine": "afxdp-fwd",
+        "in": a.iface, "out": a.out_iface,
+        "zero_copy": io.is_zero_copy(),
+        "seconds": secs,
+        "received": stats.rx_packets.get(),
+        "forwarded": stats.tx_packets.get(),
+        "pps": stats.tx_packets.get() as f64 / secs,
+    });
+    println!("{result}");
+    Ok(())
+}
+
 /// The latency engine: `--rate` UDP requests a second (1,000 by default) to the echo server,
 /// each carrying its sequence number and send time; a receiver thread records each answer's
 /// round trip. Answers later than a second count as lost.
@@ -446,6 +523,9 @@ fn malformed_corpus(
 fn run(a: &Args) -> Result<(), String> {
     if a.engine == "latency" {
         return latency(a);
+    }
+    if a.engine == "afxdp-fwd" {
+        return afxdp_forward(a);
     }
     if a.iface.is_empty() || a.dst_mac.is_empty() {
         return Err(format!("--engine {} needs --iface and --dst-mac", a.engine));
