@@ -98,6 +98,7 @@ pub fn render(
     rings: &[Arc<FlowRing>],
     snap: &Snapshot,
     steered_generation: u64,
+    interfaces: &serde_json::Value,
 ) -> String {
     let mut p = Prom(String::with_capacity(16 << 10));
     p.family("sluice_info", "gauge", "The appliance (value 1).");
@@ -259,6 +260,31 @@ pub fn render(
         workers,
         |w| w.snat_ports_per_backend.get(),
     );
+    p.family(
+        "sluice_xdp_packets_total",
+        "counter",
+        "What the XDP steering program did with packets, per interface: steered (into the \
+         workers), passed (not owned: the kernel's), no_socket (owned, no socket on the queue: \
+         the kernel's), held (owned, no socket, during a restart hold: dropped), syn_shed (a new \
+         TCP connection while the queue's worker was overloaded: dropped). As of the last stats \
+         interval.",
+    );
+    for i in interfaces.as_array().into_iter().flatten() {
+        let name = i["name"].as_str().unwrap_or("?");
+        for (result, key) in [
+            ("steered", "xdp_steered"),
+            ("passed", "xdp_passed"),
+            ("no_socket", "xdp_no_socket"),
+            ("held", "xdp_held"),
+            ("syn_shed", "xdp_syn_shed"),
+        ] {
+            p.sample(
+                "sluice_xdp_packets_total",
+                &[("interface", name), ("result", result)],
+                i[key].as_u64().unwrap_or(0),
+            );
+        }
+    }
     p.family(
         "sluice_drops_total",
         "counter",

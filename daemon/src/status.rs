@@ -120,12 +120,14 @@ impl StatusSource for DaemonStatus {
     }
     fn metrics(&self) -> String {
         let snap = self.hub.as_ref().map(|h| h.current()).unwrap_or_default();
+        let interfaces = self.counters()["interfaces"].clone();
         crate::metrics::render(
             &self.appliance,
             &self.workers,
             &self.rings,
             &snap,
             self.steered_generation(),
+            &interfaces,
         )
     }
 }

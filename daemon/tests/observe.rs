@@ -218,6 +218,14 @@ fn observe_shows_policy_drops_and_l7_refusals_as_they_happen() {
     assert!(value("sluice_worker_rx_packets_total", Some(("worker", "0"))) > 0.0);
     assert!(value("sluice_conntrack_capacity", None) > 0.0);
     assert!(value("sluice_flow_events_total", None) >= 3.0);
+    assert!(
+        value("sluice_xdp_packets_total", Some(("result", "steered"))) > 0.0,
+        "the XDP program's counters: {text}"
+    );
+    assert_eq!(
+        value("sluice_xdp_packets_total", Some(("result", "syn_shed"))),
+        0.0
+    );
     let batches = scrape
         .samples
         .iter()

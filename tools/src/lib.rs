@@ -118,17 +118,18 @@ pub fn stats_table(v: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "\nINTERFACE     XDP       STEERED      PASSED   NO-SOCKET  MAC"
+        "\nINTERFACE     XDP       STEERED      PASSED   NO-SOCKET    SYN-SHED  MAC"
     );
     for i in v["interfaces"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "{:<12}  {:<7} {:>9} {:>11} {:>11}  {}",
+            "{:<12}  {:<7} {:>9} {:>11} {:>11} {:>11}  {}",
             i["name"].as_str().unwrap_or("?"),
             i["xdp_mode"].as_str().unwrap_or("?"),
             u(i, "xdp_steered"),
             u(i, "xdp_passed"),
             u(i, "xdp_no_socket"),
+            u(i, "xdp_syn_shed"),
             i["mac"].as_str().unwrap_or("")
         );
     }
@@ -195,7 +196,7 @@ mod tests {
     fn stats_table_shows_interfaces_workers_and_drops() {
         let v: Value = serde_json::from_str(
             r#"{"appliance":"lab","pid":7,"uptime_s":3.2,"generation":4,
-                "interfaces":[{"name":"eth-cli","xdp_mode":"native","xdp_steered":10,"xdp_passed":2,"xdp_no_socket":1,"mac":"02:00:00:00:00:01"}],
+                "interfaces":[{"name":"eth-cli","xdp_mode":"native","xdp_steered":10,"xdp_passed":2,"xdp_no_socket":1,"xdp_syn_shed":77,"mac":"02:00:00:00:00:01"}],
                 "workers":[{"worker":0,"rx_packets":10,"tx_packets":9,"rx_bytes":640,"tx_bytes":576,"wakeups":3,"sleeps":1,"generation":4,"xsk_rx_ring_full":5,"xsk_fill_ring_empty":0}],
                 "totals":{"rx_packets":10,"tx_packets":9,"dropped":1,"drops":{"TTL_EXCEEDED":1},
                           "policy_drops":{"lab/web-from-client":4}}}"#,
@@ -207,8 +208,10 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.lines()
-                .any(|l| l.starts_with("eth-cli") && l.contains("native") && l.contains(" 10 ")),
+            t.lines().any(|l| l.starts_with("eth-cli")
+                && l.contains("native")
+                && l.contains(" 10 ")
+                && l.contains(" 77  02:00")),
             "{t}"
         );
         assert!(

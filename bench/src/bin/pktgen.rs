@@ -336,7 +336,11 @@ fn afxdp_forward(a: &Args) -> Result<(), String> {
         for i in 0..batch.len() {
             let f = batch.frame(i);
             let out = f.port == 0;
-            if let Some(d) = io.region_mut().data_mut(&f).filter(|d| d.len() >= 12 && out) {
+            if let Some(d) = io
+                .region_mut()
+                .data_mut(&f)
+                .filter(|d| d.len() >= 12 && out)
+            {
                 d[..6].copy_from_slice(&dst_mac);
                 d[6..12].copy_from_slice(&src_mac);
                 batch.set_verdict(i, Verdict::Tx(1));
