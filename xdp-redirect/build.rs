@@ -1,4 +1,4 @@
-//! Compiles `bpf/steer.bpf.c`, `bpf/decap.bpf.c` and `bpf/trafficgen.bpf.c` with clang into objects embedded in the crate.
+//! Compiles the XDP programs under `bpf/` (steer, decap, trafficgen, xdpfwd) with clang into objects embedded in the crate.
 use std::{env, path::PathBuf, process::Command};
 
 fn main() {
@@ -7,7 +7,7 @@ fn main() {
     // libbpf-sys installs bpf_helpers.h & co under its OUT_DIR and exports the path as DEP_BPF_INCLUDE.
     let libbpf_include = env::var("DEP_BPF_INCLUDE").expect("libbpf-sys exports DEP_BPF_INCLUDE");
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
-    for name in ["steer", "decap", "trafficgen"] {
+    for name in ["steer", "decap", "trafficgen", "xdpfwd"] {
         let src = format!("bpf/{name}.bpf.c");
         println!("cargo:rerun-if-changed={src}");
         let obj = out.join(format!("{name}.bpf.o"));

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Forwarding rate on the lab veth, in one run, same generator:
 #   1. the appliance namespace's kernel forwarding (baseline; no sluiced)
-#   2. bare AF_XDP receive-and-forward (sluice-pktgen --engine afxdp-fwd: XDP steering, one
+#   2. kernel XDP forwarding (sluice-pktgen --engine xdp-fwd: MAC rewrite and bpf_redirect to
+#      the server side, nothing else): what XDP alone does on this veth
+#   3. bare AF_XDP receive-and-forward (sluice-pktgen --engine afxdp-fwd: XDP steering, one
 #      socket per interface, MAC rewrite, nothing else): the I/O ceiling of any AF_XDP datapath
-#   3. sluiced (XDP steering -> AF_XDP worker -> AF_XDP transmit)
+#   4. sluiced (XDP steering -> AF_XDP worker -> AF_XDP transmit)
 # The generator is sluice-pktgen in the client namespace, its `live` engine by default
 # (ENGINE=afxdp for the AF_XDP one); what counts is the packets arriving on the server segment
 # (sw-app rx in the switch namespace).
@@ -72,9 +74,21 @@ echo "kernel forwarding baseline (${SECS}s, ${SIZE}B)..." >&2
 kernel=$(measure kernel)
 echo "  $kernel" >&2
 
-# the bare forwarder runs for the whole sweep (each point: SECS and half a second)
+# the forwarders run for the whole sweep (each point: SECS and half a second)
 n_rates=$(echo $RATES | wc -w)
 be1_mac=$(ns be1 cat /sys/class/net/eth0/address)
+# XDP redirect into eth-srv needs NAPI on its peer
+ns sw ethtool -K sw-app gro on >/dev/null
+ns app $BIN/sluice-pktgen --engine xdp-fwd --iface eth-cli --out-iface eth-srv \
+    --dst-mac "$be1_mac" --src-ip 10.20.0.1 --dst-ip 10.20.0.11 \
+    --duration $(( (SECS + 2) * n_rates + 2 )) >/tmp/$P-xdp.json 2>/dev/null &
+fwd_pid=$!
+sleep 1
+echo "kernel XDP forward (${SECS}s, ${SIZE}B)..." >&2
+xdp=$(measure xdp-fwd)
+echo "  $xdp" >&2
+wait $fwd_pid || true
+
 ns app $BIN/sluice-pktgen --engine afxdp-fwd --iface eth-cli --out-iface eth-srv \
     --dst-mac "$be1_mac" --src-ip 10.20.0.1 --dst-ip 10.20.0.11 \
     --duration $(( (SECS + 2) * n_rates + 2 )) >/tmp/$P-fwd.json 2>/dev/null &
@@ -97,10 +111,11 @@ sleep 1 # one more stats rewrite
 python3 - "$OUT" <<PY
 import json, sys, platform, os
 k = json.loads('''$kernel'''); s = json.loads('''$sluice'''); b = json.loads('''$bare''')
+x = json.loads('''$xdp''')
 res = {
     "what": "UDP forwarding client -> appliance -> server segment on veth, AF_XDP copy mode",
     "frame_size": $SIZE, "seconds": $SECS, "cpus": os.cpu_count(), "kernel": platform.release(),
-    "kernel_forwarding": k, "bare_afxdp_forward": b, "sluiced": s,
+    "kernel_forwarding": k, "kernel_xdp_forward": x, "bare_afxdp_forward": b, "sluiced": s,
     "sluiced_counters": {kk: sum(w[kk] for w in json.load(open("/tmp/$P-stats.json"))["workers"])
                          for kk in ("rx_packets", "tx_packets", "xsk_rx_ring_full", "xsk_fill_ring_empty", "wakeups")},
     "ratio_sluiced_vs_kernel": round(s["forwarded_pps"] / max(k["forwarded_pps"], 1), 3),

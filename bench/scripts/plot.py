@@ -86,9 +86,10 @@ def main():
     fr = newest(d, "forward-rate", lambda r: r.get("sluiced", {}).get("engine") == "live")
     if fr and "sweep" in fr.get("sluiced", {}):
         offered = [p["offered_pps"] for p in fr["kernel_forwarding"]["sweep"]]
-        keys = [k for k in ("kernel_forwarding", "bare_afxdp_forward", "sluiced") if k in fr]
+        keys = [k for k in ("kernel_forwarding", "kernel_xdp_forward", "bare_afxdp_forward", "sluiced") if k in fr]
         bars("Forwarded packets/s by offered load (64 B UDP, live generator)", [f"{o:,}" for o in offered],
-             [{"kernel_forwarding": "kernel", "bare_afxdp_forward": "bare AF_XDP forward"}.get(k, k) for k in keys],
+             [{"kernel_forwarding": "kernel", "kernel_xdp_forward": "kernel XDP forward",
+               "bare_afxdp_forward": "bare AF_XDP forward"}.get(k, k) for k in keys],
              [[p["forwarded_pps"] for p in fr[k]["sweep"]] for k in keys],
              "packets/s", os.path.join(d, "forward-rate.svg"))
 

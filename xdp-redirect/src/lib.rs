@@ -469,7 +469,7 @@ impl PressureFlag {
 }
 
 /// A per-CPU u64 counter slot, summed over CPUs.
-fn percpu_sum(map: &MapHandle, name: &'static str, slot: u32) -> Result<u64> {
+pub(crate) fn percpu_sum(map: &MapHandle, name: &'static str, slot: u32) -> Result<u64> {
     let per_cpu = map
         .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
         .map_err(|e| XdpError::Map {
@@ -496,7 +496,7 @@ pub(crate) fn map_handle(obj: &Object, name: &'static str) -> Result<MapHandle> 
 }
 
 /// Creates an XDP bpf_link with explicit mode flags (libbpf's `bpf_program__attach_xdp` takes none).
-fn link_xdp(prog_fd: RawFd, ifindex: u32, mode: XdpMode) -> std::io::Result<OwnedFd> {
+pub(crate) fn link_xdp(prog_fd: RawFd, ifindex: u32, mode: XdpMode) -> std::io::Result<OwnedFd> {
     // SAFETY: bpf_link_create_opts is a plain C struct for which all-zero is the documented default;
     // `sz` is set as libbpf's OPTS macros do.
     let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };

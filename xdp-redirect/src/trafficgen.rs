@@ -220,6 +220,66 @@ impl TrafficGen {
     }
 }
 
+static FWD_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdpfwd.bpf.o"));
+
+/// The kernel-XDP forwarding baseline (`bpf/xdpfwd.bpf.c`), attached to one interface for as
+/// long as this value lives (a bpf_link).
+pub struct XdpForward {
+    forwarded: libbpf_rs::MapHandle,
+    _link: std::os::fd::OwnedFd,
+    _obj: Object,
+}
+
+impl XdpForward {
+    /// Every IPv4 frame arriving on `ifindex` leaves by `out_ifindex` (XDP_TX when the same)
+    /// from `src_mac` to `dst_mac`.
+    pub fn attach(
+        ifindex: u32,
+        out_ifindex: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+    ) -> Result<Self, XdpError> {
+        let open = ObjectBuilder::default()
+            .open_memory(FWD_OBJ)
+            .map_err(|e| XdpError::Load(e.to_string()))?;
+        let obj = open.load().map_err(|e| XdpError::Load(e.to_string()))?;
+        let prog_fd = obj
+            .progs()
+            .find(|p| p.name() == "sluice_xdp_fwd")
+            .ok_or_else(|| XdpError::Load("program sluice_xdp_fwd missing".into()))?
+            .as_fd()
+            .as_raw_fd();
+        let mut cfg = [0u8; 16];
+        cfg[..6].copy_from_slice(&dst_mac);
+        cfg[6..12].copy_from_slice(&src_mac);
+        cfg[12..].copy_from_slice(&out_ifindex.to_ne_bytes());
+        crate::map_handle(&obj, "fwd")?
+            .update(&0u32.to_ne_bytes(), &cfg, MapFlags::ANY)
+            .map_err(|e| XdpError::Map {
+                map: "fwd",
+                reason: e.to_string(),
+            })?;
+        let forwarded = crate::map_handle(&obj, "forwarded")?;
+        let link = crate::link_xdp(prog_fd, ifindex, crate::XdpMode::Native).map_err(|source| {
+            XdpError::Attach {
+                ifname: format!("ifindex {ifindex}"),
+                mode: "native",
+                source,
+            }
+        })?;
+        Ok(XdpForward {
+            forwarded,
+            _link: link,
+            _obj: obj,
+        })
+    }
+
+    /// Frames forwarded so far, summed over CPUs.
+    pub fn forwarded(&self) -> u64 {
+        crate::percpu_sum(&self.forwarded, "forwarded", 0).unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

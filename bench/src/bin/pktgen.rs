@@ -8,6 +8,8 @@
 //! - `afxdp-fwd`: not a generator but the I/O ceiling a datapath on AF_XDP has: every IPv4
 //!   packet arriving on `--iface` is steered into an AF_XDP socket and sent out of `--out-iface`
 //!   to `--dst-mac`, nothing else done (run it where the device under test would run).
+//! - `xdp-fwd`: the kernel-XDP baseline: an XDP program forwarding every IPv4 packet from
+//!   `--iface` to `--out-iface` (bpf_redirect; XDP_TX when they are the same), for `--duration`.
 //! - `latency`: UDP requests through the device under test to an echo server (the lab backends'
 //!   `udp.py serve`), each stamped with its send time; the round trips' p50/p90/p99/p99.9 from an
 //!   HDR histogram. Run it against the kernel path and against sluiced: the difference is what
@@ -363,6 +365,37 @@ fn afxdp_forward(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The kernel-XDP forwarding baseline: `bpf/xdpfwd.bpf.c` on `--iface` for the duration.
+fn xdp_forward(a: &Args) -> Result<(), String> {
+    if a.iface.is_empty() || a.out_iface.is_empty() || a.dst_mac.is_empty() {
+        return Err("--engine xdp-fwd needs --iface, --out-iface and --dst-mac".into());
+    }
+    let dst_mac =
+        parse_mac(&a.dst_mac).ok_or_else(|| format!("--dst-mac {:?} is not a MAC", a.dst_mac))?;
+    let src_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", a.out_iface))
+        .ok()
+        .and_then(|m| parse_mac(m.trim()))
+        .ok_or_else(|| format!("reading the MAC of {}", a.out_iface))?;
+    let index = |i: &str| sluice_xdp::ifindex_of(i).map_err(|e| e.to_string());
+    let fwd = sluice_xdp::trafficgen::XdpForward::attach(
+        index(&a.iface)?,
+        index(&a.out_iface)?,
+        src_mac,
+        dst_mac,
+    )
+    .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(a.duration));
+    let secs = start.elapsed().as_secs_f64();
+    let n = fwd.forwarded();
+    let result = serde_json::json!({
+        "engine": "xdp-fwd", "in": a.iface, "out": a.out_iface,
+        "seconds": secs, "forwarded": n, "pps": n as f64 / secs,
+    });
+    println!("{result}");
+    Ok(())
+}
+
 /// The latency engine: `--rate` UDP requests a second (1,000 by default) to the echo server,
 /// each carrying its sequence number and send time; a receiver thread records each answer's
 /// round trip. Answers later than a second count as lost.
@@ -530,6 +563,9 @@ fn run(a: &Args) -> Result<(), String> {
     }
     if a.engine == "afxdp-fwd" {
         return afxdp_forward(a);
+    }
+    if a.engine == "xdp-fwd" {
+        return xdp_forward(a);
     }
     if a.iface.is_empty() || a.dst_mac.is_empty() {
         return Err(format!("--engine {} needs --iface and --dst-mac", a.engine));
