@@ -114,7 +114,7 @@ k = json.loads('''$kernel'''); s = json.loads('''$sluice'''); b = json.loads('''
 x = json.loads('''$xdp''')
 res = {
     "what": "UDP forwarding client -> appliance -> server segment on veth, AF_XDP copy mode",
-    "frame_size": $SIZE, "seconds": $SECS, "cpus": os.cpu_count(), "kernel": platform.release(),
+    "frame_size": "$SIZE", "seconds": $SECS, "cpus": os.cpu_count(), "kernel": platform.release(),
     "kernel_forwarding": k, "kernel_xdp_forward": x, "bare_afxdp_forward": b, "sluiced": s,
     "sluiced_counters": {kk: sum(w[kk] for w in json.load(open("/tmp/$P-stats.json"))["workers"])
                          for kk in ("rx_packets", "tx_packets", "xsk_rx_ring_full", "xsk_fill_ring_empty", "wakeups")},
