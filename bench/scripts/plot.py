@@ -4,6 +4,8 @@
   service-scale.svg  new TCP flows/s through 1..10,000 services: iptables, nftables, sluiced
   latency.svg        UDP round-trip percentiles: kernel forwarding, sluiced adaptive and busy
   forward-rate.svg   forwarded packets/s against the offered load: kernel, sluiced
+  stages.svg         ns per packet of each pipeline stage, from criterion's last run
+                     (target/criterion, written by `make bench`)
 
 usage: plot.py [RESULTS_DIR]   (default bench/results); prints the files it wrote.
 """
@@ -61,8 +63,38 @@ def bars(title, groups, series, values, unit, path):
     print(path)
 
 
+def stages(out):
+    """ns/packet of every criterion bench measured per packet (throughput in elements)."""
+    rows = []
+    for bench in sorted(glob.glob("target/criterion/*/*/new/benchmark.json")):
+        b = json.load(open(bench))
+        n = (b.get("throughput") or {}).get("Elements")
+        group = b["group_id"]
+        if not n or group in ("pipeline_scaling",):
+            continue
+        est = json.load(open(os.path.join(os.path.dirname(bench), "estimates.json")))
+        rows.append((f"{group}: {b['function_id']}"[:60], est["mean"]["point_estimate"] / n))
+    if not rows:
+        return
+    # horizontal bars: one per stage
+    h = 26 * len(rows) + 60
+    top = max(v for _, v in rows) * 1.15
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="900" height="{h}" font-family="sans-serif" font-size="11">',
+           '<text x="450" y="18" text-anchor="middle" font-size="15">ns per packet by stage (criterion, mem backend)</text>']
+    for i, (name, v) in enumerate(rows):
+        y = 34 + 26 * i
+        w = 480 * v / top
+        svg.append(f'<text x="396" y="{y + 14}" text-anchor="end">{esc(name)}</text>')
+        svg.append(f'<rect x="400" y="{y}" width="{w:.1f}" height="18" fill="{COLORS[0]}"/>')
+        svg.append(f'<text x="{404 + w:.1f}" y="{y + 14}">{v:,.1f}</text>')
+    svg.append("</svg>")
+    open(out, "w").write("\n".join(svg))
+    print(out)
+
+
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else "bench/results"
+    stages(os.path.join(d, "stages.svg"))
     ss = newest(d, "service-scale", lambda r: r.get("sluiced_poll_mode", "busy") == "busy")
     if ss:
         rows = ss["results"]
