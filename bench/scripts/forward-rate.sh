@@ -89,7 +89,8 @@ xdp=$(measure xdp-fwd)
 echo "  $xdp" >&2
 wait $fwd_pid || true
 
-ns app $BIN/sluice-pktgen --engine afxdp-fwd --iface eth-cli --out-iface eth-srv \
+# on core 0, where sluiced's worker runs (configs/lab.toml), away from the generator's
+ns app taskset -c 0 $BIN/sluice-pktgen --engine afxdp-fwd --iface eth-cli --out-iface eth-srv \
     --dst-mac "$be1_mac" --src-ip 10.20.0.1 --dst-ip 10.20.0.11 \
     --duration $(( (SECS + 2) * n_rates + 2 )) >/tmp/$P-fwd.json 2>/dev/null &
 fwd_pid=$!
