@@ -7,8 +7,11 @@
 #      socket per interface, MAC rewrite, nothing else): the I/O ceiling of any AF_XDP datapath
 #   4. sluiced (XDP steering -> AF_XDP worker -> AF_XDP transmit)
 # The generator is sluice-pktgen in the client namespace, its `live` engine by default
-# (ENGINE=afxdp for the AF_XDP one); what counts is the packets arriving on the server segment
-# (sw-app rx in the switch namespace).
+# (ENGINE=afxdp for the AF_XDP one). What counts is the packets arriving on the server segment:
+# sluice-pktgen's XDP sink on sw-app (the switch's end of the appliance's server-side link)
+# counts and drops them, so what a datapath forwards costs nothing more downstream (a backend's
+# stack answering would be charged to whichever core sends). SINK=0 counts sw-app's rx_packets
+# instead and lets the frames on to be1.
 # usage: [ENGINE=live|afxdp] forward-rate.sh [SECONDS] [SIZE]  results: bench/results/forward-rate-*.json
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,21 +23,36 @@ OUT=bench/results/forward-rate-$(date +%Y%m%d-%H%M%S).json
 
 [ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
 pid=""
+sink_pid=""
+# this run's own counter file
+SINK_COUNT=/tmp/$P-sink.$$.count
 cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    for p in $pid $sink_pid; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
     bash tools/lab/lab.sh down $P
+    rm -f "$SINK_COUNT"
 }
 trap cleanup EXIT
 bash tools/lab/lab.sh down $P
 bash tools/lab/lab.sh up $P 1 >/dev/null
 
 ns() { ip netns exec "$P-$1" "${@:2}"; }
-arrived() { ns sw cat /sys/class/net/sw-app/statistics/rx_packets; }
 dmac=$(ns app cat /sys/class/net/eth-cli/address)
 # make sure the kernel knows be1, so the baseline is not measuring ARP
 ns cli curl -s -m 3 -o /dev/null http://10.20.0.11/
 # the live engine transmits with XDP_TX into cli0: its peer needs NAPI (GRO on, or an XDP program)
 ns app ethtool -K eth-cli gro on >/dev/null
+# the counter at the far end, started once the appliance's kernel knows be1 (the sink drops IP)
+if [ "${SINK:-1}" = 1 ]; then
+    # not pinned: it only counts, in the softirq of whichever core delivers
+    ns sw $BIN/sluice-pktgen --engine sink --iface sw-app --duration 36000 \
+        --counter-file "$SINK_COUNT" >/dev/null 2>&1 &
+    sink_pid=$!
+    for _ in $(seq 50); do [ -s "$SINK_COUNT" ] && break; sleep 0.1; done
+    # the count is rewritten every 100 ms: read it after that long
+    arrived() { sleep 0.2; cat "$SINK_COUNT"; }
+else
+    arrived() { ns sw cat /sys/class/net/sw-app/statistics/rx_packets; }
+fi
 ENGINE=${ENGINE:-live}
 # the live engine's thread, and the veth receive it drives, on the core the worker is not on
 # (configs/lab.toml pins worker 0 to core 0)
@@ -77,7 +95,7 @@ echo "  $kernel" >&2
 # the forwarders run for the whole sweep (each point: SECS and half a second)
 n_rates=$(echo $RATES | wc -w)
 be1_mac=$(ns be1 cat /sys/class/net/eth0/address)
-# XDP redirect into eth-srv needs NAPI on its peer
+# XDP redirect into eth-srv needs NAPI on its peer (the sink's program gives it; GRO without)
 ns sw ethtool -K sw-app gro on >/dev/null
 ns app $BIN/sluice-pktgen --engine xdp-fwd --iface eth-cli --out-iface eth-srv \
     --dst-mac "$be1_mac" --src-ip 10.20.0.1 --dst-ip 10.20.0.11 \
@@ -116,6 +134,7 @@ x = json.loads('''$xdp''')
 res = {
     "what": "UDP forwarding client -> appliance -> server segment on veth, AF_XDP copy mode",
     "frame_size": "$SIZE", "seconds": $SECS, "cpus": os.cpu_count(), "kernel": platform.release(),
+    "counted_by": "xdp sink on sw-app" if "${SINK:-1}" == "1" else "sw-app rx_packets",
     "kernel_forwarding": k, "kernel_xdp_forward": x, "bare_afxdp_forward": b, "sluiced": s,
     "sluiced_counters": {kk: sum(w[kk] for w in json.load(open("/tmp/$P-stats.json"))["workers"])
                          for kk in ("rx_packets", "tx_packets", "xsk_rx_ring_full", "xsk_fill_ring_empty", "wakeups")},

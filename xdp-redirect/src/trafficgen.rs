@@ -280,6 +280,47 @@ impl XdpForward {
     }
 }
 
+/// The sink (`sluice_xdp_sink` in `bpf/xdpfwd.bpf.c`): counts and drops every IPv4/IPv6 frame
+/// arriving on one interface while this value lives (ARP and the rest pass).
+pub struct XdpSink {
+    sunk: libbpf_rs::MapHandle,
+    _link: std::os::fd::OwnedFd,
+    _obj: Object,
+}
+
+impl XdpSink {
+    pub fn attach(ifindex: u32) -> Result<Self, XdpError> {
+        let open = ObjectBuilder::default()
+            .open_memory(FWD_OBJ)
+            .map_err(|e| XdpError::Load(e.to_string()))?;
+        let obj = open.load().map_err(|e| XdpError::Load(e.to_string()))?;
+        let prog_fd = obj
+            .progs()
+            .find(|p| p.name() == "sluice_xdp_sink")
+            .ok_or_else(|| XdpError::Load("program sluice_xdp_sink missing".into()))?
+            .as_fd()
+            .as_raw_fd();
+        let sunk = crate::map_handle(&obj, "sunk")?;
+        let link = crate::link_xdp(prog_fd, ifindex, crate::XdpMode::Native).map_err(|source| {
+            XdpError::Attach {
+                ifname: format!("ifindex {ifindex}"),
+                mode: "native",
+                source,
+            }
+        })?;
+        Ok(XdpSink {
+            sunk,
+            _link: link,
+            _obj: obj,
+        })
+    }
+
+    /// Frames counted so far, summed over CPUs.
+    pub fn count(&self) -> u64 {
+        crate::percpu_sum(&self.sunk, "sunk", 0).unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,9 @@
 //! - `afxdp-fwd`: not a generator but the I/O ceiling a datapath on AF_XDP has: every IPv4
 //!   packet arriving on `--iface` is steered into an AF_XDP socket and sent out of `--out-iface`
 //!   to `--dst-mac`, nothing else done (run it where the device under test would run).
+//! - `sink`: counts and drops (XDP) every IP frame arriving on `--iface` (ARP passes), writing the count to
+//!   `--counter-file` every 100 ms: the receiving end of a forwarding measurement, at no cost
+//!   to the datapath under test.
 //! - `xdp-fwd`: the kernel-XDP baseline: an XDP program forwarding every IPv4 packet from
 //!   `--iface` to `--out-iface` (bpf_redirect; XDP_TX when they are the same), for `--duration`.
 //! - `latency`: UDP requests through the device under test to an echo server (the lab backends'
@@ -51,6 +54,9 @@ struct Args {
     /// afxdp-fwd: the interface to forward out of.
     #[arg(long, default_value = "")]
     out_iface: String,
+    /// sink: where to keep the count of frames received (rewritten every 100 ms).
+    #[arg(long)]
+    counter_file: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 0)]
     queue: u32,
     /// Destination MAC (the next hop: the device under test; live and afxdp engines).
@@ -58,9 +64,10 @@ struct Args {
     dst_mac: String,
     #[arg(long, default_value = "02:00:00:00:00:01")]
     src_mac: String,
-    #[arg(long)]
+    /// Source and destination addresses of the generated frames (latency: the echo server's).
+    #[arg(long, default_value = "")]
     src_ip: String,
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     dst_ip: String,
     #[arg(long, default_value_t = 9)]
     dst_port: u16,
@@ -365,6 +372,38 @@ fn afxdp_forward(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The sink: an XDP program counting and dropping what arrives on `--iface`, for the duration.
+fn sink(a: &Args) -> Result<(), String> {
+    if a.iface.is_empty() {
+        return Err("--engine sink needs --iface".into());
+    }
+    let ifindex = sluice_xdp::ifindex_of(&a.iface).map_err(|e| e.to_string())?;
+    let s = sluice_xdp::trafficgen::XdpSink::attach(ifindex).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(a.duration);
+    while Instant::now() < end {
+        // the interface went away (its namespace torn down): nothing more can arrive
+        if sluice_xdp::ifindex_of(&a.iface).ok() != Some(ifindex) {
+            break;
+        }
+        if let Some(f) = &a.counter_file {
+            // written whole then renamed: a reader never sees half a number
+            let tmp = f.with_extension("tmp");
+            std::fs::write(&tmp, s.count().to_string())
+                .and_then(|()| std::fs::rename(&tmp, f))
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = s.count();
+    let result = serde_json::json!({
+        "engine": "sink", "iface": a.iface, "seconds": secs, "received": n, "pps": n as f64 / secs,
+    });
+    println!("{result}");
+    Ok(())
+}
+
 /// The kernel-XDP forwarding baseline: `bpf/xdpfwd.bpf.c` on `--iface` for the duration.
 fn xdp_forward(a: &Args) -> Result<(), String> {
     if a.iface.is_empty() || a.out_iface.is_empty() || a.dst_mac.is_empty() {
@@ -566,6 +605,9 @@ fn run(a: &Args) -> Result<(), String> {
     }
     if a.engine == "xdp-fwd" {
         return xdp_forward(a);
+    }
+    if a.engine == "sink" {
+        return sink(a);
     }
     if a.iface.is_empty() || a.dst_mac.is_empty() {
         return Err(format!("--engine {} needs --iface and --dst-mac", a.engine));
