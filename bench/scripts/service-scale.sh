@@ -28,7 +28,15 @@ ct_max=$(sysctl -n net.netfilter.nf_conntrack_max)
 trap 'cleanup; sysctl -qw net.netfilter.nf_conntrack_max="$ct_max"; rm -rf "$WORK"' EXIT
 sysctl -qw net.netfilter.nf_conntrack_max=4194304
 mkdir -p "$WORK"
-arrived() { ns sw cat /sys/class/net/sw-app/statistics/rx_packets; }
+SINK_COUNT=$WORK/sink.count
+arrived() {
+    if [ "${SINK:-1}" = 1 ]; then
+        sleep 0.2 # the sink rewrites its count every 100 ms
+        cat "$SINK_COUNT"
+    else
+        ns sw cat /sys/class/net/sw-app/statistics/rx_packets
+    fi
+}
 vip() { echo "10.96.$(($1 / 250)).$(($1 % 250 + 1))"; }
 
 lab_ready() {
@@ -41,12 +49,21 @@ lab_ready() {
 }
 
 # measure LABEL N: connect latency, then the SYN flood at each offered load; prints the best
-# rate as JSON
+# rate as JSON. During the flood an XDP sink on the switch's end of the appliance's server-side
+# link counts and drops the SYNs (sluice-pktgen --engine sink), so the backends' stacks do not
+# load whichever core sends them (SINK=0: they reach the backends, counted by sw-app's rx).
 measure() {
-    local dmac pts=() before g conn
+    local dmac pts=() before g conn sink_pid=""
     dmac=$(ns app cat /sys/class/net/eth-cli/address)
     conn=$(ns cli python3 tools/lab/connect_time.py "$(vip $(($2 - 1)))" 80 300)
     echo "    $1 N=$2 connect $conn" >&2
+    if [ "${SINK:-1}" = 1 ]; then
+        rm -f "$SINK_COUNT"
+        ns sw $BIN/sluice-pktgen --engine sink --iface sw-app --duration 3600 \
+            --counter-file "$SINK_COUNT" >/dev/null 2>&1 &
+        sink_pid=$!
+        for _ in $(seq 50); do [ -s "$SINK_COUNT" ] && break; sleep 0.1; done
+    fi
     for rate in $RATES; do
         before=$(arrived)
         g=$(ns cli $BIN/sluice-pktgen --engine live --cpus $(( $(nproc) - 1 )) --iface cli0 \
@@ -59,6 +76,9 @@ g = json.loads('''$g''')
 print(json.dumps({'offered_pps': round(g['pps']), 'new_flows_pps': round(($(arrived) - $before) / g['seconds'])}))")")
         echo "    $1 N=$2 ${pts[-1]}" >&2
     done
+    if [ -n "$sink_pid" ]; then
+        kill "$sink_pid" 2>/dev/null; wait "$sink_pid" 2>/dev/null || true
+    fi
     python3 -c "
 import json, sys
 pts = [json.loads(p) for p in sys.argv[1:]]
