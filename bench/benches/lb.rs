@@ -174,5 +174,54 @@ fn conntrack_in(c: &mut Criterion, mut lb: LbState, tables: &str) {
     );
 }
 
-criterion_group!(benches, maglev, conntrack);
+/// New connections (issue 8, every packet a new flow): SYNs of fresh clients into the lab's
+/// TCP conntrack bound (65,536 per worker), full after the first 65,536, so every later SYN
+/// evicts an embryonic entry, as in a SYN flood. The per-new-flow cost of the LB stage.
+fn new_connections(c: &mut Criterion) {
+    let snap = wide_service();
+    let limits = CtLimits {
+        tcp_max: 65_536,
+        ..CtLimits::default()
+    };
+    let mut lb = LbState::new(&limits, 0, 1);
+    let mut io = MemIo::new(256, 2048, TxSink::Discard);
+    let stats = WorkerStats::default();
+    let mut batch = Batch::new(MAX_BATCH);
+    let mut outbox = sluice_dataplane::l7::Outbox::default();
+    // templates of 4M distinct clients, built lazily in chunks
+    let mut next = 0u32;
+    let mut g = c.benchmark_group("lb_new");
+    g.throughput(Throughput::Elements(MAX_BATCH as u64));
+    g.bench_function("SYN of a new flow, table full (evicting)", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for _ in 0..MAX_BATCH {
+                    io.inject(0, &to_vip(next % 4_000_000, 0x02));
+                    next += 1;
+                }
+                io.rx_burst(&mut batch, &stats);
+                let t = Instant::now();
+                service(
+                    &snap,
+                    io.region_mut(),
+                    &mut batch,
+                    &stats,
+                    &mut lb,
+                    &mut outbox,
+                );
+                total += t.elapsed();
+                io.recycle(&mut batch);
+            }
+            total
+        })
+    });
+    g.finish();
+    assert!(
+        stats.lb_new_connections.get() > 0,
+        "the SYNs opened connections"
+    );
+}
+
+criterion_group!(benches, maglev, conntrack, new_connections);
 criterion_main!(benches);
