@@ -14,6 +14,31 @@ const LIVE_FRAMES: u32 = 1 << 1;
 /// mode is 64 by default, 256 at most).
 pub const MAX_BATCH: u32 = 256;
 
+/// Loads the object `bytes` and finds its program `name`: the object (which keeps the program
+/// alive) and the program's fd.
+fn load(bytes: &[u8], name: &str) -> Result<(Object, RawFd), XdpError> {
+    let obj = ObjectBuilder::default()
+        .open_memory(bytes)
+        .and_then(|open| open.load())
+        .map_err(|e| XdpError::Load(e.to_string()))?;
+    let fd = obj
+        .progs()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| XdpError::Load(format!("program {name} missing")))?
+        .as_fd()
+        .as_raw_fd();
+    Ok((obj, fd))
+}
+
+/// Attaches `prog_fd` to `ifindex` in native mode through a bpf_link (detached with the fd).
+fn link(prog_fd: RawFd, ifindex: u32) -> Result<std::os::fd::OwnedFd, XdpError> {
+    crate::link_xdp(prog_fd, ifindex, crate::XdpMode::Native).map_err(|source| XdpError::Attach {
+        ifname: format!("ifindex {ifindex}"),
+        mode: "native",
+        source,
+    })
+}
+
 /// How the program rewrites the template (mirrors `struct gen_cfg` in trafficgen.bpf.c).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GenConfig {
@@ -144,16 +169,7 @@ pub struct TrafficGen {
 
 impl TrafficGen {
     pub fn load(c: &GenConfig) -> Result<Self, XdpError> {
-        let open = ObjectBuilder::default()
-            .open_memory(GEN_OBJ)
-            .map_err(|e| XdpError::Load(e.to_string()))?;
-        let obj = open.load().map_err(|e| XdpError::Load(e.to_string()))?;
-        let prog_fd = obj
-            .progs()
-            .find(|p| p.name() == "sluice_trafficgen")
-            .ok_or_else(|| XdpError::Load("program sluice_trafficgen missing".into()))?
-            .as_fd()
-            .as_raw_fd();
+        let (obj, prog_fd) = load(GEN_OBJ, "sluice_trafficgen")?;
         let cfg = crate::map_handle(&obj, "cfg")?;
         cfg.update(&0u32.to_ne_bytes(), &c.to_bytes(), MapFlags::ANY)
             .map_err(|e| XdpError::Map {
@@ -239,16 +255,7 @@ impl XdpForward {
         src_mac: [u8; 6],
         dst_mac: [u8; 6],
     ) -> Result<Self, XdpError> {
-        let open = ObjectBuilder::default()
-            .open_memory(FWD_OBJ)
-            .map_err(|e| XdpError::Load(e.to_string()))?;
-        let obj = open.load().map_err(|e| XdpError::Load(e.to_string()))?;
-        let prog_fd = obj
-            .progs()
-            .find(|p| p.name() == "sluice_xdp_fwd")
-            .ok_or_else(|| XdpError::Load("program sluice_xdp_fwd missing".into()))?
-            .as_fd()
-            .as_raw_fd();
+        let (obj, prog_fd) = load(FWD_OBJ, "sluice_xdp_fwd")?;
         let mut cfg = [0u8; 16];
         cfg[..6].copy_from_slice(&dst_mac);
         cfg[6..12].copy_from_slice(&src_mac);
@@ -260,13 +267,7 @@ impl XdpForward {
                 reason: e.to_string(),
             })?;
         let forwarded = crate::map_handle(&obj, "forwarded")?;
-        let link = crate::link_xdp(prog_fd, ifindex, crate::XdpMode::Native).map_err(|source| {
-            XdpError::Attach {
-                ifname: format!("ifindex {ifindex}"),
-                mode: "native",
-                source,
-            }
-        })?;
+        let link = link(prog_fd, ifindex)?;
         Ok(XdpForward {
             forwarded,
             _link: link,
@@ -290,24 +291,9 @@ pub struct XdpSink {
 
 impl XdpSink {
     pub fn attach(ifindex: u32) -> Result<Self, XdpError> {
-        let open = ObjectBuilder::default()
-            .open_memory(FWD_OBJ)
-            .map_err(|e| XdpError::Load(e.to_string()))?;
-        let obj = open.load().map_err(|e| XdpError::Load(e.to_string()))?;
-        let prog_fd = obj
-            .progs()
-            .find(|p| p.name() == "sluice_xdp_sink")
-            .ok_or_else(|| XdpError::Load("program sluice_xdp_sink missing".into()))?
-            .as_fd()
-            .as_raw_fd();
+        let (obj, prog_fd) = load(FWD_OBJ, "sluice_xdp_sink")?;
         let sunk = crate::map_handle(&obj, "sunk")?;
-        let link = crate::link_xdp(prog_fd, ifindex, crate::XdpMode::Native).map_err(|source| {
-            XdpError::Attach {
-                ifname: format!("ifindex {ifindex}"),
-                mode: "native",
-                source,
-            }
-        })?;
+        let link = link(prog_fd, ifindex)?;
         Ok(XdpSink {
             sunk,
             _link: link,
