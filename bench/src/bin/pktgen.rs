@@ -297,14 +297,13 @@ fn live(a: &Args, mix: &[(Vec<u8>, u32)], encap: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The bare AF_XDP forwarder (the I/O ceiling of an AF_XDP datapath on these interfaces): XDP
-/// steers every IPv4 packet into the sockets, and each one received on the first interface
-/// leaves by the second with its destination MAC set, in batches, busy polling. Nothing else:
-/// no parsing, no tables.
-fn afxdp_forward(a: &Args) -> Result<(), String> {
-    use sluice_xdp::{Steering, XdpMode};
+/// The MACs a forwarder (afxdp-fwd, xdp-fwd) writes: `--out-iface`'s own and `--dst-mac`.
+fn forward_macs(a: &Args) -> Result<([u8; 6], [u8; 6]), String> {
     if a.iface.is_empty() || a.out_iface.is_empty() || a.dst_mac.is_empty() {
-        return Err("--engine afxdp-fwd needs --iface, --out-iface and --dst-mac".into());
+        return Err(format!(
+            "--engine {} needs --iface, --out-iface and --dst-mac",
+            a.engine
+        ));
     }
     let dst_mac =
         parse_mac(&a.dst_mac).ok_or_else(|| format!("--dst-mac {:?} is not a MAC", a.dst_mac))?;
@@ -312,6 +311,16 @@ fn afxdp_forward(a: &Args) -> Result<(), String> {
         .ok()
         .and_then(|m| parse_mac(m.trim()))
         .ok_or_else(|| format!("reading the MAC of {}", a.out_iface))?;
+    Ok((src_mac, dst_mac))
+}
+
+/// The bare AF_XDP forwarder (the I/O ceiling of an AF_XDP datapath on these interfaces): XDP
+/// steers every IPv4 packet into the sockets, and each one received on the first interface
+/// leaves by the second with its destination MAC set, in batches, busy polling. Nothing else:
+/// no parsing, no tables.
+fn afxdp_forward(a: &Args) -> Result<(), String> {
+    use sluice_xdp::{Steering, XdpMode};
+    let (src_mac, dst_mac) = forward_macs(a)?;
     let ifaces = [a.iface.clone(), a.out_iface.clone()];
     let mut steering = Steering::new();
     for i in &ifaces {
@@ -406,15 +415,7 @@ fn sink(a: &Args) -> Result<(), String> {
 
 /// The kernel-XDP forwarding baseline: `bpf/xdpfwd.bpf.c` on `--iface` for the duration.
 fn xdp_forward(a: &Args) -> Result<(), String> {
-    if a.iface.is_empty() || a.out_iface.is_empty() || a.dst_mac.is_empty() {
-        return Err("--engine xdp-fwd needs --iface, --out-iface and --dst-mac".into());
-    }
-    let dst_mac =
-        parse_mac(&a.dst_mac).ok_or_else(|| format!("--dst-mac {:?} is not a MAC", a.dst_mac))?;
-    let src_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", a.out_iface))
-        .ok()
-        .and_then(|m| parse_mac(m.trim()))
-        .ok_or_else(|| format!("reading the MAC of {}", a.out_iface))?;
+    let (src_mac, dst_mac) = forward_macs(a)?;
     let index = |i: &str| sluice_xdp::ifindex_of(i).map_err(|e| e.to_string());
     let fwd = sluice_xdp::trafficgen::XdpForward::attach(
         index(&a.iface)?,
