@@ -44,7 +44,7 @@ ns app ethtool -K eth-cli gro on >/dev/null
 # the counter at the far end, started once the appliance's kernel knows be1 (the sink drops IP)
 if [ "${SINK:-1}" = 1 ]; then
     # not pinned: it only counts, in the softirq of whichever core delivers
-    ns sw $BIN/sluice-pktgen --engine sink --iface sw-app --duration 36000 \
+    ip netns exec "$P-sw" $BIN/sluice-pktgen --engine sink --iface sw-app --duration 36000 \
         --counter-file "$SINK_COUNT" >/dev/null 2>&1 &
     sink_pid=$!
     for _ in $(seq 50); do [ -s "$SINK_COUNT" ] && break; sleep 0.1; done
@@ -92,31 +92,30 @@ echo "kernel forwarding baseline (${SECS}s, ${SIZE}B)..." >&2
 kernel=$(measure kernel)
 echo "  $kernel" >&2
 
-# the forwarders run for the whole sweep (each point: SECS and half a second)
-n_rates=$(echo $RATES | wc -w)
 be1_mac=$(ns be1 cat /sys/class/net/eth0/address)
 # XDP redirect into eth-srv needs NAPI on its peer (the sink's program gives it; GRO without)
 ns sw ethtool -K sw-app gro on >/dev/null
-ns app $BIN/sluice-pktgen --engine xdp-fwd --iface eth-cli --out-iface eth-srv \
-    --dst-mac "$be1_mac" --src-ip 10.20.0.1 --dst-ip 10.20.0.11 \
-    --duration $(( (SECS + 2) * n_rates + 2 )) >/tmp/$P-xdp.json 2>/dev/null &
-fwd_pid=$!
-sleep 1
-echo "kernel XDP forward (${SECS}s, ${SIZE}B)..." >&2
-xdp=$(measure xdp-fwd)
-echo "  $xdp" >&2
-wait $fwd_pid || true
 
+# forwarder LABEL ENGINE [PREFIX...]: sluice-pktgen's ENGINE forwards eth-cli -> eth-srv (to
+# be1) in the appliance namespace while the sweep measures it; prints the measure's JSON
+forwarder() {
+    local label=$1 engine=$2 fwd
+    shift 2
+    # not through ns(): $! must be the generator itself (ip netns exec execs it), to stop it
+    ip netns exec "$P-app" "$@" $BIN/sluice-pktgen --engine "$engine" --iface eth-cli --out-iface eth-srv \
+        --dst-mac "$be1_mac" --duration 36000 >/dev/null 2>&1 &
+    fwd=$!
+    sleep 1
+    echo "$label (${SECS}s, ${SIZE}B)..." >&2
+    measure "$engine"
+    kill "$fwd" 2>/dev/null; wait "$fwd" 2>/dev/null || true
+}
+
+xdp=$(forwarder "kernel XDP forward" xdp-fwd)
+echo "  $xdp" >&2
 # on core 0, where sluiced's worker runs (configs/lab.toml), away from the generator's
-ns app taskset -c 0 $BIN/sluice-pktgen --engine afxdp-fwd --iface eth-cli --out-iface eth-srv \
-    --dst-mac "$be1_mac" --src-ip 10.20.0.1 --dst-ip 10.20.0.11 \
-    --duration $(( (SECS + 2) * n_rates + 2 )) >/tmp/$P-fwd.json 2>/dev/null &
-fwd_pid=$!
-sleep 1
-echo "bare AF_XDP forward (${SECS}s, ${SIZE}B)..." >&2
-bare=$(measure afxdp-fwd)
+bare=$(forwarder "bare AF_XDP forward" afxdp-fwd taskset -c 0)
 echo "  $bare" >&2
-wait $fwd_pid || true
 
 rm -f /tmp/$P-stats.json
 ip netns exec "$P-app" $BIN/sluiced --config configs/lab.toml --stats-file /tmp/$P-stats.json >/tmp/$P-sluiced.log 2>&1 &

@@ -59,7 +59,8 @@ measure() {
     echo "    $1 N=$2 connect $conn" >&2
     if [ "${SINK:-1}" = 1 ]; then
         rm -f "$SINK_COUNT"
-        ns sw $BIN/sluice-pktgen --engine sink --iface sw-app --duration 3600 \
+        # not through ns(): $! must be the sink itself (ip netns exec execs it), to stop it
+        ip netns exec "$P-sw" $BIN/sluice-pktgen --engine sink --iface sw-app --duration 3600 \
             --counter-file "$SINK_COUNT" >/dev/null 2>&1 &
         sink_pid=$!
         for _ in $(seq 50); do [ -s "$SINK_COUNT" ] && break; sleep 0.1; done
