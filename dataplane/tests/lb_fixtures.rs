@@ -425,6 +425,37 @@ fn half_open_connections_give_up_their_snat_ports_to_new_ones() {
     assert_eq!(lb.pipeline.lb.connections(), 4);
 }
 
+#[test]
+fn a_free_snat_port_is_taken_before_a_half_open_one_is_reclaimed() {
+    // eight ports: a new connection tries every one of them (the tries before settling for a
+    // half-open connection's port) before it reclaims one
+    let mut s = service_snapshot([1, 0, 0]);
+    s.lb = Arc::new(sluice_dataplane::lb::LbSettings {
+        snat_ports: (61000, 61007),
+        ..(*s.lb).clone()
+    });
+    let mut lb = Lb::new(s);
+    for sport in 1000..1008 {
+        assert!(lb
+            .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN))
+            .is_some());
+        assert_eq!(
+            lb.pipeline.lb.evicted(),
+            0,
+            "SYN from {sport}: a port was free"
+        );
+    }
+    assert!(lb
+        .send(0, &tcp("10.10.0.2", "10.96.0.80", 1008, 80, SYN))
+        .is_some());
+    assert_eq!(
+        lb.pipeline.lb.evicted(),
+        1,
+        "none free: a half-open one gave its port"
+    );
+    assert_eq!(lb.pipeline.lb.connections(), 8);
+}
+
 fn with_mode(mode: LbMode, dispatch: Dispatch) -> Snapshot {
     let mut s = service_snapshot([1, 1, 2]);
     s.lb = Arc::new(LbSettings {
