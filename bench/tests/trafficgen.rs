@@ -110,3 +110,63 @@ fn every_packet_gets_its_flow_with_valid_checksums() {
         assert_eq!(addrs.len(), 3, "{src}: {addrs:?}");
     }
 }
+
+/// Brings up the loopback of the calling thread's network namespace.
+fn loopback_up() {
+    // SAFETY: a plain datagram socket for the two interface ioctls; the ifreq is zeroed, then
+    // given the name and the flags the kernel returned; the fd is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket");
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        ifr.ifr_name[0] = b'l' as libc::c_char;
+        ifr.ifr_name[1] = b'o' as libc::c_char;
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr),
+            0,
+            "SIOCGIFFLAGS"
+        );
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr), 0, "SIOCSIFFLAGS");
+        libc::close(fd);
+    }
+}
+
+/// While the generator runs, its program is also attached to the loopback (`anchor`: it keeps
+/// the program in the kernel's XDP dispatcher, so that paced runs are smooth). Real frames there
+/// carry no generator metadata: they must pass untouched, and the generator still rewrites its
+/// own. In a network namespace of this test thread's own, gone when the thread ends.
+#[test]
+fn anchored_on_the_loopback_it_lets_real_traffic_through() {
+    if let Some(why) = skip() {
+        eprintln!("SKIPPED anchored_on_the_loopback_it_lets_real_traffic_through: {why}");
+        return;
+    }
+    std::thread::spawn(|| {
+        // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a new network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        loopback_up();
+        let t = template("198.18.0.1", "192.0.2.80", false);
+        let g = TrafficGen::load(&GenConfig::for_frame(&t, 10, 4, 1).unwrap()).unwrap();
+        let lo = sluice_xdp::ifindex_of("lo").unwrap();
+        let anchor = g
+            .anchor(lo)
+            .expect("attaching the generator to the loopback");
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        for i in 0..20u8 {
+            s.send_to(&[i; 32], s.local_addr().unwrap()).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s
+                .recv(&mut buf)
+                .expect("a datagram over the anchored loopback arrives");
+            assert_eq!(&buf[..n], &[i; 32][..]);
+        }
+        let out = g.rewrite_once(&t).expect("the generator's own run");
+        checked(&out);
+        drop(anchor);
+    })
+    .join()
+    .expect("the test thread");
+}

@@ -199,6 +199,29 @@ const LIVE_CHUNK: u32 = 1 << 16;
 /// make bursts that overflow a receiver's ring at rates it sustains when paced.
 const LIVE_SLICE: Duration = Duration::from_millis(1);
 
+/// Keeps the first generator program in the kernel's XDP dispatcher for the run (attached to
+/// the loopback, see `TrafficGen::anchor`), so that a run at a target rate is smooth: only one
+/// program can be (the loopback takes one), so with several threads or sizes the others still
+/// pay ~20 ms per BPF_PROG_RUN call and send in bursts. Failing that, the run goes on unanchored.
+fn anchor_first(gens: &[sluice_xdp::trafficgen::TrafficGen]) -> Option<std::os::fd::OwnedFd> {
+    let lo = match sluice_xdp::ifindex_of("lo") {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("  no loopback to anchor the generator on ({e}): paced runs will be bursty");
+            return None;
+        }
+    };
+    match gens.first()?.anchor(lo) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            eprintln!(
+                "  could not anchor the generator on the loopback ({e}): paced runs will be bursty"
+            );
+            None
+        }
+    }
+}
+
 /// The live engine: `threads` threads (pinned to `--cpus` when given), each running the
 /// generator program over `template` until the duration is over.
 fn live(a: &Args, mix: &[(Vec<u8>, u32)], encap: bool) -> Result<(), String> {
@@ -217,12 +240,17 @@ fn live(a: &Args, mix: &[(Vec<u8>, u32)], encap: bool) -> Result<(), String> {
     let end = start + Duration::from_secs_f64(a.duration);
     let per_thread_rate = a.rate as f64 / f64::from(threads);
     let mut handles = Vec::new();
+    // held until every thread is done (see TrafficGen::anchor)
+    let mut anchor = None;
     for t in 0..threads {
         let gens = cfgs
             .iter()
             .map(sluice_xdp::trafficgen::TrafficGen::load)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
+        if t == 0 {
+            anchor = anchor_first(&gens);
+        }
         let core = a
             .cpus
             .get(t as usize)
@@ -280,9 +308,12 @@ fn live(a: &Args, mix: &[(Vec<u8>, u32)], encap: bool) -> Result<(), String> {
             .map_err(|_| "a generator thread panicked".to_string())??;
     }
     let secs = start.elapsed().as_secs_f64();
+    let anchored = anchor.is_some();
+    drop(anchor);
     let n = sent.load(Ordering::Relaxed);
     let result = serde_json::json!({
         "engine": "live",
+        "anchored": anchored,
         "iface": a.iface,
         "threads": threads,
         "size": a.size,
