@@ -13,13 +13,13 @@
 # VIP (300 connects to the backends' web servers, idle datapath). sluiced runs in busy-poll mode
 # (SLUICED_POLL=adaptive for the other). The kernel's conntrack bound is raised for the run (and
 # restored) so that it measures the rule lookup, not the table filling up.
-# usage: [RATES="100000 300000"] service-scale.sh [SECONDS] [N...]   result: bench/results/service-scale-*.json
+# usage: [RATES="100000 300000 1000000"] service-scale.sh [SECONDS] [N...]   result: bench/results/service-scale-*.json
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-2}
 shift || true
 COUNTS=${*:-"1 1000 10000"}
-RATES=${RATES:-"100000 300000"}
+RATES=${RATES:-"100000 300000 1000000"}
 P=ssc
 OUT=bench/results/service-scale-$(date +%Y%m%d-%H%M%S).json
 . bench/scripts/lab-sluiced.sh
