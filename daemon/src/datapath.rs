@@ -214,6 +214,60 @@ fn log_adoption(reports: &[sluice_dataplane::lb::slots::Adoption]) -> usize {
     total
 }
 
+/// The cores this process could run on when it started: before `confine_housekeeping` narrowed
+/// it, so that a datapath started again later (a reload) pins its workers as the first did.
+fn all_cores() -> &'static [core_affinity::CoreId] {
+    static ALL: std::sync::OnceLock<Vec<core_affinity::CoreId>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| core_affinity::get_core_ids().unwrap_or_default())
+}
+
+/// Worker q's core: `dataplane.cores[q]` if this process may run there, else the q-th of its
+/// cores (round robin); none when the cores are unknown.
+fn worker_core(cfg: &Config, q: u32) -> Option<core_affinity::CoreId> {
+    let cores = all_cores();
+    match cfg.dataplane.cores.get(q as usize) {
+        Some(c) => cores.iter().find(|id| id.id == *c).copied(),
+        None if cores.is_empty() => None,
+        None => Some(cores[q as usize % cores.len()]),
+    }
+}
+
+/// Moves the calling thread, and with it every thread it starts from now on (the control API,
+/// flow export, neighbour and persistence threads), to the cores no worker is pinned to, when
+/// there are any. A worker then has its core to itself: the scheduler no longer time-slices it
+/// with those threads, or places them on its core when a worker's transmit wakes them, which
+/// stalled packets for milliseconds in busy-poll mode. With a worker on every core, nothing
+/// changes.
+pub fn confine_housekeeping(cfg: &Config) {
+    let workers: HashSet<usize> = (0..cfg.dataplane.queues)
+        .filter_map(|q| worker_core(cfg, q))
+        .map(|c| c.id)
+        .collect();
+    let rest: Vec<usize> = all_cores()
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| !workers.contains(id))
+        .collect();
+    if workers.is_empty() || rest.is_empty() {
+        tracing::info!("no core without a worker: the other threads share the workers' cores");
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET only writes inside it (core ids come
+    // from sched_getaffinity, below CPU_SETSIZE); pid 0 is the calling thread.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in &rest {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r == 0 {
+        tracing::info!(cores = ?rest, "threads other than the workers run on the cores without one");
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not keep the other threads off the workers' cores");
+    }
+}
+
 /// Attaches XDP everywhere, owns the configured traffic, starts the workers.
 pub fn start(
     cfg: &Config,
@@ -284,7 +338,6 @@ pub fn start(
             ZeroCopyCfg::Off => ZeroCopy::Off,
         },
     };
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut dp = Datapath {
         steering,
         workers: Vec::new(),
@@ -329,11 +382,7 @@ pub fn start(
         }
         let stats = Arc::new(WorkerStats::default());
         dp.stats.push(stats.clone());
-        let core = match cfg.dataplane.cores.get(q as usize) {
-            Some(c) => cores.iter().find(|id| id.id == *c).copied(),
-            None if cores.is_empty() => None,
-            None => Some(cores[q as usize % cores.len()]),
-        };
+        let core = worker_core(cfg, q);
         if core.is_none() {
             tracing::warn!(queue = q, "requested core not available; worker not pinned");
         }

@@ -115,6 +115,10 @@ fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Resu
         }
     };
 
+    if !api_only {
+        // before any thread starts: they all inherit it
+        datapath::confine_housekeeping(&cfg);
+    }
     let (ports, ifindex_to_port) = if api_only {
         Default::default()
     } else {

@@ -78,6 +78,28 @@ fn forwards_tcp_and_udp_through_afxdp_and_stops_cleanly() {
         "idle adaptive worker did not sleep: {idle}"
     );
 
+    // The worker has its core to itself: sluiced's other threads may run anywhere else.
+    let threads = thread_cores(d.pid());
+    let worker = threads
+        .iter()
+        .find(|(name, _)| name == "sluice-w0")
+        .map(|(_, c)| c.clone())
+        .expect("a thread sluice-w0");
+    assert_eq!(
+        worker.len(),
+        1,
+        "the worker is pinned to one core: {threads:?}"
+    );
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        for (name, cores) in threads.iter().filter(|(n, _)| n != "sluice-w0") {
+            assert!(
+                !cores.contains(&worker[0]),
+                "{name} may run on the worker's core {}: {threads:?}",
+                worker[0]
+            );
+        }
+    }
+
     // SIGTERM: exit 0, XDP detached, and the kernel path carries traffic again.
     assert_eq!(
         d.signal_and_wait(libc::SIGTERM),
@@ -212,4 +234,27 @@ fn exits_nonzero_when_an_interface_disappears() {
         "sluiced kept running without its interface:\n{}",
         d.log_text()
     );
+}
+
+/// (name, cores it may run on) of each thread of process `pid`, from /proc.
+fn thread_cores(pid: u32) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task") {
+        let dir = t.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        else {
+            continue;
+        };
+        let mut cores = Vec::new();
+        for part in list.trim().split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            cores.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+        }
+        out.push((name.trim().to_string(), cores));
+    }
+    out
 }
