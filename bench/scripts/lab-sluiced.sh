@@ -2,8 +2,21 @@
 # appliance namespace, state under $RUN, torn down on exit whatever happens.
 #   start_lab_sluiced EXTRA_SED   (a sed expression applied to configs/lab.toml, may be empty)
 #   or: lab_up, then start_sluiced EXTRA_SED / stop_sluiced as often as needed
-# Sets: BIN, RUN, SLUICED_PID, pids (extra processes to stop), ns(); SLUICE_SERVER and
+# Sets: BIN, RUN, SLUICED_PID, pids (extra processes to stop), ns(), PIN (a command prefix
+# placing a measuring client, see LOWLAT); SLUICE_SERVER and
 # SLUICE_TOKEN_FILE for the sluice CLI.
+#
+# LOWLAT=1 (the scripts that measure latency set it): the machine set up for latency, for every
+# datapath alike (LOWLAT=0 runs them on the machine as it comes, to see the difference):
+# - no vCPU halts when idle: /dev/cpu_dma_latency held at 0 for the run, which is what tuned's
+#   latency-performance profile does. An idle vCPU of this VM halts (cpuidle haltpoll), and each
+#   wakeup on the other core paid 100+ us for it.
+# - the lab's servers on the cores other than core 0, where sluiced's worker spins: time-sliced
+#   with it, a python server stalled the worker for milliseconds (the 1 ms p90 connect times of
+#   earlier runs).
+# - the measuring client ($PIN) on core 0. Its bursts are short and its wakeups come from there
+#   (the worker's transmit); on the servers' core it waited ~0.5 ms behind the python server's
+#   per-connection thread on every connect (p50 450-620 us, against 43 us on core 0).
 BIN=target/release
 RUN=/tmp/sluice-$P
 [ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
@@ -20,11 +33,31 @@ cleanup() {
 }
 trap cleanup EXIT
 ns() { ip netns exec "$P-$1" "${@:2}"; }
+PIN=""
+SERVER_CORES=""
+if [ "${LOWLAT:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+    SERVER_CORES=1-$(($(nproc) - 1))
+    PIN="taskset -c 0"
+    # held open until the script ends (cleanup stops it)
+    python3 -c 'import struct, time
+f = open("/dev/cpu_dma_latency", "wb", buffering=0)
+f.write(struct.pack("i", 0))
+time.sleep(1e9)' &
+    pids+=($!)
+fi
 
 # a fresh lab (prefix $P, one queue)
 lab_up() {
     bash tools/lab/lab.sh down $P
     bash tools/lab/lab.sh up $P 1 >/dev/null
+    if [ -n "$SERVER_CORES" ]; then
+        local n pid
+        for n in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
+            for pid in $(ip netns pids "$n"); do
+                taskset -a -p -c "$SERVER_CORES" "$pid" >/dev/null
+            done
+        done
+    fi
 }
 
 # start_sluiced EXTRA_SED: sluiced on the lab that is up, with fresh state under $RUN

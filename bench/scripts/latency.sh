@@ -10,11 +10,12 @@ SECS=${1:-5}
 RATE=${RATE:-2000}
 P=slat
 OUT=bench/results/latency-$(date +%Y%m%d-%H%M%S).json
+LOWLAT=${LOWLAT:-1}
 . bench/scripts/lab-sluiced.sh
 lab_up
 
 rtt() { # label
-    ns cli $BIN/sluice-pktgen --engine latency \
+    ns cli $PIN $BIN/sluice-pktgen --engine latency \
         --src-ip 10.10.0.2 --dst-ip 10.20.0.11 --dst-port 5353 --rate "$RATE" \
         --duration "$SECS" | python3 -c "import json,sys; d=json.load(sys.stdin); d['label']='$1'; print(json.dumps(d))"
 }

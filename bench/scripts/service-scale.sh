@@ -10,7 +10,8 @@
 #             chain per service picking an endpoint chain with numgen
 #   sluiced   the same services through its API (PUT /v1/state)
 # for N in 1 1000 10000 (or the arguments). Before the SYNs, the TCP connect latency through the
-# VIP (300 connects to the backends' web servers, idle datapath). sluiced runs in busy-poll mode
+# VIP (300 connects to the backends' web servers, idle datapath), timed by the client and on the
+# wire. sluiced runs in busy-poll mode
 # (SLUICED_POLL=adaptive for the other). The kernel's conntrack bound is raised for the run (and
 # restored) so that it measures the rule lookup, not the table filling up.
 # usage: [RATES="100000 300000 1000000"] service-scale.sh [SECONDS] [N...]   result: bench/results/service-scale-*.json
@@ -22,6 +23,7 @@ COUNTS=${*:-"1 1000 10000"}
 RATES=${RATES:-"100000 300000 1000000"}
 P=ssc
 OUT=bench/results/service-scale-$(date +%Y%m%d-%H%M%S).json
+LOWLAT=${LOWLAT:-1}
 . bench/scripts/lab-sluiced.sh
 WORK=/tmp/$P-work
 ct_max=$(sysctl -n net.netfilter.nf_conntrack_max)
@@ -53,10 +55,19 @@ lab_ready() {
 # link counts and drops the SYNs (sluice-pktgen --engine sink), so the backends' stacks do not
 # load whichever core sends them (SINK=0: they reach the backends, counted by sw-app's rx).
 measure() {
-    local dmac pts=() before g conn sink_pid=""
+    local dmac pts=() before g conn wire sink_pid=""
     dmac=$(ns app cat /sys/class/net/eth-cli/address)
-    conn=$(ns cli python3 tools/lab/connect_time.py "$(vip $(($2 - 1)))" 80 300)
-    echo "    $1 N=$2 connect $conn" >&2
+    # the handshakes also on the wire (SYN to SYN-ACK on the client's interface): the datapath's
+    # part of connect(), without the client process's scheduling
+    ip netns exec "$P-cli" ${SERVER_CORES:+taskset -c $SERVER_CORES} tcpdump -i cli0 -tt -n -S -l 'tcp[tcpflags] & tcp-syn != 0' \
+        >"$WORK/handshakes.txt" 2>/dev/null &
+    local td=$!
+    sleep 0.5
+    conn=$(ns cli $PIN python3 tools/lab/connect_time.py "$(vip $(($2 - 1)))" 80 300)
+    sleep 0.2
+    kill "$td"; wait "$td" 2>/dev/null || true
+    wire=$(python3 tools/lab/handshake_times.py "$WORK/handshakes.txt")
+    echo "    $1 N=$2 connect $conn wire $wire" >&2
     if [ "${SINK:-1}" = 1 ]; then
         rm -f "$SINK_COUNT"
         # not through ns(): $! must be the sink itself (ip netns exec execs it), to stop it
@@ -84,8 +95,10 @@ print(json.dumps({'offered_pps': round(g['pps']), 'new_flows_pps': round(($(arri
 import json, sys
 pts = [json.loads(p) for p in sys.argv[1:]]
 c = json.loads('''$conn''')
+w = json.loads('''$wire''')
 print(json.dumps({'datapath': '$1', 'services': $2, 'new_flows_pps': max(p['new_flows_pps'] for p in pts),
-                  'connect_us': c['connect_us'], 'connect_failed': c['failed'], 'sweep': pts}))" "${pts[@]}"
+                  'connect_us': c['connect_us'], 'connect_failed': c['failed'],
+                  'handshake_wire_us': w['wire_us'], 'handshakes_seen': w['handshakes'], 'sweep': pts}))" "${pts[@]}"
 }
 
 iptables_rules() { # N -> iptables-restore input, kube-proxy's shape
