@@ -14,9 +14,11 @@
 # - the lab's servers on the cores other than core 0, where sluiced's worker spins: time-sliced
 #   with it, a python server stalled the worker for milliseconds (the 1 ms p90 connect times of
 #   earlier runs).
-# - the measuring client ($PIN) on core 0. Its bursts are short and its wakeups come from there
-#   (the worker's transmit); on the servers' core it waited ~0.5 ms behind the python server's
-#   per-connection thread on every connect (p50 450-620 us, against 43 us on core 0).
+# - the measuring client ($PIN) on core CLIENT_CORE, 0 by default: the TCP connects' client
+#   there, with the worker, because on the servers' core it waited ~0.5 ms behind the python
+#   server's per-connection thread on every connect (p50 450-620 us, against 43 us on core 0);
+#   latency.sh's UDP client on core 1, where it has the core to itself while the echo server
+#   idles (kernel p99 70 us there, 343 us on core 0).
 BIN=target/release
 RUN=/tmp/sluice-$P
 [ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
@@ -37,7 +39,7 @@ PIN=""
 SERVER_CORES=""
 if [ "${LOWLAT:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
     SERVER_CORES=1-$(($(nproc) - 1))
-    PIN="taskset -c 0"
+    PIN="taskset -c ${CLIENT_CORE:-0}"
     # held open until the script ends (cleanup stops it)
     python3 -c 'import struct, time
 f = open("/dev/cpu_dma_latency", "wb", buffering=0)

@@ -11,6 +11,7 @@ RATE=${RATE:-2000}
 P=slat
 OUT=bench/results/latency-$(date +%Y%m%d-%H%M%S).json
 LOWLAT=${LOWLAT:-1}
+CLIENT_CORE=${CLIENT_CORE:-1} # see lab-sluiced.sh
 . bench/scripts/lab-sluiced.sh
 lab_up
 
