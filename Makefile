@@ -57,7 +57,7 @@ lab-down:
 
 ## Criterion benchmarks (mem-backend pipeline).
 bench: deps release
-	$(CARGO) bench -p sluice-bench --bench pipeline --bench overlay --bench lb --bench policy --bench flows
+	$(CARGO) bench -p sluice-bench --bench pipeline --bench scale --bench overlay --bench lb --bench policy --bench flows
 	@# the SYN flood of issue 9 at the generator's full rate (FLOOD_RATE=PPS for another rate)
 	RATE=$${FLOOD_RATE:-0} bash bench/scripts/syn-flood.sh 10
 	bash bench/scripts/malformed-flood.sh 10

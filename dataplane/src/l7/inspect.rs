@@ -29,6 +29,8 @@ pub struct Conns<A> {
     conns: Vec<(u32, Tuple<A>, HttpConn)>,
     free: Vec<u32>,
     max: usize,
+    /// Slots marked ADOPTED and not looked at since.
+    marked: usize,
 }
 
 /// `of_slot` of a connection taken over from an earlier process (conntrack tables outlive it,
@@ -40,13 +42,22 @@ impl<A: Addr> Conns<A> {
     /// Marks the TCP connections of `tb` (just adopted) to be judged again at their next packet.
     pub fn mark_adopted(&mut self, tb: &Table<A>) {
         for (slot, o) in self.of_slot.iter_mut().enumerate() {
-            if tb
-                .get(slot as u32)
-                .is_some_and(|e| e.proto == crate::wire::tcp::PROTOCOL)
+            if *o != ADOPTED
+                && tb
+                    .get(slot as u32)
+                    .is_some_and(|e| e.proto == crate::wire::tcp::PROTOCOL)
             {
                 *o = ADOPTED;
+                self.marked += 1;
             }
         }
+    }
+
+    /// Nothing inspected and nothing adopted left to judge: every packet but a new flow's
+    /// passes without a look at `of_slot`, a random access into an array as long as the flow
+    /// table (~9% of the pipeline's time per established packet at a million connections).
+    fn idle(&self) -> bool {
+        self.marked == 0 && self.free.len() == self.conns.len()
     }
 
     /// Whether `slot` holds an adopted connection not looked at since (the mark is cleared).
@@ -54,6 +65,7 @@ impl<A: Addr> Conns<A> {
         match self.of_slot.get_mut(slot as usize) {
             Some(o) if *o == ADOPTED => {
                 *o = 0;
+                self.marked -= 1;
                 true
             }
             _ => false,
@@ -67,6 +79,7 @@ impl<A: Addr> Conns<A> {
             conns: Vec::new(),
             free: Vec::new(),
             max: CONNECTIONS,
+            marked: 0,
         }
     }
 
@@ -127,6 +140,9 @@ impl<A: Addr> Conns<A> {
             self.free.push(i as u32);
             return false;
         };
+        if *o == ADOPTED {
+            self.marked -= 1;
+        }
         *o = i as u32 + 1;
         self.conns[i].0 = slot;
         self.conns[i].1 = t;
@@ -205,6 +221,9 @@ pub fn inspect<'a, A: Addr>(
             egress: false,
         })
     };
+    if !new && conns.idle() {
+        return Step::Pass;
+    }
     let mut j = None;
     // a connection taken over from an earlier process is judged as if it had just opened:
     // when its rules inspect it, inspection starts at this segment (l7/mod.rs: picked up
