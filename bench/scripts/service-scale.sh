@@ -60,9 +60,9 @@ measure() {
     # the handshakes also on the wire (SYN to SYN-ACK on the client's interface): the datapath's
     # part of connect(), without the client process's scheduling
     ip netns exec "$P-cli" ${SERVER_CORES:+taskset -c $SERVER_CORES} tcpdump -i cli0 -tt -n -S -l 'tcp[tcpflags] & tcp-syn != 0' \
-        >"$WORK/handshakes.txt" 2>/dev/null &
+        >"$WORK/handshakes.txt" 2>"$WORK/tcpdump.err" &
     local td=$!
-    sleep 0.5
+    for _ in $(seq 50); do grep -q 'listening on' "$WORK/tcpdump.err" 2>/dev/null && break; sleep 0.1; done
     conn=$(ns cli $PIN python3 tools/lab/connect_time.py "$(vip $(($2 - 1)))" 80 300)
     sleep 0.2
     kill "$td"; wait "$td" 2>/dev/null || true
