@@ -3,35 +3,23 @@
 //! comparable with the AF_XDP path. The `copy only` case is the baseline in the same run.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sluice_bench::{lab_like_snapshot, udp_templates};
-use sluice_dataplane::io::mem::{MemIo, TxSink};
+use sluice_bench::{lab_like_snapshot, udp_templates, MemWorker};
 use sluice_dataplane::io::PacketIo;
-use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
-use sluice_dataplane::state::Publisher;
-use sluice_dataplane::stats::WorkerStats;
-use sluice_dataplane::worker::process_batch;
-use sluice_dataplane::{Batch, MAX_BATCH};
+use sluice_dataplane::pipeline::Pipeline;
+use sluice_dataplane::MAX_BATCH;
 
 /// One worker's routing state on the `mem` backend, fed from 1,024 UDP flows.
 struct Route {
-    publisher: Publisher,
+    w: MemWorker,
     templates: Vec<Vec<u8>>,
-    io: MemIo,
-    stats: WorkerStats,
-    batch: Batch,
-    pipeline: Pipeline,
     k: usize,
 }
 
 impl Route {
     fn new() -> Self {
         Route {
-            publisher: Publisher::new(lab_like_snapshot(250)),
+            w: MemWorker::new(lab_like_snapshot(250), Pipeline::new()),
             templates: udp_templates(1024, 64),
-            io: MemIo::new(1024, 2048, TxSink::Discard),
-            stats: WorkerStats::default(),
-            batch: Batch::new(MAX_BATCH),
-            pipeline: Pipeline::new(),
             k: 0,
         }
     }
@@ -39,7 +27,8 @@ impl Route {
     /// Copies the next 64 packets into the backend's receive side.
     fn inject(&mut self) {
         for _ in 0..MAX_BATCH {
-            self.io
+            self.w
+                .io
                 .inject(0, &self.templates[self.k % self.templates.len()]);
             self.k += 1;
         }
@@ -48,14 +37,7 @@ impl Route {
     /// 64 packets in, routed, out.
     fn route(&mut self) -> usize {
         self.inject();
-        process_batch(
-            &mut self.io,
-            &mut self.pipeline,
-            &self.publisher,
-            &mut self.batch,
-            &self.stats,
-            &mut NoNeighborRequests,
-        )
+        self.w.step()
     }
 }
 
@@ -68,8 +50,9 @@ fn bench(c: &mut Criterion) {
             || (),
             |_| {
                 r.inject();
-                r.io.rx_burst(&mut r.batch, &r.stats);
-                r.io.recycle(&mut r.batch);
+                let w = &mut r.w;
+                w.io.rx_burst(&mut w.batch, &w.stats);
+                w.io.recycle(&mut w.batch);
             },
             BatchSize::SmallInput,
         )
@@ -83,10 +66,10 @@ fn bench(c: &mut Criterion) {
     // it out).
     let dropped: u64 = sluice_dataplane::DropReason::ALL
         .iter()
-        .map(|reason| r.stats.drops(*reason))
+        .map(|reason| r.w.stats.drops(*reason))
         .sum();
     assert_eq!(dropped, 0, "benchmark packets were dropped");
-    assert!(r.stats.rx_packets.get() == 0 || r.stats.tx_packets.get() > 0);
+    assert!(r.w.stats.rx_packets.get() == 0 || r.w.stats.tx_packets.get() > 0);
 }
 
 /// Scaling (issue 8): the route pipeline on 1 and on 2 workers, each a thread pinned to its own
@@ -115,7 +98,7 @@ fn scaling(c: &mut Criterion) {
                             for _ in 0..iters {
                                 black_box(r.route());
                             }
-                            assert_eq!(r.stats.tx_packets.get(), iters * MAX_BATCH as u64);
+                            assert_eq!(r.w.stats.tx_packets.get(), iters * MAX_BATCH as u64);
                             t.elapsed()
                         })
                     })

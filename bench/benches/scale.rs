@@ -11,16 +11,14 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
+use sluice_bench::MemWorker;
 use sluice_control::store::Store;
 use sluice_dataplane::fixtures::service_snapshot;
-use sluice_dataplane::io::mem::{MemIo, TxSink};
 use sluice_dataplane::lb::{CtLimits, LbSettings, LbState};
-use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
-use sluice_dataplane::state::{Publisher, Snapshot};
-use sluice_dataplane::stats::WorkerStats;
+use sluice_dataplane::pipeline::Pipeline;
+use sluice_dataplane::state::Snapshot;
 use sluice_dataplane::wire::build::{PacketSpec, L4};
-use sluice_dataplane::worker::process_batch;
-use sluice_dataplane::{Batch, MAX_BATCH};
+use sluice_dataplane::MAX_BATCH;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,62 +136,42 @@ fn packet(i: u32, port: u32, flags: u8) -> Vec<u8> {
     p.build()
 }
 
-struct Worker {
-    publisher: Publisher,
-    io: MemIo,
-    stats: WorkerStats,
-    batch: Batch,
-    pipeline: Pipeline,
+/// A worker with conntrack tables for 2M TCP connections.
+fn worker(snap: Snapshot) -> MemWorker {
+    let limits = CtLimits {
+        tcp_max: 1 << 21,
+        ..CtLimits::default()
+    };
+    let pipeline = Pipeline {
+        lb: LbState::new(&limits, 0, 1),
+        ..Pipeline::new()
+    };
+    MemWorker::new(snap, pipeline)
 }
 
-impl Worker {
-    fn new(snap: Snapshot) -> Self {
-        let limits = CtLimits {
-            tcp_max: 1 << 21,
-            ..CtLimits::default()
-        };
-        Worker {
-            publisher: Publisher::new(snap),
-            io: MemIo::new(1024, 2048, TxSink::Discard),
-            stats: WorkerStats::default(),
-            batch: Batch::new(MAX_BATCH),
-            pipeline: Pipeline {
-                lb: LbState::new(&limits, 0, 1),
-                ..Pipeline::new()
-            },
+/// Runs `frames` through `w` in batches of 64: the time in `process_batch`.
+fn run(w: &mut MemWorker, frames: &mut dyn Iterator<Item = Vec<u8>>) -> Duration {
+    let mut total = Duration::ZERO;
+    loop {
+        let mut n = 0;
+        for f in (&mut *frames).take(MAX_BATCH) {
+            w.io.inject(0, &f);
+            n += 1;
         }
-    }
-
-    /// Runs `frames` through in batches of 64: the time in `process_batch`.
-    fn run(&mut self, frames: &mut dyn Iterator<Item = Vec<u8>>) -> Duration {
-        let mut total = Duration::ZERO;
-        loop {
-            let mut n = 0;
-            for f in (&mut *frames).take(MAX_BATCH) {
-                self.io.inject(0, &f);
-                n += 1;
-            }
-            if n == 0 {
-                return total;
-            }
-            let t = Instant::now();
-            process_batch(
-                &mut self.io,
-                &mut self.pipeline,
-                &self.publisher,
-                &mut self.batch,
-                &self.stats,
-                &mut NoNeighborRequests,
-            );
-            total += t.elapsed();
+        if n == 0 {
+            return total;
         }
+        let t = Instant::now();
+        w.step();
+        total += t.elapsed();
     }
 }
 
 fn scale(c: &mut Criterion) {
-    let mut w = Worker::new(snapshot());
+    let mut w = worker(snapshot());
     // a million connections, opened by their SYNs
-    let opened = w.run(
+    let opened = run(
+        &mut w,
         &mut (0..CLIENTS).flat_map(|i| (0..PORTS_PER_CLIENT).map(move |p| packet(i, p, 0x02))),
     );
     let tracked = w.pipeline.lb.connections();
@@ -225,7 +203,7 @@ fn scale(c: &mut Criterion) {
                     k += 1;
                     established[k % established.len()].clone()
                 });
-                w.run(&mut it)
+                run(&mut w, &mut it)
             })
         },
     );
@@ -245,7 +223,7 @@ fn scale(c: &mut Criterion) {
                 let i = next % CLIENTS;
                 packet(i, PORTS_PER_CLIENT + (next / CLIENTS) % 30_000, 0x02)
             });
-            w.run(&mut it)
+            run(&mut w, &mut it)
         })
     });
     g.finish();

@@ -3,11 +3,50 @@
 
 pub mod overlay;
 
+use sluice_dataplane::io::mem::{MemIo, TxSink};
+use sluice_dataplane::pipeline::{NoNeighborRequests, Pipeline};
 use sluice_dataplane::state::HashMap;
-use sluice_dataplane::state::{PortInfo, Route, RouteTable, Snapshot};
+use sluice_dataplane::state::{PortInfo, Publisher, Route, RouteTable, Snapshot};
+use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::wire::build::PacketSpec;
+use sluice_dataplane::worker::process_batch;
+use sluice_dataplane::{Batch, MAX_BATCH};
 use std::net::IpAddr;
 use std::sync::Arc;
+
+/// One worker on the `mem` backend (1,024 buffers of 2 KiB, transmitted frames discarded): what
+/// `process_batch` works with.
+pub struct MemWorker {
+    pub publisher: Publisher,
+    pub io: MemIo,
+    pub stats: WorkerStats,
+    pub batch: Batch,
+    pub pipeline: Pipeline,
+}
+
+impl MemWorker {
+    pub fn new(snap: Snapshot, pipeline: Pipeline) -> Self {
+        MemWorker {
+            publisher: Publisher::new(snap),
+            io: MemIo::new(1024, 2048, TxSink::Discard),
+            stats: WorkerStats::default(),
+            batch: Batch::new(MAX_BATCH),
+            pipeline,
+        }
+    }
+
+    /// One batch of what was injected into `io`: received, through every stage, sent.
+    pub fn step(&mut self) -> usize {
+        process_batch(
+            &mut self.io,
+            &mut self.pipeline,
+            &self.publisher,
+            &mut self.batch,
+            &self.stats,
+            &mut NoNeighborRequests,
+        )
+    }
+}
 
 /// A two-port routing snapshot like the lab's: client segment on port 0, servers on port 1,
 /// `neighbors` resolved hosts on the server segment.

@@ -360,14 +360,19 @@ fn drops_say_why() {
     assert_eq!(lb.stats.ct_entries.get(), 0);
 }
 
-#[test]
-fn snat_ports_run_out_with_a_named_drop() {
+/// The lab service on its first backend only, SNAT over ports `lo..=hi`.
+fn one_backend_snat_ports(lo: u16, hi: u16) -> Lb {
     let mut s = service_snapshot([1, 0, 0]);
     s.lb = Arc::new(sluice_dataplane::lb::LbSettings {
-        snat_ports: (61000, 61003),
+        snat_ports: (lo, hi),
         ..(*s.lb).clone()
     });
-    let mut lb = Lb::new(s);
+    Lb::new(s)
+}
+
+#[test]
+fn snat_ports_run_out_with_a_named_drop() {
+    let mut lb = one_backend_snat_ports(61000, 61003);
     // four connections take the four ports toward the one backend, handshakes completed
     let mut ports = Vec::new();
     for sport in 1000..1004 {
@@ -401,12 +406,7 @@ fn snat_ports_run_out_with_a_named_drop() {
 
 #[test]
 fn half_open_connections_give_up_their_snat_ports_to_new_ones() {
-    let mut s = service_snapshot([1, 0, 0]);
-    s.lb = Arc::new(sluice_dataplane::lb::LbSettings {
-        snat_ports: (61000, 61003),
-        ..(*s.lb).clone()
-    });
-    let mut lb = Lb::new(s);
+    let mut lb = one_backend_snat_ports(61000, 61003);
     // a SYN flood: every SYN gets a port, taken from an unanswered (embryonic) one when none
     // is free
     for sport in 1000..1010 {
@@ -427,14 +427,9 @@ fn half_open_connections_give_up_their_snat_ports_to_new_ones() {
 
 #[test]
 fn a_free_snat_port_is_taken_before_a_half_open_one_is_reclaimed() {
-    // eight ports: a new connection tries every one of them (the tries before settling for a
-    // half-open connection's port) before it reclaims one
-    let mut s = service_snapshot([1, 0, 0]);
-    s.lb = Arc::new(sluice_dataplane::lb::LbSettings {
-        snat_ports: (61000, 61007),
-        ..(*s.lb).clone()
-    });
-    let mut lb = Lb::new(s);
+    // eight ports: a new connection tries every one of them for a free one before it reclaims
+    // a half-open connection's
+    let mut lb = one_backend_snat_ports(61000, 61007);
     for sport in 1000..1008 {
         assert!(lb
             .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN))
