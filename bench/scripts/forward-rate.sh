@@ -69,17 +69,29 @@ gen() { # rate
         --flows 64 --size "$SIZE" --duration "$SECS" --rate "$1" $GEN_CPUS 2>/dev/null
 }
 
+# "busy total" jiffies of all CPUs (busy: user, nice, system, irq, softirq, steal)
+jiffies() { awk '/^cpu /{b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6}' /proc/stat; }
+
+# Every point also reports the cores busy while the generator ran (all of the machine's: the
+# generator's own share, the same for every datapath at the same offered load, included) and
+# those per forwarded Mpps.
 measure() { # label -> prints JSON fragment: every offered load, and the best
-    local before after g points=()
+    local before after g cpu0 cpu1 points=()
     for rate in $RATES; do
         before=$(arrived)
+        cpu0=$(jiffies)
         g=$(gen "$rate")
+        cpu1=$(jiffies)
         sleep 0.5
         after=$(arrived)
         points+=("$(python3 -c "
 import json
 g=json.loads('''$g''')
-print(json.dumps({'offered_pps':round(g['pps']),'forwarded_pps':round(($after-$before)/g['seconds'])}))")")
+b0, t0 = map(int, '$cpu0'.split()); b1, t1 = map(int, '$cpu1'.split())
+fwd = ($after - $before) / g['seconds']
+cores = (b1 - b0) / max(t1 - t0, 1) * $(nproc)
+print(json.dumps({'offered_pps': round(g['pps']), 'forwarded_pps': round(fwd), 'cpu_cores': round(cores, 2),
+                  'cores_per_mpps': round(cores / (fwd / 1e6), 2) if fwd > 0 else None}))")")
         echo "    $1 ${points[-1]}" >&2
     done
     python3 -c "
