@@ -115,8 +115,11 @@ def main():
              [r["label"] for r in lat["results"]],
              [[r["rtt_us"][q] for q in qs] for r in lat["results"]], "µs",
              os.path.join(d, "latency.svg"))
+    # the newest full sweep (a run over a few offered loads only, as for the CPU figures, is
+    # not a curve)
     fr = newest(d, "forward-rate", lambda r: r.get("sluiced", {}).get("engine") == "live"
-                and str(r.get("frame_size")) == "64")
+                and str(r.get("frame_size")) == "64"
+                and len(r.get("sluiced", {}).get("sweep", [])) >= 4)
     if fr and "sweep" in fr.get("sluiced", {}):
         offered = [p["offered_pps"] for p in fr["kernel_forwarding"]["sweep"]]
         keys = [k for k in ("kernel_forwarding", "kernel_xdp_forward", "bare_afxdp_forward", "sluiced") if k in fr]
