@@ -134,8 +134,8 @@ const GC_BUDGET: usize = 32;
 const PORT_PROBES: u32 = 64;
 /// The ports are tried in groups of this many, their conntrack buckets prefetched together:
 /// each try is a lookup at a random place (a cache and TLB miss), and in a SYN flood every port
-/// toward a backend is taken within a second, so all 64 are tried for every SYN. One at a time,
-/// that made the new-connection path ~6x slower.
+/// toward a backend is taken within a second, so all 64 are tried for every SYN. One at a time
+/// they cost `lb_new` 428 ns per new flow; in groups, 307.
 const PORT_PROBE_GROUP: u32 = 8;
 
 /// One family's tables.
