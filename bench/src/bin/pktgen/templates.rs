@@ -90,7 +90,6 @@ impl Encap {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
     use sluice_dataplane::wire::parse::{parse, TunnelKind, TunnelPorts};
