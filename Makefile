@@ -63,6 +63,7 @@ bench: deps release
 	bash bench/scripts/malformed-flood.sh 10
 	@# against the kernel's datapaths, in one run each (BENCHMARKS.md)
 	bash bench/scripts/forward-rate.sh 3
+	bash bench/scripts/encap-rate.sh 3
 	bash bench/scripts/latency.sh 5
 	bash bench/scripts/service-scale.sh 2
 	python3 bench/scripts/plot.py
