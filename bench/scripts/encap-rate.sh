@@ -15,14 +15,8 @@ P=senc
 OUT=bench/results/encap-rate-$(date +%Y%m%d-%H%M%S).json
 . bench/scripts/lab-sluiced.sh
 lab_up
-SINK_COUNT=/tmp/$P-sink.$$.count
-trap 'cleanup; rm -f "$SINK_COUNT"' EXIT
-# not through ns(): $! must be the sink itself, to stop it
-ip netns exec "$P-cli" $BIN/sluice-pktgen --engine sink --iface cli0 --duration 36000 \
-    --counter-file "$SINK_COUNT" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do [ -s "$SINK_COUNT" ] && break; sleep 0.1; done
-arrived() { sleep 0.2; cat "$SINK_COUNT"; } # the sink rewrites its count every 100 ms
+start_sink cli cli0
+arrived() { sunk; }
 
 # the outer frame goes to the appliance's server-side MAC, and so does the inner one: the
 # kernel's VXLAN device below takes that MAC so the decapsulated frame is addressed to it
@@ -31,18 +25,12 @@ app_mac=$(ns app cat /sys/class/net/eth-srv/address)
 ns sw ethtool -K sw-n2 gro on >/dev/null
 
 measure() { # label -> JSON: every offered load, and the best
-    local before g points=()
+    local points=()
     for rate in $RATES; do
-        before=$(arrived)
-        g=$(ns n2 $BIN/sluice-pktgen --engine live --iface eth0 --dst-mac "$app_mac" \
-            --src-ip 10.244.2.5 --dst-ip 10.10.0.2 --dst-port 9000 --flows 64 \
-            --encap vxlan --vni 2 --outer-src 10.20.0.21 --outer-dst 10.20.0.1 \
-            --duration "$SECS" --rate "$rate" --cpus $(($(nproc) - 1)) 2>/dev/null)
-        sleep 0.5
-        points+=("$(python3 -c "
-import json
-g = json.loads('''$g''')
-print(json.dumps({'offered_pps': round(g['pps']), 'forwarded_pps': round(($(arrived) - $before) / g['seconds'])}))")")
+        points+=("$(sweep_point forwarded_pps ns n2 $BIN/sluice-pktgen --engine live --iface eth0 \
+            --dst-mac "$app_mac" --src-ip 10.244.2.5 --dst-ip 10.10.0.2 --dst-port 9000 \
+            --flows 64 --encap vxlan --vni 2 --outer-src 10.20.0.21 --outer-dst 10.20.0.1 \
+            --duration "$SECS" --rate "$rate" --cpus $(($(nproc) - 1)))")
         echo "    $1 ${points[-1]}" >&2
     done
     python3 -c "

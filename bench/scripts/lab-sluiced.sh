@@ -27,11 +27,13 @@ for b in sluiced sluice sluice-pktgen; do
 done
 pids=()
 SLUICED_PID=""
+SINK_PID=""
+SINK_COUNT=/tmp/$P-sink.$$.count
 cleanup() {
-    for p in "${pids[@]}" $SLUICED_PID; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}" $SLUICED_PID $SINK_PID; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     bash tools/lab/lab.sh down $P
-    rm -rf "$RUN"
+    rm -rf "$RUN" "$SINK_COUNT"
 }
 trap cleanup EXIT
 ns() { ip netns exec "$P-$1" "${@:2}"; }
@@ -60,6 +62,38 @@ lab_up() {
             done
         done
     fi
+}
+
+# start_sink HOST IFACE: sluice-pktgen's XDP sink counting (and dropping) the IP frames that
+# arrive on IFACE in namespace $P-HOST, into $SINK_COUNT; stop_sink stops it (so does the exit)
+start_sink() {
+    rm -f "$SINK_COUNT"
+    # not through ns(): $! must be the sink itself (ip netns exec execs it), to stop it
+    ip netns exec "$P-$1" $BIN/sluice-pktgen --engine sink --iface "$2" --duration 36000 \
+        --counter-file "$SINK_COUNT" >/dev/null 2>&1 &
+    SINK_PID=$!
+    for _ in $(seq 50); do [ -s "$SINK_COUNT" ] && break; sleep 0.1; done
+}
+stop_sink() {
+    [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null || true
+    SINK_PID=""
+}
+# the sink's count (it rewrites the file every 100 ms)
+sunk() { sleep 0.2; cat "$SINK_COUNT"; }
+
+# sweep_point KEY GENERATOR...: runs the generator command (sluice-pktgen, its JSON result on
+# stdout) and prints {"offered_pps": ..., KEY: per second, what the caller's `arrived` counted}
+sweep_point() {
+    local key=$1 before g
+    shift
+    before=$(arrived)
+    g=$("$@" 2>/dev/null)
+    sleep 0.5
+    python3 -c "
+import json, sys
+g = json.loads(sys.argv[1])
+print(json.dumps({'offered_pps': round(g['pps']), sys.argv[2]: round((int(sys.argv[4]) - int(sys.argv[3])) / g['seconds'])}))" \
+        "$g" "$key" "$before" "$(arrived)"
 }
 
 # start_sluiced EXTRA_SED: sluiced on the lab that is up, with fresh state under $RUN

@@ -30,11 +30,9 @@ ct_max=$(sysctl -n net.netfilter.nf_conntrack_max)
 trap 'cleanup; sysctl -qw net.netfilter.nf_conntrack_max="$ct_max"; rm -rf "$WORK"' EXIT
 sysctl -qw net.netfilter.nf_conntrack_max=4194304
 mkdir -p "$WORK"
-SINK_COUNT=$WORK/sink.count
 arrived() {
     if [ "${SINK:-1}" = 1 ]; then
-        sleep 0.2 # the sink rewrites its count every 100 ms
-        cat "$SINK_COUNT"
+        sunk
     else
         ns sw cat /sys/class/net/sw-app/statistics/rx_packets
     fi
@@ -55,7 +53,7 @@ lab_ready() {
 # link counts and drops the SYNs (sluice-pktgen --engine sink), so the backends' stacks do not
 # load whichever core sends them (SINK=0: they reach the backends, counted by sw-app's rx).
 measure() {
-    local dmac pts=() before g conn wire sink_pid=""
+    local dmac pts=() conn wire
     dmac=$(ns app cat /sys/class/net/eth-cli/address)
     # the handshakes also on the wire (SYN to SYN-ACK on the client's interface): the datapath's
     # part of connect(), without the client process's scheduling
@@ -68,29 +66,15 @@ measure() {
     kill "$td"; wait "$td" 2>/dev/null || true
     wire=$(python3 tools/lab/handshake_times.py "$WORK/handshakes.txt")
     echo "    $1 N=$2 connect $conn wire $wire" >&2
-    if [ "${SINK:-1}" = 1 ]; then
-        rm -f "$SINK_COUNT"
-        # not through ns(): $! must be the sink itself (ip netns exec execs it), to stop it
-        ip netns exec "$P-sw" $BIN/sluice-pktgen --engine sink --iface sw-app --duration 3600 \
-            --counter-file "$SINK_COUNT" >/dev/null 2>&1 &
-        sink_pid=$!
-        for _ in $(seq 50); do [ -s "$SINK_COUNT" ] && break; sleep 0.1; done
-    fi
+    if [ "${SINK:-1}" = 1 ]; then start_sink sw sw-app; fi
     for rate in $RATES; do
-        before=$(arrived)
-        g=$(ns cli $BIN/sluice-pktgen --engine live --cpus $(( $(nproc) - 1 )) --iface cli0 \
-            --dst-mac "$dmac" --src-ip 198.18.0.1 --dst-ip "$(vip $(($2 - 1)))" --dst-port 80 \
-            --proto syn --flows 1000000 --duration "$SECS" --rate "$rate" 2>/dev/null)
-        sleep 0.5
-        pts+=("$(python3 -c "
-import json
-g = json.loads('''$g''')
-print(json.dumps({'offered_pps': round(g['pps']), 'new_flows_pps': round(($(arrived) - $before) / g['seconds'])}))")")
+        pts+=("$(sweep_point new_flows_pps ns cli $BIN/sluice-pktgen --engine live \
+            --cpus $(( $(nproc) - 1 )) --iface cli0 --dst-mac "$dmac" --src-ip 198.18.0.1 \
+            --dst-ip "$(vip $(($2 - 1)))" --dst-port 80 --proto syn --flows 1000000 \
+            --duration "$SECS" --rate "$rate")")
         echo "    $1 N=$2 ${pts[-1]}" >&2
     done
-    if [ -n "$sink_pid" ]; then
-        kill "$sink_pid" 2>/dev/null; wait "$sink_pid" 2>/dev/null || true
-    fi
+    stop_sink
     python3 -c "
 import json, sys
 pts = [json.loads(p) for p in sys.argv[1:]]
