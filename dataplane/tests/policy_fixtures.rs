@@ -156,6 +156,45 @@ fn service_traffic_is_checked_against_the_backend_it_is_sent_to() {
     );
 }
 
+/// A connection's entry keeps the policy's verdict between snapshots (the fast path skips the
+/// lookup), so this is what must hold: a change published while connections are open applies
+/// to their next packet, for routed flows (policy stage) and service connections (LB stage)
+/// alike, and a revert lets them through again.
+#[test]
+fn a_published_policy_change_applies_to_open_connections() {
+    let mut dp = Lb::new(with_policy());
+    let routed = |flags| tcp("10.10.0.2", "10.20.0.11", 40000, 8080, flags, true);
+    let to_be1 = |out: &[u8]| out[30..34] == [10, 20, 0, 11];
+    // a service connection the Maglev table sends to be1
+    let sport = (20000..20100u16)
+        .find(|&sport| {
+            dp.send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN, true))
+                .is_some_and(|(_, out)| to_be1(&out))
+        })
+        .expect("be1 holds a quarter of the slots");
+    let service = |flags| tcp("10.10.0.2", "10.96.0.80", sport, 80, flags, true);
+    assert!(dp.send(0, &routed(SYN)).is_some());
+    for _ in 0..3 {
+        assert!(dp.send(0, &routed(ACK)).is_some());
+        assert!(dp.send(0, &service(ACK)).is_some_and(|(_, o)| to_be1(&o)));
+    }
+    // be1 stops admitting anyone
+    let name: Arc<str> = "lab/be1-ingress".into();
+    let mut deny_all = (*dp.publisher.load()).as_ref().clone();
+    let mut c = (*deny_all.cluster).clone();
+    c.policy = be1_ingress(PolicyMap::default(), &name);
+    deny_all.cluster = Arc::new(c);
+    dp.publisher.publish(deny_all);
+    assert!(dp.send(0, &routed(ACK)).is_none(), "routed flow");
+    assert!(dp.send(0, &service(ACK)).is_none(), "service connection");
+    assert_eq!(dp.stats.drops(DropReason::PolicyDenied), 2);
+    // and admits the client again: both connections carry on
+    dp.publisher.publish(with_policy());
+    assert!(dp.send(0, &routed(ACK)).is_some());
+    assert!(dp.send(0, &service(ACK)).is_some_and(|(_, o)| to_be1(&o)));
+    assert_eq!(dp.stats.drops(DropReason::PolicyDenied), 2);
+}
+
 #[test]
 fn without_policy_nothing_is_checked() {
     let mut dp = Lb::new(service_snapshot([1, 1, 2]));

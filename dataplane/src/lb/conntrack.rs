@@ -3,9 +3,9 @@
 //! NAT it was given. Per worker, no locks (decision 007).
 //!
 //! Memory is allocated once, at creation, for the configured bound, in huge pages; the fast path
-//! never grows a table. A connection costs its slot (32 bytes for IPv4, 80 for IPv6) and two
-//! 8-byte buckets of the index (index.rs) at most half full, plus 4 bytes of free list: 68 bytes
-//! for IPv4, 116 for IPv6 (`bytes_per_entry`).
+//! never grows a table. A connection costs its slot (36 bytes for IPv4, 84 for IPv6) and two
+//! 8-byte buckets of the index (index.rs) at most half full, plus 4 bytes of free list: 72 bytes
+//! for IPv4, 120 for IPv6 (`bytes_per_entry`).
 
 use super::index::Index;
 use super::slots::{Adoption, PersistAt, PlainBits, Slots};
@@ -203,6 +203,9 @@ pub struct Entry<A> {
     pub(super) _reserved: u8,
     /// CLOCK_MONOTONIC second at which the entry expires.
     pub expires: u32,
+    /// With FLAG_ALLOWED: the (low 32 bits of the) snapshot generation under which policy last
+    /// allowed the original direction (see `Entry::allowed_at`).
+    pub(super) allowed_gen: u32,
 }
 
 /// The slot holds a connection.
@@ -211,11 +214,13 @@ pub(super) const FLAG_USED: u8 = 1;
 pub(super) const FLAG_DSR: u8 = 2;
 /// The reply direction has been seen.
 pub(super) const FLAG_REPLIED: u8 = 4;
-pub(super) const FLAG_KNOWN: u8 = FLAG_USED | FLAG_DSR | FLAG_REPLIED;
+/// `allowed_gen` holds a policy verdict (an allow of the original direction).
+pub(super) const FLAG_ALLOWED: u8 = 8;
+pub(super) const FLAG_KNOWN: u8 = FLAG_USED | FLAG_DSR | FLAG_REPLIED | FLAG_ALLOWED;
 
 // The table file layout (slots.rs) relies on these sizes: no padding anywhere.
-const _: () = assert!(std::mem::size_of::<Entry<u32>>() == 32);
-const _: () = assert!(std::mem::size_of::<Entry<[u8; 16]>>() == 80);
+const _: () = assert!(std::mem::size_of::<Entry<u32>>() == 36);
+const _: () = assert!(std::mem::size_of::<Entry<[u8; 16]>>() == 84);
 
 impl<A: Copy + Default> Entry<A> {
     /// A free slot: all zero bits.
@@ -228,6 +233,7 @@ impl<A: Copy + Default> Entry<A> {
             flags: 0,
             _reserved: 0,
             expires: 0,
+            allowed_gen: 0,
         }
     }
 }
@@ -247,6 +253,24 @@ impl<A> Entry<A> {
     #[inline]
     pub fn replied(&self) -> bool {
         self.flags & FLAG_REPLIED != 0
+    }
+    /// Whether policy allowed the original direction under snapshot generation `generation`,
+    /// for a packet whose source identity is `src_identity` (cached by
+    /// `Table::set_allowed_at`).
+    /// - Policy and the ipcache change only with a new snapshot, so while the generation is the
+    ///   same the verdict is too.
+    /// - Generation 0 (a snapshot never published, as in tests that edit one in place) is never
+    ///   cached, nor is a verdict on an identity the tunnel carried (`src_identity` not 0): that
+    ///   is the packet's, not the connection's.
+    /// - The stamp is the generation's low 32 bits: a stale allow would need a connection that
+    ///   sent nothing through exactly a multiple of 2^32 publishes, and its idle timeout (6 h)
+    ///   ends it long before that many (one publish per millisecond would take 49 days).
+    #[inline]
+    pub fn allowed_at(&self, generation: u64, src_identity: u32) -> bool {
+        self.flags & FLAG_ALLOWED != 0
+            && generation != 0
+            && src_identity == 0
+            && self.allowed_gen == generation as u32
     }
 }
 
@@ -501,6 +525,7 @@ impl<A: Addr> Table<A> {
             flags: FLAG_USED | if dsr { FLAG_DSR } else { 0 },
             _reserved: 0,
             expires: 0,
+            allowed_gen: 0,
         };
         advance(&mut e, Dir::Original, tcp_flags, now, &self.timeouts);
         self.place(slot, e);
@@ -523,7 +548,9 @@ impl<A: Addr> Table<A> {
 
     /// Takes over a connection as an earlier process left it (state, expiry, translation);
     /// false when it collides with one already taken over, or the table is full.
-    fn adopt(&mut self, e: Entry<A>) -> bool {
+    fn adopt(&mut self, mut e: Entry<A>) -> bool {
+        // generations are this process's: a verdict cached by the earlier one means nothing
+        e.flags &= !FLAG_ALLOWED;
         let nat = e.nat();
         if self.contains(&nat.original(e.proto)) || (!e.dsr() && self.contains(&nat.reply(e.proto)))
         {
@@ -559,6 +586,25 @@ impl<A: Addr> Table<A> {
             .filter(|e| e.used())?;
         advance(e, dir, tcp_flags, now, &t);
         Some(e)
+    }
+
+    /// Caches that policy allowed `slot`'s original direction under snapshot generation
+    /// `generation`, for a packet of source identity `src_identity` (see `Entry::allowed_at`:
+    /// only identity 0 is cached).
+    #[inline]
+    pub fn set_allowed_at(&mut self, slot: u32, generation: u64, src_identity: u32) {
+        if src_identity != 0 {
+            return;
+        }
+        if let Some(e) = self
+            .slots
+            .as_mut_slice()
+            .get_mut(slot as usize)
+            .filter(|e| e.used())
+        {
+            e.allowed_gen = generation as u32;
+            e.flags |= FLAG_ALLOWED;
+        }
     }
 
     pub fn remove(&mut self, slot: u32) {
@@ -688,6 +734,30 @@ pub(crate) mod tests {
         assert_eq!(t.lookup(&n.reply(6)), Some((s, Dir::Reply)));
         assert_eq!(t.lookup(&n.original(17)), None);
         assert_eq!(t.insert(n, 6, SYN, 0), Err(InsertError::Exists));
+    }
+
+    #[test]
+    fn a_cached_verdict_holds_for_its_generation_only() {
+        let mut t = Table::new(4, Timeouts::default());
+        let s = t.insert(nat(1), 6, SYN, 0).unwrap();
+        let at = |t: &Table<u32>, generation, id| t.get(s).unwrap().allowed_at(generation, id);
+        assert!(!at(&t, 5, 0), "nothing cached yet");
+        t.set_allowed_at(s, 5, 0);
+        assert!(at(&t, 5, 0));
+        assert!(!at(&t, 6, 0), "the next snapshot");
+        assert!(
+            !at(&t, 5, 300),
+            "an identity the tunnel carried is checked every time"
+        );
+        t.set_allowed_at(s, 0, 0);
+        assert!(!at(&t, 0, 0), "a snapshot never published");
+        t.set_allowed_at(s, 7, 300);
+        assert!(!at(&t, 7, 0), "not cached for a tunnel identity");
+        // the slot's next connection starts without one
+        t.set_allowed_at(s, 8, 0);
+        t.remove(s);
+        let s2 = t.insert(nat(2), 6, SYN, 0).unwrap();
+        assert!(!t.get(s2).unwrap().allowed_at(8, 0));
     }
 
     #[test]

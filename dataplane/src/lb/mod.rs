@@ -737,16 +737,18 @@ fn one<A: Addr>(
             if tb.reopens(slot, dir, p.tcp_flags, now) {
                 tb.remove(slot);
             } else if let Some(e) = tb.seen(slot, dir, p.tcp_flags, now) {
-                let nat = e.nat();
+                let (nat, dsr) = (e.nat(), e.dsr());
                 // policy applies to every packet the client sends (client -> backend); replies
-                // of an allowed connection pass
-                if dir == Dir::Original {
+                // of an allowed connection pass. The entry keeps the verdict until the next
+                // snapshot.
+                if dir == Dir::Original && !e.allowed_at(snap.generation, src_identity) {
                     let (b, port) = (nat.backend.addr.ip(), nat.backend.port);
                     if let Err(d) = policy::check(snap, src_identity, p.src, b, t.proto, port) {
                         return Outcome::PolicyDrop(d);
                     }
+                    tb.set_allowed_at(slot, snap.generation, src_identity);
                 }
-                if e.dsr() {
+                if dsr {
                     return Outcome::Dsr {
                         backend: nat.backend.addr.ip(),
                         new: false,
@@ -844,6 +846,7 @@ fn one<A: Addr>(
         };
         return match tb.insert_dsr(nat, t.proto, p.tcp_flags, now) {
             Ok(slot) => {
+                tb.set_allowed_at(slot, snap.generation, src_identity);
                 if svc.affinity_timeout_s.is_some() {
                     affinity.put(affinity_key, h, now, backend, index as u16);
                 }
@@ -913,6 +916,7 @@ fn one<A: Addr>(
     };
     match tb.insert(nat, t.proto, p.tcp_flags, now) {
         Ok(slot) => {
+            tb.set_allowed_at(slot, snap.generation, src_identity);
             rewrite(pkt, p, &t, nat.source, nat.backend);
             if svc.affinity_timeout_s.is_some() {
                 affinity.put(affinity_key, h, now, nat.backend, index as u16);

@@ -11,7 +11,9 @@
 //! when a process crashed is torn, and every entry is validated before it is used.
 //!
 //! File layout, version [`LAYOUT_VERSION`]: a 4 KiB [`Header`], then `capacity` entries of
-//! `size_of::<Entry<A>>()` bytes (32 for IPv4, 80 for IPv6), `#[repr(C)]`.
+//! `size_of::<Entry<A>>()` bytes (36 for IPv4, 84 for IPv6), `#[repr(C)]`.
+//!
+//! Version 2 added the policy verdict stamp (`allowed_gen`) to the entry.
 
 use super::conntrack::{Entry, State, FLAG_KNOWN, FLAG_USED};
 use crate::hugepages::HugePages;
@@ -27,7 +29,7 @@ type HugeVec<T> = allocator_api2::vec::Vec<T, HugePages>;
 pub const MAGIC: [u8; 8] = *b"SLUICECT";
 /// Bumped whenever the header, `Entry`'s layout or the meaning of a field changes: a file of
 /// another version is discarded, never misread.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// The header's room: one page, so the entries start page aligned.
 const HEADER_LEN: usize = 4096;
 
@@ -419,6 +421,10 @@ mod tests {
         assert_eq!(r.adopted + r.expired + r.invalid, 0);
         assert!(r.discarded.is_none());
         three(&mut t, now);
+        // a cached policy verdict: generations are the process's, so the next one drops it
+        let est = t.lookup(&nat(1).original(tcp::PROTOCOL)).unwrap().0;
+        t.set_allowed_at(est, 1, 0);
+        assert!(t.get(est).unwrap().allowed_at(1, 0));
         drop(t);
 
         let (t, r) = open(&at(&d, 0, 1), 64, now);
@@ -439,6 +445,7 @@ mod tests {
         }
         let s = t.lookup(&nat(1).original(tcp::PROTOCOL)).unwrap().0;
         assert_eq!(t.get(s).unwrap().state, State::Established);
+        assert!(!t.get(s).unwrap().allowed_at(1, 0), "verdict left behind");
     }
 
     #[test]
@@ -479,7 +486,7 @@ mod tests {
         let d = dir("version");
         let now = clock_secs();
         for (what, poke_it, why) in [
-            ("version", Some((8usize, 2u8)), "layout version 2"),
+            ("version", Some((8usize, 3u8)), "layout version 3"),
             ("magic", Some((0, b'X')), "bad magic"),
             ("workers", None, "worker 0 of 1, now worker 0 of 2"),
         ] {
