@@ -411,16 +411,20 @@ impl<A: Addr> Table<A> {
     /// `lookup` with the tuple's hash already computed.
     #[inline]
     pub fn lookup_hashed(&self, h: u64, t: &Tuple<A>) -> Option<(u32, Dir)> {
-        let dir = |v: u32| {
-            if v & 1 == 1 {
-                Dir::Reply
-            } else {
-                Dir::Original
-            }
-        };
         self.index
-            .find(h, |v| self.holds(v >> 1, dir(v), t))
-            .map(|v| (v >> 1, dir(v)))
+            .find(h, |v| {
+                let (slot, dir) = unpack(v);
+                self.holds(slot, dir, t)
+            })
+            .map(unpack)
+    }
+
+    /// The first slot the index holds under hash `h`, and its direction: the connection of a
+    /// tuple with this hash, unless the hashes of two tuples collide, so the caller confirms it
+    /// with `holds` before use. Reads only the index, not the entry.
+    #[inline]
+    pub fn candidate(&self, h: u64) -> Option<(u32, Dir)> {
+        self.index.find(h, |_| true).map(unpack)
     }
 
     /// Whether a tuple is tracked (in either direction).
@@ -446,12 +450,14 @@ impl<A: Addr> Table<A> {
     pub fn prefetch(&self, slot: u32) {
         #[cfg(target_arch = "x86_64")]
         if let Some(e) = self.slots.as_slice().get(slot as usize) {
-            // SAFETY: a prefetch is only a hint and never faults; the address is in bounds.
+            let first = (e as *const Entry<A>).cast::<i8>();
+            // an entry may straddle two cache lines: its last byte's line too
+            let last = first.wrapping_add(std::mem::size_of::<Entry<A>>() - 1);
+            // SAFETY: a prefetch is only a hint and never faults; both addresses are in the
+            // entry, in bounds.
             unsafe {
-                core::arch::x86_64::_mm_prefetch(
-                    (e as *const Entry<A>).cast::<i8>(),
-                    core::arch::x86_64::_MM_HINT_T0,
-                )
+                core::arch::x86_64::_mm_prefetch(first, core::arch::x86_64::_MM_HINT_T0);
+                core::arch::x86_64::_mm_prefetch(last, core::arch::x86_64::_MM_HINT_T0);
             };
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -626,6 +632,11 @@ impl<A: Addr> Table<A> {
     /// Examines up to `budget` slots from the GC cursor and frees the expired ones. Returns how
     /// many were freed.
     pub fn gc_step(&mut self, now: u32, budget: usize) -> usize {
+        // an empty table has nothing to free: no reason to read its slots (a worker has four
+        // tables, and one family often carries nothing)
+        if self.len == 0 {
+            return 0;
+        }
         let mut freed = 0;
         for _ in 0..budget.min(self.max) {
             let slot = self.cursor;
@@ -659,6 +670,17 @@ impl<A: Addr> Table<A> {
         }
         false
     }
+}
+
+/// An index value: slot << 1 | direction (1 = reply).
+#[inline]
+fn unpack(v: u32) -> (u32, Dir) {
+    let dir = if v & 1 == 1 {
+        Dir::Reply
+    } else {
+        Dir::Original
+    };
+    (v >> 1, dir)
 }
 
 #[inline]

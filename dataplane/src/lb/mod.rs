@@ -222,11 +222,13 @@ impl<A: Addr> Family<A> {
         h
     }
 
-    /// The connection of `t`, its entry prefetched (second pass).
+    /// The likely connection of `t`, its entry prefetched (second pass): the index's first
+    /// match of the hash, not yet compared with the tuple (that would wait for the entry here,
+    /// packet after packet); the third pass compares it (`Table::holds`).
     #[inline]
     fn probe(&self, h: u64, t: &Tuple<A>) -> Option<(u32, Dir)> {
         let tb = self.table_of(t);
-        let hit = tb.lookup_hashed(h, t);
+        let hit = tb.candidate(h);
         if let Some((slot, _)) = hit {
             tb.prefetch(slot);
         }
