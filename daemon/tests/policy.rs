@@ -1,10 +1,11 @@
 //! Network policy in the lab with real curl: a CiliumNetworkPolicy admits the labelled client
 //! to the web pods on port 80 only, directly and through the service; relabelled, the same
-//! client is dropped with POLICY_DENIED.
+//! client is dropped with POLICY_DENIED. A policy published while a connection is open cuts
+//! it (each connection keeps its verdict only until the next snapshot, decision 016).
 
 mod common;
 
-use common::{api, lab_config, Lab, SERIAL};
+use common::{api, lab_config, repo_file, EchoServers, Lab, SERIAL};
 use serde_json::{json, Value};
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -65,14 +66,7 @@ fn a_policy_admits_the_labelled_client_and_drops_it_once_relabelled() {
     let o = lab.exec("cli", &["curl", "-s", "-m", "2", "http://10.20.0.11/"]);
     assert!(!o.status.success(), "an unlabelled client got through");
     let s = d.stats();
-    let denied: u64 = s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|w| w["drops"].as_array().unwrap().iter())
-        .filter(|x| x["reason"] == "POLICY_DENIED")
-        .map(|x| x["packets"].as_u64().unwrap())
-        .sum();
+    let denied = denied(&s);
     assert!(denied > 3, "POLICY_DENIED {denied}: {s}");
     // and which policy decided
     assert_eq!(
@@ -80,6 +74,81 @@ fn a_policy_admits_the_labelled_client_and_drops_it_once_relabelled() {
         Some(denied),
         "{s}"
     );
+}
+
+/// A connection open before a policy exists, routed to a web pod and through the service,
+/// talks until a policy that admits the client only on port 80 is published: then its next
+/// line is dropped, although every earlier one passed.
+#[test]
+fn a_policy_published_while_connections_are_open_cuts_them() {
+    let _g = lock();
+    let Some(lab) = Lab::up("polopen", 1) else {
+        return;
+    };
+    let d = lab.start_sluiced(&lab_config(1, ""));
+    common::apply(&lab, "lab-cluster.yaml");
+    put(&lab, "/v1/pods/lab/client", &client_pod("client"));
+    let _servers = EchoServers::start(&lab, 7000);
+    let svc = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "echo", "namespace": "lab"},
+        "spec": {"clusterIP": "10.96.0.70", "ports": [{"name": "echo", "port": 7000, "protocol": "TCP"}]}});
+    put(&lab, "/v1/services/lab/echo", &svc);
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "echo-lab", "namespace": "lab", "labels": {"kubernetes.io/service-name": "echo"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.20.0.11"], "conditions": {"ready": true}}],
+        "ports": [{"name": "echo", "port": 7000, "protocol": "TCP"}]});
+    put(&lab, "/v1/endpointslices/lab/echo-lab", &slice);
+    // a line every 50 ms for 6 s, on two connections: routed, and through the service
+    let echo = repo_file("tools/lab/echo.py");
+    let talkers: Vec<_> = ["10.20.0.11", "10.96.0.70"]
+        .iter()
+        .map(|to| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &lab.ns("cli")])
+                .args(["python3", &echo, "talk", to, "7000", "6"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("talker")
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let cnp = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "web-from-client", "namespace": "lab"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                              "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}});
+    put(&lab, "/v1/ciliumnetworkpolicies/lab/web-from-client", &cnp);
+    for (to, t) in ["routed", "service"].iter().zip(talkers) {
+        let out = t.wait_with_output().expect("talker output");
+        let r: Value = serde_json::from_slice(&out.stdout).expect("talker JSON");
+        eprintln!("{to}: {r}");
+        let echoed = r["echoed"].as_u64().unwrap();
+        // ~1.5 s of lines at 20/s before the policy; none after it (6 s would be ~120)
+        assert!(
+            echoed >= 10,
+            "{to}: the connection did not work before: {r}"
+        );
+        assert!(
+            r["error"].is_string(),
+            "{to}: still open after the policy: {r}; {}",
+            d.log_text()
+        );
+        assert!(echoed < 60, "{to}: {r}");
+    }
+    assert!(denied(&d.stats()) >= 2, "{}", d.stats());
+}
+
+/// Packets dropped as POLICY_DENIED in stats `s`, over the workers.
+fn denied(s: &Value) -> u64 {
+    s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["drops"].as_array().unwrap().iter())
+        .filter(|x| x["reason"] == "POLICY_DENIED")
+        .map(|x| x["packets"].as_u64().unwrap())
+        .sum()
 }
 
 /// The workers' counter `key`, summed.

@@ -6,16 +6,12 @@
 
 mod common;
 
-use common::{lab_config, Lab, SERIAL};
+use common::{lab_config, repo_file, Lab, SERIAL};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn repo_file(p: &str) -> String {
-    format!("{}/../{p}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The hold in this test: long enough for a restart on a loaded 2-core machine, short enough to

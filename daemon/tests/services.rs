@@ -8,15 +8,11 @@
 
 mod common;
 
-use common::{api, lab_config, Lab, SERIAL};
+use common::{api, lab_config, repo_file, EchoServers, Lab, SERIAL};
 use std::collections::HashMap;
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn repo_file(p: &str) -> String {
-    format!("{}/../{p}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// `count` fresh connections from the client to `url`: answers per backend.
@@ -195,18 +191,6 @@ fn wrk_through_the_loadbalancer_vip_splits_by_weight() {
     assert_split("wrk", &got, n, &WEIGHTS, 0.05 + 0.03);
 }
 
-/// Echo servers in the backend namespaces for the test's lifetime.
-struct EchoServers(Vec<std::process::Child>);
-
-impl Drop for EchoServers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn echo_slice(backends: &[&str]) -> serde_json::Value {
     serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "echo-lab", "namespace": "lab", "labels": {"kubernetes.io/service-name": "echo"}},
@@ -221,18 +205,7 @@ fn a_long_lived_connection_survives_backends_coming_and_going() {
     let Some(lab) = Lab::up("ll", 1) else { return };
     let d = lab.start_sluiced(&lab_config(1, ""));
     let echo = repo_file("tools/lab/echo.py");
-    let _servers = EchoServers(
-        (1..=3)
-            .map(|i| {
-                std::process::Command::new("ip")
-                    .args(["netns", "exec", &lab.ns(&format!("be{i}"))])
-                    .args(["python3", &echo, "serve", &format!("be{i}"), "7000"])
-                    .spawn()
-                    .expect("echo server")
-            })
-            .collect(),
-    );
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _servers = EchoServers::start(&lab, 7000);
     let client = api(&lab);
     let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "echo", "namespace": "lab"},

@@ -412,3 +412,47 @@ pub fn iface<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
         .and_then(|a| a.iter().find(|i| i["name"] == name))
         .unwrap_or_else(|| panic!("no interface {name} in stats: {v}"))
 }
+
+/// A file of the repository, by its path from the root.
+pub fn repo_file(p: &str) -> String {
+    format!("{}/../{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Line echo servers (`tools/lab/echo.py`) on `port` in the backend namespaces be1..be3, for
+/// the value's lifetime; each answers "be{i}: <line>".
+pub struct EchoServers(Vec<std::process::Child>);
+
+impl EchoServers {
+    pub fn start(lab: &Lab, port: u16) -> EchoServers {
+        let echo = repo_file("tools/lab/echo.py");
+        let servers = EchoServers(
+            (1..=3)
+                .map(|i| {
+                    std::process::Command::new("ip")
+                        .args(["netns", "exec", &lab.ns(&format!("be{i}"))])
+                        .args([
+                            "python3",
+                            &echo,
+                            "serve",
+                            &format!("be{i}"),
+                            &port.to_string(),
+                        ])
+                        .spawn()
+                        .expect("echo server")
+                })
+                .collect(),
+        );
+        // python's start-up, before the first connection
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        servers
+    }
+}
+
+impl Drop for EchoServers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
