@@ -125,7 +125,7 @@ fn every_frontend_splits_new_connections_by_weight() {
     let requests = 5 * 400 + 50 + 300;
     assert!(
         new <= requests && new >= requests * 98 / 100,
-        "lb_new_connections {new} for {requests} requests"
+        "lb_new_connections {new} for {requests} requests; status {st}; stats {stats}"
     );
 }
 
