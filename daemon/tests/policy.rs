@@ -21,6 +21,16 @@ fn put(lab: &Lab, path: &str, v: &Value) {
     assert_eq!(a.json().unwrap()["converged"], true);
 }
 
+/// The policy both tests publish: the web pods admit app=client on TCP port 80 only.
+fn put_web_from_client(lab: &Lab) {
+    let cnp = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "web-from-client", "namespace": "lab"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                              "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}});
+    put(lab, "/v1/ciliumnetworkpolicies/lab/web-from-client", &cnp);
+}
+
 fn client_pod(app: &str) -> Value {
     json!({"kind": "Pod", "metadata": {"name": "client", "namespace": "lab", "labels": {"app": app}},
            "status": {"podIP": "10.10.0.2"}})
@@ -36,12 +46,7 @@ fn a_policy_admits_the_labelled_client_and_drops_it_once_relabelled() {
     // before any policy: everything flows
     assert!(lab.curl("http://10.20.0.11/").is_some());
 
-    let cnp = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
-        "metadata": {"name": "web-from-client", "namespace": "lab"},
-        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
-                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
-                              "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}});
-    put(&lab, "/v1/ciliumnetworkpolicies/lab/web-from-client", &cnp);
+    put_web_from_client(&lab);
     // allowed: routed to a pod, and through the service to whichever backend
     for url in [
         "http://10.20.0.11/",
@@ -113,12 +118,7 @@ fn a_policy_published_while_connections_are_open_cuts_them() {
         })
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let cnp = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
-        "metadata": {"name": "web-from-client", "namespace": "lab"},
-        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
-                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
-                              "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}});
-    put(&lab, "/v1/ciliumnetworkpolicies/lab/web-from-client", &cnp);
+    put_web_from_client(&lab);
     for (to, t) in ["routed", "service"].iter().zip(talkers) {
         let out = t.wait_with_output().expect("talker output");
         let r: Value = serde_json::from_slice(&out.stdout).expect("talker JSON");
