@@ -24,6 +24,7 @@ pub mod packet;
 pub mod pipeline;
 pub mod policy;
 pub mod policy_stage;
+pub mod prefetch;
 pub mod region;
 pub mod state;
 pub mod stats;

@@ -448,20 +448,9 @@ impl<A: Addr> Table<A> {
     /// Asks the CPU to bring `slot`'s entry into the cache (a hint: no effect on correctness).
     #[inline]
     pub fn prefetch(&self, slot: u32) {
-        #[cfg(target_arch = "x86_64")]
         if let Some(e) = self.slots.as_slice().get(slot as usize) {
-            let first = (e as *const Entry<A>).cast::<i8>();
-            // an entry may straddle two cache lines: its last byte's line too
-            let last = first.wrapping_add(std::mem::size_of::<Entry<A>>() - 1);
-            // SAFETY: a prefetch is only a hint and never faults; both addresses are in the
-            // entry, in bounds.
-            unsafe {
-                core::arch::x86_64::_mm_prefetch(first, core::arch::x86_64::_MM_HINT_T0);
-                core::arch::x86_64::_mm_prefetch(last, core::arch::x86_64::_MM_HINT_T0);
-            };
+            crate::prefetch::read(e);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
     }
 
     pub fn get(&self, slot: u32) -> Option<&Entry<A>> {

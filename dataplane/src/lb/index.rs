@@ -70,16 +70,7 @@ impl Index {
     /// Asks the CPU for the home bucket of hash `h` (a hint).
     #[inline]
     pub fn prefetch(&self, h: u64) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let p = &self.buckets[self.home(h)] as *const u64;
-            // SAFETY: a prefetch is only a hint and never faults; the address is in bounds.
-            unsafe {
-                core::arch::x86_64::_mm_prefetch(p.cast::<i8>(), core::arch::x86_64::_MM_HINT_T0)
-            };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = h;
+        crate::prefetch::read(&self.buckets[self.home(h)]);
     }
 
     /// The value stored under hash `h` for which `is` says the key matches.
