@@ -1,8 +1,9 @@
 //! Cache prefetch hints for the fast path's batched lookups: a stage asks for the lines a
 //! batch's packets will need in one pass and uses them in a later one, so the misses overlap.
 
-/// Asks the CPU to bring the cache lines of `*r` (all of them: a value may straddle two) into
-/// L1. A hint only: it never faults and changes no result.
+/// Asks the CPU to bring the first and last cache lines of `*r` into L1: all of a value of up
+/// to 64 bytes, which may straddle two lines. A hint only: it never faults and changes no
+/// result.
 #[inline(always)]
 pub fn read<T>(r: &T) {
     #[cfg(target_arch = "x86_64")]
