@@ -141,39 +141,26 @@ fn one<A: Addr>(
         tb.seen(slot, Dir::Reply, flags, now);
         return Ok((slot, Dir::Reply, false, u16::MAX));
     }
-    // the entry keeps the verdict until the next snapshot; a closing packet is checked afresh,
-    // for the policy its flow event names
-    let closing = t.proto == tcp::PROTOCOL && flags & (tcp::flags::FIN | tcp::flags::RST) != 0;
+    let check = || policy::check(snap, src_identity, src, dst, t.proto, t.dport);
     if let Some((slot, dir)) = hit {
-        if !closing
-            && tb
-                .get(slot)
-                .is_some_and(|e| e.allowed_at(snap.generation, src_identity))
-        {
-            tb.seen(slot, dir, flags, now);
-            return Ok((slot, dir, false, u16::MAX));
-        }
+        // the entry keeps the verdict until the next snapshot; a closing packet is checked
+        // afresh, for the policy its flow event names
+        let closing = t.proto == tcp::PROTOCOL && flags & (tcp::flags::FIN | tcp::flags::RST) != 0;
+        let allowed_by = tb.policy_verdict(slot, snap.generation, src_identity, closing, check)?;
+        tb.seen(slot, dir, flags, now);
+        return Ok((slot, dir, false, allowed_by));
     }
-    let allowed_by = policy::check(snap, src_identity, src, dst, t.proto, t.dport)?;
-    let (slot, dir, new) = match hit {
-        Some((slot, dir)) => {
-            tb.seen(slot, dir, flags, now);
-            (slot, dir, false)
-        }
-        None => {
-            let slot = tb
-                .insert(flow(&t), t.proto, flags, now)
-                .map_err(|_| PolicyDrop {
-                    reason: DropReason::CtMapInsertionFailed,
-                    // not a policy's doing: no policy's counter
-                    slot: u16::MAX,
-                    egress: false,
-                })?;
-            (slot, Dir::Original, true)
-        }
-    };
+    let allowed_by = check()?;
+    let slot = tb
+        .insert(flow(&t), t.proto, flags, now)
+        .map_err(|_| PolicyDrop {
+            reason: DropReason::CtMapInsertionFailed,
+            // not a policy's doing: no policy's counter
+            slot: u16::MAX,
+            egress: false,
+        })?;
     tb.set_allowed_at(slot, snap.generation, src_identity);
-    Ok((slot, dir, new, allowed_by))
+    Ok((slot, Dir::Original, true, allowed_by))
 }
 
 /// The policy of one packet of flow `t` (and its L7 inspection if TCP).

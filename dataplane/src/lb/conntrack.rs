@@ -602,6 +602,30 @@ impl<A: Addr> Table<A> {
         }
     }
 
+    /// The policy verdict of a packet in `slot`'s original direction: the entry's own while it
+    /// holds an allow of this snapshot (`Ok(u16::MAX)`: no policy looked at), else `check`'s,
+    /// cached in the entry when it allows. `fresh` looks again whatever the entry holds.
+    #[inline]
+    pub fn policy_verdict<E>(
+        &mut self,
+        slot: u32,
+        generation: u64,
+        src_identity: u32,
+        fresh: bool,
+        check: impl FnOnce() -> Result<u16, E>,
+    ) -> Result<u16, E> {
+        if !fresh
+            && self
+                .get(slot)
+                .is_some_and(|e| e.allowed_at(generation, src_identity))
+        {
+            return Ok(u16::MAX);
+        }
+        let allowed_by = check()?;
+        self.set_allowed_at(slot, generation, src_identity);
+        Ok(allowed_by)
+    }
+
     pub fn remove(&mut self, slot: u32) {
         let Some(e) = self.get(slot).copied() else {
             return;

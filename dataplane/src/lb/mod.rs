@@ -770,12 +770,14 @@ fn one<A: Addr>(
                 // policy applies to every packet the client sends (client -> backend); replies
                 // of an allowed connection pass. The entry keeps the verdict until the next
                 // snapshot.
-                if dir == Dir::Original && !e.allowed_at(snap.generation, src_identity) {
+                if dir == Dir::Original {
                     let (b, port) = (nat.backend.addr.ip(), nat.backend.port);
-                    if let Err(d) = policy::check(snap, src_identity, p.src, b, t.proto, port) {
+                    let check = || policy::check(snap, src_identity, p.src, b, t.proto, port);
+                    let generation = snap.generation;
+                    if let Err(d) = tb.policy_verdict(slot, generation, src_identity, false, check)
+                    {
                         return Outcome::PolicyDrop(d);
                     }
-                    tb.set_allowed_at(slot, snap.generation, src_identity);
                 }
                 if dsr {
                     return Outcome::Dsr {
