@@ -53,7 +53,7 @@ pub(super) fn rewrite<A: Addr>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tuple;
+    use super::super::stage::tuple;
     use super::*;
     use crate::wire::build::{PacketSpec, L4};
     use crate::wire::parse::{parse, TunnelPorts};
