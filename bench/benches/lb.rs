@@ -37,6 +37,14 @@ fn maglev(c: &mut Criterion) {
             x.iter(|| build(std::hint::black_box(&b), m, 0x5eed))
         });
     }
+    // weighted tables read the fill's clock (lb::maglev::build); equal weights do not
+    let mut b = members(100);
+    for (i, m) in b.iter_mut().enumerate() {
+        m.weight = [1, 1, 2, 5][i % 4];
+    }
+    g.bench_function("M=65521 N=100 weights 1:1:2:5", |x| {
+        x.iter(|| build(std::hint::black_box(&b), 65521, 0x5eed))
+    });
     g.finish();
 }
 
