@@ -45,6 +45,32 @@ struct Args {
 /// How often the control loop reconciles neighbours and drains resolution requests: short enough
 /// that a first packet to a new next hop is retried successfully within a TCP SYN retransmit.
 const CONTROL_TICK: Duration = Duration::from_millis(100);
+/// The control loop's sleep between turns, cut short by a published snapshot.
+#[derive(Default)]
+struct Tick {
+    woken: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Tick {
+    /// Sleeps up to `most`, or until a wake since the last wait.
+    fn wait(&self, most: Duration) {
+        let woken = self.woken.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut woken, _) = self
+            .cv
+            .wait_timeout_while(woken, most, |w| !*w)
+            .unwrap_or_else(|p| p.into_inner());
+        *woken = false;
+    }
+}
+
+impl sluice_dataplane::state::Wake for Tick {
+    fn wake(&self) {
+        *self.woken.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_one();
+    }
+}
+
 /// How often the restart hold is renewed: a second is a small part of the hold (5 s by
 /// default), so a crash is held for nearly the whole hold, and one map write a second is free.
 const HOLD_RENEWAL: Duration = Duration::from_secs(1);
@@ -138,6 +164,10 @@ fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Resu
     if let Some(n) = &neighbors {
         hub.set_neighbors(n.table());
     }
+    // a publish wakes the control loop, so the steering map follows a change at once rather
+    // than at the next tick (an API change with ?wait=true waits for it)
+    let tick = Arc::new(Tick::default());
+    hub.add_waker(tick.clone());
     // The last applied cluster state, before any packet or syncer arrives.
     let store = restore_state(&cfg)?;
     hub.set_cluster(store.tables());
@@ -266,7 +296,7 @@ fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Resu
                 tracing::warn!("counters: {e:#}");
             }
         }
-        std::thread::sleep(CONTROL_TICK);
+        tick.wait(CONTROL_TICK);
     }
 
     notifier.send("STOPPING=1");
