@@ -135,9 +135,18 @@ impl Store {
         if previous.as_deref() == Some(&v) {
             return Ok((key, Outcome::Unchanged));
         }
-        let affected = self.affected_services(&key, previous.as_deref(), Some(&v));
-        // Compile with the object in place, check, and only then commit.
-        let plan = self.plan(&affected, &key, Some(&v))?;
+        // Compile with the object in place, check, and only then commit. While `replace_all`
+        // loads, services are compiled once at the end instead (`compile_loaded`); what the
+        // plan would check of the object itself is checked here, so the error names its item.
+        let plan = if self.bulk {
+            if key.kind == Kind::Service {
+                model::service(&key, &v)?;
+            }
+            Vec::new()
+        } else {
+            let affected = self.affected_services(&key, previous.as_deref(), Some(&v));
+            self.plan(&affected, Some((&key, Some(&v))))?
+        };
         let v = Arc::new(v);
         self.index(&key, previous.as_deref(), Some(&v));
         self.objects.insert(key.clone(), v);
@@ -158,7 +167,7 @@ impl Store {
         let previous = self.objects.get(key).cloned()?;
         let affected = self.affected_services(key, Some(&previous), None);
         // Removing objects cannot create conflicts: planning cannot fail here.
-        let plan = self.plan(&affected, key, None).unwrap_or_default();
+        let plan = self.plan(&affected, Some((key, None))).unwrap_or_default();
         self.index(key, Some(&previous), None);
         self.objects.remove(key);
         self.commit(plan);
@@ -176,16 +185,19 @@ impl Store {
         fresh.policy_slots = self.policy_slots.clone();
         fresh.next_policy_slot = self.next_policy_slot;
         fresh.bulk = true;
+        let at_item = |i: usize, mut e: Invalid| {
+            e.field = if e.field.is_empty() {
+                format!("items[{i}]")
+            } else {
+                format!("items[{i}].{}", e.field)
+            };
+            e
+        };
         let mut seen = BTreeSet::new();
+        // the services in the order of their items: the first to claim a frontend keeps it
+        let mut services = Vec::new();
         for (i, v) in items.into_iter().enumerate() {
-            let (key, _) = fresh.put(v, None).map_err(|mut e| {
-                e.field = if e.field.is_empty() {
-                    format!("items[{i}]")
-                } else {
-                    format!("items[{i}].{}", e.field)
-                };
-                e
-            })?;
+            let (key, _) = fresh.put(v, None).map_err(|e| at_item(i, e))?;
             if !seen.insert(key.clone()) {
                 return Err(Invalid {
                     object: key.to_string(),
@@ -193,7 +205,13 @@ impl Store {
                     reason: "the same object appears twice in the list".into(),
                 });
             }
+            if key.kind == Kind::Service {
+                services.push((i, (key.namespace, key.name)));
+            }
         }
+        fresh
+            .compile_loaded(&services)
+            .map_err(|(i, e)| at_item(i, e))?;
         fresh.bulk = false;
         fresh.rebuild_identities();
         let n = fresh.len();
@@ -226,33 +244,45 @@ impl Store {
         out
     }
 
-    /// Compiles the affected services as they would be with `key` set to `after`, and checks
-    /// that no frontend is claimed by two services.
+    /// Compiles the affected services as they would be with `change` applied (an object's key
+    /// and its new value, None: deleted), and checks that no frontend is claimed by two services.
     fn plan(
         &self,
         affected: &[SvcId],
-        key: &ObjectKey,
-        after: Option<&Value>,
+        change: Option<(&ObjectKey, Option<&Value>)>,
     ) -> Result<Plan, Invalid> {
         let mut plan = Vec::new();
         for id in affected {
-            let svc_key = ObjectKey {
-                kind: Kind::Service,
-                namespace: id.0.clone(),
-                name: id.1.clone(),
-            };
-            let svc_val = if *key == svc_key {
-                after
-            } else {
-                self.objects.get(&svc_key).map(|v| &**v)
-            };
-            let Some(svc_val) = svc_val else {
-                plan.push((id.clone(), Vec::new()));
-                continue;
-            };
-            let view = model::service(&svc_key, svc_val)?;
-            let mut slices: Vec<EndpointSliceView> = Vec::new();
-            let mut names: BTreeSet<String> = self.slices_of.get(id).cloned().unwrap_or_default();
+            let compiled = self.compile(id, change)?;
+            self.check_frontends(id, &compiled)?;
+            plan.push((id.clone(), compiled));
+        }
+        Ok(plan)
+    }
+
+    /// One service's frontends and tables from its objects, with `change` applied; none if it
+    /// has no Service object.
+    fn compile(
+        &self,
+        id: &SvcId,
+        change: Option<(&ObjectKey, Option<&Value>)>,
+    ) -> Result<Compiled, Invalid> {
+        let svc_key = ObjectKey {
+            kind: Kind::Service,
+            namespace: id.0.clone(),
+            name: id.1.clone(),
+        };
+        // an object as it is with the change
+        let value = |k: &ObjectKey| match change {
+            Some((key, after)) if key == k => after,
+            _ => self.objects.get(k).map(|v| &**v),
+        };
+        let Some(svc_val) = value(&svc_key) else {
+            return Ok(Vec::new());
+        };
+        let view = model::service(&svc_key, svc_val)?;
+        let mut names: BTreeSet<String> = self.slices_of.get(id).cloned().unwrap_or_default();
+        if let Some((key, after)) = change {
             if key.kind == Kind::EndpointSlice && key.namespace == id.0 {
                 names.remove(&key.name);
                 if let Some(v) = after {
@@ -261,51 +291,90 @@ impl Store {
                     }
                 }
             }
-            for n in &names {
-                let sk = ObjectKey {
-                    kind: Kind::EndpointSlice,
-                    namespace: id.0.clone(),
-                    name: n.clone(),
-                };
-                let v = if sk == *key {
-                    after
-                } else {
-                    self.objects.get(&sk).map(|v| &**v)
-                };
-                if let Some(v) = v {
-                    slices.push(model::endpoint_slice(&sk, v)?);
-                }
-            }
-            let compiled = compile_service(
-                &format!("{}/{}", id.0, id.1),
-                &view,
-                &slices,
-                &Context {
-                    node_addresses: &self.node_addresses,
-                    local_node: self.local_node.as_deref(),
-                    lb: self.lb,
-                },
-            );
-            for (fe, _) in &compiled {
-                if let Some(owner) = self.tables.services.get(fe) {
-                    if *owner.name != *format!("{}/{}", id.0, id.1) {
-                        return Err(Invalid {
-                            object: svc_key.to_string(),
-                            field: "spec".into(),
-                            reason: format!(
-                                "frontend {}:{}/{} is already served by Service {}",
-                                fe.addr,
-                                fe.port,
-                                proto_name(fe.proto),
-                                owner.name
-                            ),
-                        });
-                    }
-                }
-            }
-            plan.push((id.clone(), compiled));
         }
-        Ok(plan)
+        let mut slices: Vec<EndpointSliceView> = Vec::new();
+        for n in &names {
+            let sk = ObjectKey {
+                kind: Kind::EndpointSlice,
+                namespace: id.0.clone(),
+                name: n.clone(),
+            };
+            if let Some(v) = value(&sk) {
+                slices.push(model::endpoint_slice(&sk, v)?);
+            }
+        }
+        Ok(compile_service(
+            &format!("{}/{}", id.0, id.1),
+            &view,
+            &slices,
+            &Context {
+                node_addresses: &self.node_addresses,
+                local_node: self.local_node.as_deref(),
+                lb: self.lb,
+            },
+        ))
+    }
+
+    /// Err if another service already serves one of `compiled`'s frontends.
+    fn check_frontends(&self, id: &SvcId, compiled: &Compiled) -> Result<(), Invalid> {
+        let name = format!("{}/{}", id.0, id.1);
+        for (fe, _) in compiled {
+            if let Some(owner) = self.tables.services.get(fe) {
+                if *owner.name != *name {
+                    let key = ObjectKey {
+                        kind: Kind::Service,
+                        namespace: id.0.clone(),
+                        name: id.1.clone(),
+                    };
+                    return Err(Invalid {
+                        object: key.to_string(),
+                        field: "spec".into(),
+                        reason: format!(
+                            "frontend {}:{}/{} is already served by Service {}",
+                            fe.addr,
+                            fe.port,
+                            proto_name(fe.proto),
+                            owner.name
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compiles every service `replace_all` loaded (item index, service), on as many threads
+    /// as there are cores (their Maglev tables are most of a full apply: 10,000 of them), then
+    /// commits them in item order, so the first item to claim a frontend keeps it.
+    fn compile_loaded(&mut self, services: &[(usize, SvcId)]) -> Result<(), (usize, Invalid)> {
+        // below ~64 services a thread costs more than it saves
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(services.len().div_ceil(64))
+            .max(1);
+        let store = &*self;
+        let compiled: Vec<Result<Compiled, Invalid>> = std::thread::scope(|s| {
+            let parts: Vec<_> = services
+                .chunks(services.len().div_ceil(threads).max(1))
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|(_, id)| store.compile(id, None))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for ((i, id), c) in services.iter().zip(compiled) {
+            let c = c.map_err(|e| (*i, e))?;
+            self.check_frontends(id, &c).map_err(|e| (*i, e))?;
+            self.commit(vec![(id.clone(), c)]);
+        }
+        Ok(())
     }
 
     fn commit(&mut self, plan: Plan) {
@@ -760,6 +829,50 @@ mod tests {
         );
         assert_eq!(s.len(), 1);
         assert_eq!(s.tables.services, before);
+    }
+
+    /// A full apply compiles every service once at the end, on several threads: the same
+    /// tables as putting the objects one by one, slices before or after their service, and a
+    /// frontend claimed twice is refused at the later item.
+    #[test]
+    fn a_full_apply_compiles_as_puts_do() {
+        let mut items = Vec::new();
+        for i in 0..300u32 {
+            let name = format!("svc-{i}");
+            let ip = format!("10.96.{}.{}", i / 200, i % 200 + 1);
+            let mut v = svc(&name, &ip);
+            v["spec"]["type"] = json!("ClusterIP");
+            let addrs = [
+                format!("10.1.{}.{}", i / 200, i % 200 + 1),
+                format!("10.2.0.{}", i % 250 + 1),
+            ];
+            let sl = slice(&format!("{name}-x"), &name, &[&addrs[0], &addrs[1]]);
+            if i % 2 == 0 {
+                items.extend([v, sl]);
+            } else {
+                items.extend([sl, v]);
+            }
+        }
+        let mut one_by_one = Store::new(vec![]);
+        for v in items.clone() {
+            one_by_one.put(v, None).unwrap();
+        }
+        let mut full = Store::new(vec![]);
+        assert_eq!(full.replace_all(items.clone()).unwrap(), 600);
+        assert_eq!(full.tables.services.len(), 300);
+        assert_eq!(full.tables.services, one_by_one.tables.services);
+
+        // item 600 takes svc-7's address and port: refused there, and nothing changes
+        let mut clash = svc("late", "10.96.0.8");
+        clash["spec"]["type"] = json!("ClusterIP");
+        items.push(clash);
+        let e = full.replace_all(items).unwrap_err();
+        assert_eq!(e.field, "items[600].spec");
+        assert!(
+            e.reason.contains("already served by Service shop/svc-7"),
+            "{e}"
+        );
+        assert_eq!(full.tables.services, one_by_one.tables.services);
     }
 
     #[test]
