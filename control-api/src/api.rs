@@ -237,23 +237,34 @@ impl WaitQuery {
 /// Publishes the store's tables after a change, schedules the state write, optionally waits for
 /// the workers; builds the answer.
 async fn published(ctx: &Ctx, generation: u64, wait: bool, mut body: Value) -> Response {
-    let mut converged = converged_now(ctx, generation);
+    let mut converged = converged_now(&ctx.api, generation);
     if wait && !converged {
-        let start = Instant::now();
-        while !converged && start.elapsed() < WAIT_LIMIT {
-            tokio::time::sleep(WAIT_POLL).await;
-            converged = converged_now(ctx, generation);
-        }
+        // Polled off the runtime with the thread's own sleep: tokio's timer rounds every sleep
+        // up to its 1 ms tick, which was most of a single change's ~2 ms answer.
+        let api = ctx.api.clone();
+        converged = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            loop {
+                if converged_now(&api, generation) {
+                    return true;
+                }
+                if start.elapsed() >= WAIT_LIMIT {
+                    return false;
+                }
+                std::thread::sleep(WAIT_POLL);
+            }
+        })
+        .await
+        .unwrap_or(false);
     }
     body["generation"] = json!(generation);
     body["converged"] = json!(converged);
     Json(body).into_response()
 }
 
-fn converged_now(ctx: &Ctx, generation: u64) -> bool {
-    ctx.api.status.steered_generation() >= generation
-        && ctx
-            .api
+fn converged_now(api: &Api, generation: u64) -> bool {
+    api.status.steered_generation() >= generation
+        && api
             .status
             .worker_generations()
             .iter()
@@ -272,7 +283,13 @@ async fn mutate<T: Send + 'static>(
         let (out, changed) = f(&mut store)?;
         let generation = if changed {
             let g = api.hub.set_cluster(store.tables());
-            api.persister.schedule(store.snapshot_objects());
+            // the state as it is when the writer gets to it (None once the API is gone)
+            let weak = Arc::downgrade(&api);
+            api.persister.schedule_from(Box::new(move || {
+                let api = weak.upgrade()?;
+                let store = api.store.lock().unwrap_or_else(|p| p.into_inner());
+                Some(store.snapshot_objects())
+            }));
             g
         } else {
             api.hub.generation()
