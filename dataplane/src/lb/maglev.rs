@@ -102,8 +102,6 @@ pub fn build(members: &[Member], m: u32, seed: u64) -> Vec<u16> {
         t.need += 1;
     }
     turns.sort_by_key(|t| t.rank);
-    // (member, slot) in the order they were claimed; a look happens only while a slot is free,
-    // so `filled` < M at every write
     let mut table = vec![0u16; m];
     // occupancy as a bitmap: a look reads 1 bit (8 KiB for M=65521, in L1)
     let mut taken = vec![0u64; m.div_ceil(64)];
