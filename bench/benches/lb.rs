@@ -31,7 +31,9 @@ fn members(n: usize) -> Vec<Member> {
 
 fn maglev(c: &mut Criterion) {
     let mut g = c.benchmark_group("maglev_build");
-    for (m, n) in [(16381u32, 1000usize), (65521, 100)] {
+    // the two targets, and the default table of a typical Service (the full apply's
+    // 10,000 builds)
+    for (m, n) in [(16381u32, 1000usize), (65521, 100), (16381, 10)] {
         let b = members(n);
         g.bench_function(format!("M={m} N={n}"), |x| {
             x.iter(|| build(std::hint::black_box(&b), m, 0x5eed))
