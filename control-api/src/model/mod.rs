@@ -110,7 +110,8 @@ pub(crate) type VResult<T> = Result<T, Invalid>;
 
 /// Field access that records where it is, so an error can name the path.
 pub(crate) struct At<'a> {
-    pub(crate) object: &'a str,
+    /// The object's name in errors (written out only for one).
+    pub(crate) object: &'a dyn fmt::Display,
 }
 
 impl At<'_> {
@@ -197,7 +198,7 @@ fn dns_name_problem(s: &str, max: usize, dots: bool) -> Option<String> {
 /// Reads apiVersion/kind/metadata and checks them; `expect` pins kind/namespace/name when the URL
 /// gave them (an absent namespace in the body takes the URL's, or "default").
 pub fn identify(v: &Value, expect: Option<&ObjectKey>) -> VResult<ObjectKey> {
-    let unnamed = At { object: "object" };
+    let unnamed = At { object: &"object" };
     if !v.is_object() {
         return Err(unnamed.bad("", "an object must be a JSON/YAML mapping"));
     }
@@ -256,8 +257,7 @@ pub fn identify(v: &Value, expect: Option<&ObjectKey>) -> VResult<ObjectKey> {
         namespace,
         name,
     };
-    let object = key.to_string();
-    let at = At { object: &object };
+    let at = At { object: &key };
     if let Some(av) = at.opt_str(v, "apiVersion")? {
         if av != kind.api_version() {
             return Err(at.bad(

@@ -159,8 +159,7 @@ fn lb_annotations(at: &At, v: &Value) -> VResult<(Option<Algorithm>, Option<u32>
 const DEFAULT_AFFINITY_S: i64 = 10800;
 
 pub fn service(key: &ObjectKey, v: &Value) -> VResult<ServiceView> {
-    let object = key.to_string();
-    let at = At { object: &object };
+    let at = At { object: key };
     let type_ = at
         .opt_str(v, "spec.type")?
         .unwrap_or("ClusterIP")
@@ -299,8 +298,7 @@ pub struct EndpointSliceView {
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 pub fn endpoint_slice(key: &ObjectKey, v: &Value) -> VResult<EndpointSliceView> {
-    let object = key.to_string();
-    let at = At { object: &object };
+    let at = At { object: key };
     let service = v
         .get("metadata")
         .and_then(|m| m.get("labels"))
@@ -324,13 +322,17 @@ pub fn endpoint_slice(key: &ObjectKey, v: &Value) -> VResult<EndpointSliceView> 
     for (i, e) in at.opt_array(v, "endpoints")?.iter().enumerate() {
         let mut addrs = Vec::new();
         for (j, a) in at.opt_array(e, "addresses")?.iter().enumerate() {
-            let f = format!("endpoints[{i}].addresses[{j}]");
-            let s = a.as_str().ok_or_else(|| at.bad(&f, "must be a string"))?;
+            // the path only for an error: a slice has many addresses, and 10,000 of them are
+            // read at each full apply
+            let f = || format!("endpoints[{i}].addresses[{j}]");
+            let s = a.as_str().ok_or_else(|| at.bad(f(), "must be a string"))?;
             let Some(v6) = family else { continue };
-            let ip = at.ip(s, &f)?;
+            let ip = s
+                .parse::<IpAddr>()
+                .map_err(|_| at.bad(f(), format!("{s:?} is not a valid IP address")))?;
             if ip.is_ipv6() != v6 {
                 return Err(at.bad(
-                    &f,
+                    f(),
                     format!(
                         "{s} is not an address of addressType {}",
                         if v6 { "IPv6" } else { "IPv4" }
@@ -339,8 +341,9 @@ pub fn endpoint_slice(key: &ObjectKey, v: &Value) -> VResult<EndpointSliceView> 
             }
             addrs.push(ip);
         }
+        let conditions = e.get("conditions").unwrap_or(&Value::Null);
         let c = |k: &str| {
-            at.opt_bool(e, &format!("conditions.{k}"))
+            at.opt_bool(conditions, k)
                 .map_err(|x| at.bad(format!("endpoints[{i}].conditions.{k}"), x.reason))
         };
         // Kubernetes: a missing `ready` is unknown and read as ready; `serving` defaults to ready.
@@ -379,8 +382,7 @@ pub struct NodeView {
 pub const VTEP_MAC_ANNOTATION: &str = "sluice.io/vtep-mac";
 
 pub fn node(key: &ObjectKey, v: &Value) -> VResult<NodeView> {
-    let object = key.to_string();
-    let at = At { object: &object };
+    let at = At { object: key };
     let mut addrs = Vec::new();
     for (i, a) in at.opt_array(v, "status.addresses")?.iter().enumerate() {
         let t = at.opt_str(a, "type")?.unwrap_or("");
@@ -425,8 +427,7 @@ pub fn node(key: &ObjectKey, v: &Value) -> VResult<NodeView> {
 }
 
 pub fn pod(key: &ObjectKey, v: &Value) -> VResult<Vec<IpAddr>> {
-    let object = key.to_string();
-    let at = At { object: &object };
+    let at = At { object: key };
     let mut ips = Vec::new();
     if let Some(ip) = at.opt_str(v, "status.podIP")? {
         ips.push(at.ip(ip, "status.podIP")?);
@@ -451,8 +452,7 @@ pub const EGRESS_BANDWIDTH: &str = "kubernetes.io/egress-bandwidth";
 /// A pod's egress rate limit in bits/s (`kubernetes.io/egress-bandwidth`, a Kubernetes
 /// quantity: "10M" is 10 Mbit/s; k M G T decimal, Ki Mi Gi Ti binary), if it has one.
 pub fn pod_egress_bandwidth(key: &ObjectKey, v: &Value) -> VResult<Option<u64>> {
-    let object = key.to_string();
-    let at = At { object: &object };
+    let at = At { object: key };
     let field = format!("metadata.annotations[{EGRESS_BANDWIDTH}]");
     let Some(q) = v
         .pointer("/metadata/annotations")
@@ -497,8 +497,7 @@ pub fn pod_egress_bandwidth(key: &ObjectKey, v: &Value) -> VResult<Option<u64>> 
 
 /// Policies: read in full into the policy engine's rules (every error names its field).
 pub fn policy(key: &ObjectKey, v: &Value) -> VResult<Vec<crate::policy::rules::Rule>> {
-    let object = key.to_string();
-    let at = At { object: &object };
+    let at = At { object: key };
     for f in ["spec", "specs"] {
         if let Some(s) = v.get(f) {
             let ok = match f {
