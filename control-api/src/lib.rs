@@ -6,6 +6,7 @@ pub mod api;
 pub mod capture;
 pub mod compile;
 pub mod config;
+pub mod cores;
 pub mod flows;
 pub mod identity;
 pub mod model;

@@ -51,6 +51,9 @@ pub struct Store {
     /// policy while the process runs (so a counter never mixes two policies).
     policy_slots: BTreeMap<String, u16>,
     next_policy_slot: u16,
+    /// Cores a full apply may also compile on, at idle priority (the workers' cores when they
+    /// sleep while idle; see `with_spare_cores`).
+    spare_cores: Arc<[usize]>,
 }
 
 impl Store {
@@ -70,7 +73,17 @@ impl Store {
             policy_slots: BTreeMap::new(),
             // slot 0 counts the policies beyond the counters' capacity
             next_policy_slot: 1,
+            spare_cores: Arc::new([]),
         }
+    }
+
+    /// Lets a full apply compile on these cores too, in threads of the idle scheduling class:
+    /// they run only when nothing else on the core wants to, and a waking worker preempts them
+    /// at once. For the cores of workers that sleep when idle (adaptive polling); a busy-polling
+    /// worker never leaves its core idle.
+    pub fn with_spare_cores(mut self, cores: Vec<usize>) -> Self {
+        self.spare_cores = cores.into();
+        self
     }
 
     /// Sets the load-balancing defaults.
@@ -180,6 +193,7 @@ impl Store {
         let mut fresh = Store::new(self.node_addresses.clone())
             .with_local_node(self.local_node.clone())
             .with_lb(self.lb);
+        fresh.spare_cores = self.spare_cores.clone();
         // identities of the label sets that already had one stay the same
         fresh.identities = self.identities.clone();
         fresh.policy_slots = self.policy_slots.clone();
@@ -347,29 +361,48 @@ impl Store {
     /// as there are cores (their Maglev tables are most of a full apply: 10,000 of them), then
     /// commits them in item order, so the first item to claim a frontend keeps it.
     fn compile_loaded(&mut self, services: &[(usize, SvcId)]) -> Result<(), (usize, Invalid)> {
-        // below ~64 services a thread costs more than it saves
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
+        // Services are handed out in chunks as threads ask (a thread on a spare core may get
+        // little time); below ~64 services a thread costs more than it saves.
+        const CHUNK: usize = 16;
+        let own = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (own + self.spare_cores.len())
             .min(services.len().div_ceil(64))
             .max(1);
         let store = &*self;
-        let compiled: Vec<Result<Compiled, Invalid>> = std::thread::scope(|s| {
-            let parts: Vec<_> = services
-                .chunks(services.len().div_ceil(threads).max(1))
-                .map(|part| {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut compiled: Vec<(usize, Result<Compiled, Invalid>)> =
+            Vec::with_capacity(services.len());
+        std::thread::scope(|s| {
+            let parts: Vec<_> = (0..threads)
+                .map(|n| {
+                    let spare = n.checked_sub(own).map(|i| store.spare_cores[i]);
+                    let next = &next;
                     s.spawn(move || {
-                        part.iter()
-                            .map(|(_, id)| store.compile(id, None))
-                            .collect::<Vec<_>>()
+                        if let Some(core) = spare {
+                            // best effort: otherwise it runs beside the others
+                            let _ = crate::cores::idle_on(core);
+                        }
+                        let mut done = Vec::new();
+                        loop {
+                            let start = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
+                            if start >= services.len() {
+                                break done;
+                            }
+                            for (i, (_, id)) in services.iter().enumerate().skip(start).take(CHUNK)
+                            {
+                                done.push((i, store.compile(id, None)));
+                            }
+                        }
                     })
                 })
                 .collect();
-            parts
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+            for h in parts {
+                compiled.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
         });
-        for ((i, id), c) in services.iter().zip(compiled) {
+        // each service once, by one of the threads; back in item order
+        compiled.sort_unstable_by_key(|(i, _)| *i);
+        for ((i, id), (_, c)) in services.iter().zip(compiled) {
             let c = c.map_err(|e| (*i, e))?;
             self.check_frontends(id, &c).map_err(|e| (*i, e))?;
             self.commit(vec![(id.clone(), c)]);
@@ -861,6 +894,11 @@ mod tests {
         assert_eq!(full.replace_all(items.clone()).unwrap(), 600);
         assert_eq!(full.tables.services.len(), 300);
         assert_eq!(full.tables.services, one_by_one.tables.services);
+        // with threads on spare cores too (idle class), and a replace that keeps them
+        let mut spare = Store::new(vec![]).with_spare_cores(vec![0, 0]);
+        spare.replace_all(vec![]).unwrap();
+        assert_eq!(spare.replace_all(items.clone()).unwrap(), 600);
+        assert_eq!(spare.tables.services, one_by_one.tables.services);
 
         // item 600 takes svc-7's address and port: refused there, and nothing changes
         let mut clash = svc("late", "10.96.0.8");

@@ -251,8 +251,8 @@ fn worker_core(cfg: &Config, q: u32) -> Option<core_affinity::CoreId> {
 /// there are any. A worker then has its core to itself: the scheduler no longer time-slices it
 /// with those threads, or places them on its core when a worker's transmit wakes them, which
 /// stalled packets for milliseconds in busy-poll mode. With a worker on every core, nothing
-/// changes.
-pub fn confine_housekeeping(cfg: &Config) {
+/// changes. Returns the workers' cores it kept the threads off (none if it changed nothing).
+pub fn confine_housekeeping(cfg: &Config) -> Vec<usize> {
     let workers: HashSet<usize> = (0..cfg.dataplane.queues)
         .filter_map(|q| worker_core(cfg, q))
         .map(|c| c.id)
@@ -264,7 +264,7 @@ pub fn confine_housekeeping(cfg: &Config) {
         .collect();
     if workers.is_empty() || rest.is_empty() {
         tracing::info!("no core without a worker: the other threads share the workers' cores");
-        return;
+        return Vec::new();
     }
     // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET only writes inside it (core ids come
     // from sched_getaffinity, below CPU_SETSIZE); pid 0 is the calling thread.
@@ -277,8 +277,12 @@ pub fn confine_housekeeping(cfg: &Config) {
     };
     if r == 0 {
         tracing::info!(cores = ?rest, "threads other than the workers run on the cores without one");
+        let mut workers: Vec<usize> = workers.into_iter().collect();
+        workers.sort_unstable();
+        workers
     } else {
         tracing::warn!(error = %std::io::Error::last_os_error(), "could not keep the other threads off the workers' cores");
+        Vec::new()
     }
 }
 

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use neighbors::Neighbors;
 use sluice_control::api::Api;
-use sluice_control::config::Config;
+use sluice_control::config::{Config, PollModeCfg};
 use sluice_control::persist::{self, Persister};
 use sluice_control::server::{load_token, Server};
 use sluice_control::store::Store;
@@ -141,10 +141,18 @@ fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Resu
         }
     };
 
-    if !api_only {
-        // before any thread starts: they all inherit it
-        datapath::confine_housekeeping(&cfg);
-    }
+    // before any thread starts: they all inherit it
+    let worker_cores = if api_only {
+        Vec::new()
+    } else {
+        datapath::confine_housekeeping(&cfg)
+    };
+    // A full apply (10,000 Maglev tables) may also compile on the workers' cores while they
+    // sleep, at idle priority; not when they busy-poll: their cores are never idle.
+    let spare_cores = match cfg.dataplane.poll_mode {
+        PollModeCfg::Adaptive => worker_cores,
+        PollModeCfg::Busy => Vec::new(),
+    };
     let (ports, ifindex_to_port) = if api_only {
         Default::default()
     } else {
@@ -169,7 +177,7 @@ fn run(mut cfg: Config, config_path: &Path, stats_file: Option<PathBuf>) -> Resu
     let tick = Arc::new(Tick::default());
     hub.add_waker(tick.clone());
     // The last applied cluster state, before any packet or syncer arrives.
-    let store = restore_state(&cfg)?;
+    let store = restore_state(&cfg, spare_cores)?;
     hub.set_cluster(store.tables());
 
     let tap = Arc::new(sluice_dataplane::capture::CaptureTap::default());
@@ -377,10 +385,11 @@ fn export_of(cfg: &Config) -> Option<sluice_control::flows::Export> {
 
 /// The store as it was last applied, from `api.state_dir`. A file that cannot be used is set
 /// aside (state.json.bad) with an error in the log, and sluiced starts empty: the syncer resends.
-fn restore_state(cfg: &Config) -> Result<Store> {
+fn restore_state(cfg: &Config, spare_cores: Vec<usize>) -> Result<Store> {
     let mut store = Store::new(cfg.node_addresses()?)
         .with_local_node(cfg.overlay.local_node.clone())
-        .with_lb(cfg.lb_defaults()?);
+        .with_lb(cfg.lb_defaults()?)
+        .with_spare_cores(spare_cores);
     let dir = &cfg.api.state_dir;
     match persist::load(dir) {
         Ok(None) => tracing::info!(dir = %dir.display(), "no saved state: starting empty"),
