@@ -205,6 +205,11 @@ pub fn render(
             |w| w.lb_new_connections.get(),
         ),
         (
+            "sluice_lb_icmp_translated_total",
+            "ICMP errors about load-balanced connections, translated along them.",
+            |w| w.lb_icmp_translated.get(),
+        ),
+        (
             "sluice_conntrack_gc_freed_total",
             "Conntrack entries the garbage collector freed.",
             |w| w.ct_gc_freed.get(),

@@ -50,6 +50,9 @@ pub struct WorkerStats {
     pub l7_refused: Counter,
     /// Load-balanced connections started.
     pub lb_new_connections: Counter,
+    /// ICMP errors about load-balanced connections, translated along them (or tunnelled to a
+    /// DSR backend).
+    pub lb_icmp_translated: Counter,
     /// Tracked connections now (a gauge).
     pub ct_entries: Counter,
     /// Packets passed to / taken from other workers (replies of their connections).
@@ -108,6 +111,7 @@ impl Default for WorkerStats {
             l7_requests: Counter::default(),
             l7_refused: Counter::default(),
             lb_new_connections: Counter::default(),
+            lb_icmp_translated: Counter::default(),
             ct_entries: Counter::default(),
             handoff_out: Counter::default(),
             handoff_in: Counter::default(),
@@ -165,6 +169,7 @@ impl WorkerStats {
             l7_requests: self.l7_requests.get(),
             l7_refused: self.l7_refused.get(),
             lb_new_connections: self.lb_new_connections.get(),
+            lb_icmp_translated: self.lb_icmp_translated.get(),
             ct_entries: self.ct_entries.get(),
             handoff_out: self.handoff_out.get(),
             handoff_in: self.handoff_in.get(),
@@ -218,6 +223,7 @@ pub struct WorkerStatsSnapshot {
     pub l7_requests: u64,
     pub l7_refused: u64,
     pub lb_new_connections: u64,
+    pub lb_icmp_translated: u64,
     pub ct_entries: u64,
     pub handoff_out: u64,
     pub handoff_in: u64,

@@ -6,6 +6,9 @@
   udp.py serve PORT NAME                        answer every datagram with "NAME: " + the datagram
   udp.py ask ADDR PORT COUNT                    COUNT requests, each from a fresh socket (a new flow);
                                                 print JSON: answers per server name, "error" for lost
+  udp.py probe ADDR PORT COUNT                  COUNT requests, each from a fresh connected socket;
+                                                print how many were answered / refused (an ICMP port
+                                                unreachable came back) / timed out, space-separated
 """
 import argparse
 import json
@@ -66,6 +69,24 @@ def ask(addr: str, port: int, count: int) -> None:
     print(json.dumps(seen), flush=True)
 
 
+def probe(addr: str, port: int, count: int) -> None:
+    af = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    got = {"answered": 0, "refused": 0, "timeout": 0}
+    for _ in range(count):
+        with socket.socket(af, socket.SOCK_DGRAM) as s:
+            s.settimeout(2)
+            s.connect((addr, port))  # a connected socket hears the ICMP errors about its flow
+            s.send(b"probe")
+            try:
+                s.recv(2048)
+                got["answered"] += 1
+            except ConnectionRefusedError:
+                got["refused"] += 1
+            except socket.timeout:
+                got["timeout"] += 1
+    print(" ".join(f"{k}={v}" for k, v in got.items()), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -85,6 +106,10 @@ def main() -> None:
     k.add_argument("addr")
     k.add_argument("port", type=int)
     k.add_argument("count", type=int)
+    b = sub.add_parser("probe")
+    b.add_argument("addr")
+    b.add_argument("port", type=int)
+    b.add_argument("count", type=int)
     a = p.parse_args()
     if a.cmd == "recv":
         recv(a.port, a.family, a.idle)
@@ -92,6 +117,8 @@ def main() -> None:
         send(a.addr, a.port, a.count, a.flows)
     elif a.cmd == "serve":
         serve(a.port, a.name)
+    elif a.cmd == "probe":
+        probe(a.addr, a.port, a.count)
     else:
         ask(a.addr, a.port, a.count)
 

@@ -124,6 +124,25 @@ import json,sys; s=json.loads('$udp'); sys.exit(0 if s.get('error',0)==0 and all
 then echo "  ok    every request answered, by all three backends"; else echo "  FAIL  udp $udp"; fail=1; fi
 echo "  backends see the appliance (SNAT): $(tail -1 /run/sluice-lab/$P/http-be3.log 2>/dev/null | cut -d' ' -f1-4)"
 
+bold "ICMP follows the connection: UDP to a backend port nobody listens on (10.96.0.54:53 -> be1:5399)"
+$BIN/sluice apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: closed, namespace: lab}
+spec:
+  clusterIP: 10.96.0.54
+  ports: [{name: q, port: 53, protocol: UDP, targetPort: 5399}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: closed-lab, namespace: lab, labels: {kubernetes.io/service-name: closed}}
+addressType: IPv4
+endpoints: [{addresses: [10.20.0.11], conditions: {ready: true}}]
+ports: [{name: q, port: 5399, protocol: UDP}]
+YAML
+check "be1's port unreachable, translated, reaches the client's socket" "answered=0 refused=3 timeout=0" \
+    "$(ns cli python3 $UDP probe 10.96.0.54 53 3)"
+
 bold "network policy: the web pods admit only app=client on TCP 80 (configs/lab-policy.yaml)"
 $BIN/sluice apply -f configs/lab-policy.yaml | sed 's/^/  /'
 sleep 0.3
@@ -181,9 +200,10 @@ check "curl http://10.244.2.5:8080/ (client -> sluice encap -> kernel vxlan -> p
     "hello from pod 10.244.2.5 on node n2, through VXLAN" "$(ns cli curl -s -m 5 --retry 2 http://10.244.2.5:8080/ || true)"
 
 bold "a bad object is refused, naming the field, and changes nothing"
+frontends=$($BIN/sluice status -o json | python3 -c "import json,sys; print(json.load(sys.stdin)['frontends'])")
 sed 's/port: 80, nodePort: 30080/port: 70000, nodePort: 30080/' configs/lab-cluster.yaml | $BIN/sluice apply -f - 2>&1 | grep -i error || true
-if $BIN/sluice status -o json | python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if s['frontends']==7 and s['converged'] else 1)"; then
-    echo "  ok    state unchanged: 7 frontends, all workers current"
+if $BIN/sluice status -o json | python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if s['frontends']==$frontends and s['converged'] else 1)"; then
+    echo "  ok    state unchanged: $frontends frontends, all workers current"
 else
     echo "  FAIL  state changed after a rejected apply"; fail=1
 fi

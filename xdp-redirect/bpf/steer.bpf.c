@@ -191,6 +191,48 @@ static __always_inline int is_owned(struct owned_key *k)
 	return bpf_map_lookup_elem(&owned_prefixes, &pk) != 0;
 }
 
+/*
+ * An ICMP error about a packet the appliance sent (RFC 792 / 4443: the error quotes the
+ * packet's IP header and at least 8 bytes after it): the key of the quoted packet's source,
+ * (outer destination, quoted protocol, quoted source port). It is a frontend for an error about
+ * a reply the appliance sent a client, an SNAT port for one about a packet it sent a backend;
+ * the worker then translates the error along the connection. 0 if not such an error.
+ */
+static __always_inline int icmp_error_key(void *l4, void *data_end, struct owned_key *key,
+					  int v6)
+{
+	__u8 *type = l4;
+	struct udphdr *quoted;
+
+	if ((void *)(type + 8) > data_end)
+		return 0;
+	if (v6) {
+		struct ipv6hdr *ip6 = (void *)(type + 8);
+
+		/* destination unreachable, packet too big, time exceeded, parameter problem */
+		if (*type < 1 || *type > 4 || (void *)(ip6 + 1) > data_end)
+			return 0;
+		key->proto = ip6->nexthdr;
+		quoted = (void *)(ip6 + 1);
+	} else {
+		struct iphdr *ip = (void *)(type + 8);
+
+		/* destination unreachable, time exceeded, parameter problem */
+		if ((*type != 3 && *type != 11 && *type != 12) || (void *)(ip + 1) > data_end)
+			return 0;
+		if (ip->ihl < 5 || (ip->frag_off & bpf_htons(0x1fff)))
+			return 0;
+		key->proto = ip->protocol;
+		quoted = (void *)ip + ip->ihl * 4;
+	}
+	if (key->proto != IPPROTO_TCP && key->proto != IPPROTO_UDP)
+		return 0;
+	if ((void *)quoted + 4 > data_end)
+		return 0;
+	key->port = quoted->source;
+	return 1;
+}
+
 SEC("xdp")
 int sluice_steer(struct xdp_md *ctx)
 {
@@ -256,6 +298,17 @@ int sluice_steer(struct xdp_md *ctx)
 		return pass(); /* ARP, LLDP, ...: the kernel's business */
 	}
 
+	/* exactly an owned frontend or SNAT port: no wildcard entries for errors */
+	if (key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6) {
+		struct owned_key err = key;
+
+		if (icmp_error_key(l4, data_end, &err, key.proto == IPPROTO_ICMPV6) &&
+		    bpf_map_lookup_elem(&owned, &err)) {
+			l4proto = key.proto;
+			goto steer;
+		}
+	}
+
 	if (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP) {
 		/* source and dest ports sit at the same offsets in TCP and UDP */
 		struct udphdr *uh = l4;
@@ -272,6 +325,7 @@ int sluice_steer(struct xdp_md *ctx)
 	if (!is_owned(&key))
 		return pass();
 
+steer:
 	q = ctx->rx_queue_index;
 	if (!bpf_map_lookup_elem(&xsks, &q))
 		return no_socket(q);

@@ -24,6 +24,7 @@
 pub mod affinity;
 pub mod conntrack;
 pub mod dsr;
+mod icmp;
 mod index;
 pub mod maglev;
 mod nat;
