@@ -18,26 +18,31 @@
 //! again (errors are rare and at most a few hundred bytes).
 
 use super::conntrack::{Addr, Dir, Endpoint, Table, Tuple};
+use super::{dsr, maglev, Family, LbState};
+use crate::packet::{Batch, Verdict};
+use crate::region::Region;
+use crate::state::Snapshot;
+use crate::stats::WorkerStats;
 use crate::wire::parse::Parsed;
 use crate::wire::{be16, checksum, icmp, set_be16, tcp, udp};
 use std::net::IpAddr;
 
 /// Where an ICMP error's quoted packet is, and its tuple as quoted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Quote<A> {
+struct Quote<A> {
     /// Offset of the quoted IP header.
     l3: usize,
     /// Offset of the quoted TCP/UDP header (at least its 8 bytes are in the packet).
     l4: usize,
     /// End of the ICMP message (the outer IP packet's end).
     end: usize,
-    pub tuple: Tuple<A>,
+    tuple: Tuple<A>,
 }
 
 /// The quoted packet of an ICMP error (destination unreachable, packet too big, time exceeded,
 /// parameter problem) about a TCP or UDP packet; None for anything else (echo, a quote too
 /// short, a quoted fragment without ports, IPv6 extension headers).
-pub(super) fn quote<A: Addr>(pkt: &[u8], p: &Parsed) -> Option<Quote<A>> {
+fn quote<A: Addr>(pkt: &[u8], p: &Parsed) -> Option<Quote<A>> {
     let l4 = p.l4?;
     let end = (p.l3 + p.ip_len).min(pkt.len());
     let msg = pkt.get(l4..end)?;
@@ -89,9 +94,88 @@ pub(super) fn quote<A: Addr>(pkt: &[u8], p: &Parsed) -> Option<Quote<A>> {
     })
 }
 
+/// An ICMP packet: if it is an error about a connection, translated along it (icmp.rs), tunnelled
+/// to its DSR backend, or handed to the worker whose SNAT port it quotes.
+pub(super) fn related(
+    snap: &Snapshot,
+    region: &mut Region,
+    batch: &mut Batch,
+    i: usize,
+    p: &Parsed,
+    lb: &mut LbState,
+    stats: &WorkerStats,
+) {
+    let f = batch.frame(i);
+    let Some(pkt) = region.data_mut(&f) else {
+        return;
+    };
+    let (related, quoted) = match p.dst {
+        IpAddr::V4(_) => relate_in(&lb.v4, pkt, p),
+        IpAddr::V6(_) => relate_in(&lb.v6, pkt, p),
+    };
+    let Some(quoted) = quoted else { return };
+    match related {
+        Related::Translated => {
+            batch.meta_mut(i).lb = true;
+            stats.lb_icmp_translated.add(1);
+        }
+        Related::Dsr(backend) => {
+            batch.meta_mut(i).lb = true;
+            stats.lb_icmp_translated.add(1);
+            // the hash of the connection's own packets (client -> frontend): the same tunnel
+            let h = maglev::flow_hash(
+                quoted.dst.0,
+                quoted.src.0,
+                quoted.dst.1,
+                quoted.src.1,
+                quoted.proto,
+                0,
+            );
+            let mut f = batch.frame(i);
+            let v = dsr::dispatch(snap, region, &mut f, p, backend, h, stats);
+            *batch.frame_mut(i) = f;
+            if v != Verdict::Continue {
+                batch.set_verdict(i, v);
+            }
+        }
+        Related::No => {
+            // about a packet sent from another worker's SNAT port: that worker has it
+            let snat = match p.dst {
+                IpAddr::V4(_) => snap.lb.snat_v4.map(IpAddr::V4),
+                IpAddr::V6(_) => snap.lb.snat_v6.map(IpAddr::V6),
+            };
+            if Some(p.dst) == snat && quoted.src.0 == p.dst {
+                if let Some(w) = lb.ctx.other_owner(snap.lb.snat_ports, quoted.src.1) {
+                    batch.set_verdict(i, Verdict::Handoff(w));
+                }
+            }
+        }
+    }
+}
+
+/// The quoted packet's ends and protocol, as quoted.
+struct Quoted {
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    proto: u8,
+}
+
+fn relate_in<A: Addr>(fam: &Family<A>, pkt: &mut [u8], p: &Parsed) -> (Related, Option<Quoted>) {
+    let Some(q) = quote::<A>(pkt, p) else {
+        return (Related::No, None);
+    };
+    let t = q.tuple;
+    let quoted = Quoted {
+        src: (t.src.ip(), t.sport),
+        dst: (t.dst.ip(), t.dport),
+        proto: t.proto,
+    };
+    (relate(fam.table_of(&t), pkt, p, &q), Some(quoted))
+}
+
 /// What becomes of an ICMP error.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Related {
+enum Related {
     /// Not about a connection this worker tracks.
     No,
     /// Translated toward the client or the backend: route it.
@@ -102,7 +186,7 @@ pub(super) enum Related {
 
 /// Translates the ICMP error in `pkt` (quote `q`) along its connection in `tb`, if it is about
 /// one and goes to the quoted packet's source (`p.dst`).
-pub(super) fn relate<A: Addr>(tb: &Table<A>, pkt: &mut [u8], p: &Parsed, q: &Quote<A>) -> Related {
+fn relate<A: Addr>(tb: &Table<A>, pkt: &mut [u8], p: &Parsed, q: &Quote<A>) -> Related {
     let t = q.tuple;
     if A::from_ip(p.dst) != Some(t.src) {
         return Related::No;

@@ -3,7 +3,6 @@
 //! its L7 judgement.
 
 use super::conntrack::{self, Addr, Dir, Endpoint, InsertError, Nat, Tuple};
-use super::icmp::{self as icmp_error, Related};
 use super::nat::rewrite;
 use super::{affinity, dsr, maglev, Ctx, Family, LbMode, LbState};
 use crate::drop::DropReason;
@@ -248,7 +247,7 @@ pub fn service(
         }
     }
     for (i, p) in &errors {
-        related(snap, region, batch, *i, p, lb, stats);
+        super::icmp::related(snap, region, batch, *i, p, lb, stats);
     }
     stats.lb_new_connections.add(new);
     stats.ct_entries.set(lb.connections() as u64);
@@ -257,88 +256,6 @@ pub fn service(
     stats
         .snat_ports_per_backend
         .set(u64::from(lb.ctx.port_range(snap.lb.snat_ports).1));
-}
-
-/// An ICMP packet: if it is an error about a connection, translated along it (icmp.rs), tunnelled
-/// to its DSR backend, or handed to the worker whose SNAT port it quotes.
-fn related(
-    snap: &Snapshot,
-    region: &mut Region,
-    batch: &mut Batch,
-    i: usize,
-    p: &Parsed,
-    lb: &mut LbState,
-    stats: &WorkerStats,
-) {
-    let f = batch.frame(i);
-    let Some(pkt) = region.data_mut(&f) else {
-        return;
-    };
-    let (related, quoted) = match p.dst {
-        IpAddr::V4(_) => relate_in(&lb.v4, pkt, p),
-        IpAddr::V6(_) => relate_in(&lb.v6, pkt, p),
-    };
-    let Some(quoted) = quoted else { return };
-    match related {
-        Related::Translated => {
-            batch.meta_mut(i).lb = true;
-            stats.lb_icmp_translated.add(1);
-        }
-        Related::Dsr(backend) => {
-            batch.meta_mut(i).lb = true;
-            stats.lb_icmp_translated.add(1);
-            // the hash of the connection's own packets (client -> frontend): the same tunnel
-            let h = maglev::flow_hash(
-                quoted.dst.0,
-                quoted.src.0,
-                quoted.dst.1,
-                quoted.src.1,
-                quoted.proto,
-                0,
-            );
-            let mut f = batch.frame(i);
-            let v = dsr::dispatch(snap, region, &mut f, p, backend, h, stats);
-            *batch.frame_mut(i) = f;
-            if v != Verdict::Continue {
-                batch.set_verdict(i, v);
-            }
-        }
-        Related::No => {
-            // about a packet sent from another worker's SNAT port: that worker has it
-            let snat = match p.dst {
-                IpAddr::V4(_) => snap.lb.snat_v4.map(IpAddr::V4),
-                IpAddr::V6(_) => snap.lb.snat_v6.map(IpAddr::V6),
-            };
-            if Some(p.dst) == snat && quoted.src.0 == p.dst {
-                if let Some(w) = lb.ctx.other_owner(snap.lb.snat_ports, quoted.src.1) {
-                    batch.set_verdict(i, Verdict::Handoff(w));
-                }
-            }
-        }
-    }
-}
-
-/// The quoted packet's ends and protocol, as quoted.
-struct Quoted {
-    src: (IpAddr, u16),
-    dst: (IpAddr, u16),
-    proto: u8,
-}
-
-fn relate_in<A: Addr>(fam: &Family<A>, pkt: &mut [u8], p: &Parsed) -> (Related, Option<Quoted>) {
-    let Some(q) = icmp_error::quote::<A>(pkt, p) else {
-        return (Related::No, None);
-    };
-    let t = q.tuple;
-    let quoted = Quoted {
-        src: (t.src.ip(), t.sport),
-        dst: (t.dst.ip(), t.dport),
-        proto: t.proto,
-    };
-    (
-        icmp_error::relate(fam.table_of(&t), pkt, p, &q),
-        Some(quoted),
-    )
 }
 
 enum Outcome {
