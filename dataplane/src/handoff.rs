@@ -23,6 +23,8 @@ struct Slot {
     buf: Box<[u8]>,
     len: usize,
     port: Port,
+    /// Hand-offs so far, this one included (`Meta::hops`).
+    hops: u8,
 }
 
 struct Pair {
@@ -103,9 +105,10 @@ impl HandoffPort {
         self.shared.workers
     }
 
-    /// Copies a frame to worker `to`; false when its queue is full or the frame too big.
+    /// Copies a frame to worker `to`, handed over `hops` times before; false when its queue is
+    /// full or the frame too big.
     #[inline]
-    pub fn send(&self, to: usize, bytes: &[u8], port: Port) -> bool {
+    pub fn send(&self, to: usize, bytes: &[u8], port: Port, hops: u8) -> bool {
         if to >= self.shared.workers || to == self.me {
             return false;
         }
@@ -123,6 +126,7 @@ impl HandoffPort {
             buf,
             len: bytes.len(),
             port,
+            hops: hops.saturating_add(1),
         });
         true
     }
@@ -178,7 +182,9 @@ impl HandoffPort {
                 let _ = pair.free.push(slot.buf);
                 match f {
                     Some(f) => {
-                        batch.push(f);
+                        if batch.push(f) {
+                            batch.meta_mut(batch.len() - 1).hops = slot.hops;
+                        }
                         n += 1;
                     }
                     // no buffer free in this worker: the packet is lost, counted
@@ -200,12 +206,12 @@ mod tests {
     fn frames_cross_between_workers_and_buffers_come_back() {
         let h = Handoff::new(2, 2048);
         let (a, b) = (h.port(0), h.port(1));
-        assert!(!a.send(0, b"self", 0), "not to itself");
+        assert!(!a.send(0, b"self", 0, 0), "not to itself");
         for i in 0..DEPTH {
-            assert!(a.send(1, &[i as u8; 60], 1), "frame {i}");
+            assert!(a.send(1, &[i as u8; 60], 1, i as u8), "frame {i}");
         }
-        assert!(!a.send(1, b"x", 1), "queue full");
-        assert!(!a.send(1, &[0; 4096], 1), "too big");
+        assert!(!a.send(1, b"x", 1, 0), "queue full");
+        assert!(!a.send(1, &[0; 4096], 1, 0), "too big");
         assert!(b.pending() && !a.pending());
         let mut io = MemIo::new(512, 2048, TxSink::Capture);
         let stats = WorkerStats::default();
@@ -213,14 +219,17 @@ mod tests {
         while b.pending() {
             let mut batch = Batch::new(64);
             got += b.receive(&mut io, &mut batch, &stats);
-            for (f, _) in batch.iter() {
+            for (i, (f, _)) in batch.iter().enumerate() {
                 assert_eq!((f.port, f.len), (1, 60));
+                // the hand-offs so far, this one counted
+                let first = io.region_mut().data(&f).map(|d| d[0]);
+                assert_eq!(Some(batch.meta(i).hops), first.map(|x| x.saturating_add(1)));
             }
             io.recycle(&mut batch);
         }
         assert_eq!(got, DEPTH);
         assert_eq!(stats.handoff_in.get(), DEPTH as u64);
-        assert!(a.send(1, b"again", 1), "buffers returned to the sender");
+        assert!(a.send(1, b"again", 1, 0), "buffers returned to the sender");
     }
 
     #[test]
@@ -235,7 +244,7 @@ mod tests {
         let w = Arc::new(Count(Default::default()));
         h.set_waker(1, w.clone());
         let (a, b) = (h.port(0), h.port(1));
-        a.send(1, b"x", 0);
+        a.send(1, b"x", 0, 0);
         a.wake(1);
         assert_eq!(w.0.load(Ordering::SeqCst), 0, "awake: no syscall");
         assert!(!b.sleep(), "a frame waits: do not sleep");
@@ -243,7 +252,7 @@ mod tests {
         let mut batch = Batch::new(8);
         b.receive(&mut io, &mut batch, &WorkerStats::default());
         assert!(b.sleep());
-        a.send(1, b"y", 0);
+        a.send(1, b"y", 0, 0);
         a.wake(1);
         assert_eq!(w.0.load(Ordering::SeqCst), 1);
         b.awake();

@@ -48,6 +48,9 @@ pub struct Meta {
     pub policy_slot: u16,
     /// Released by the bandwidth manager at its departure time: not paced again.
     pub paced: bool,
+    /// Times the packet was handed from one worker to another (an ICMP error looking for its
+    /// connection goes round the workers once at most).
+    pub hops: u8,
 }
 
 /// A vector of frames with one verdict each.

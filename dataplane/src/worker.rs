@@ -166,7 +166,9 @@ fn settle<I: PacketIo>(io: &mut I, pipeline: &Pipeline, batch: &mut Batch, stats
             Verdict::Consumed => {}
             Verdict::Handoff(w) => {
                 let sent = match (&pipeline.handoff, io.region_mut().data(&f)) {
-                    (Some(h), Some(bytes)) => h.send(usize::from(w), bytes, f.port),
+                    (Some(h), Some(bytes)) => {
+                        h.send(usize::from(w), bytes, f.port, batch.meta(i).hops)
+                    }
                     _ => false,
                 };
                 if sent {

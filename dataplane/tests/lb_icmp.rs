@@ -7,6 +7,7 @@ mod common;
 
 use common::Lb;
 use sluice_dataplane::fixtures::{service_snapshot, MAC_BACKEND, MAC_CLIENT, MAC_CLI_PORT};
+use sluice_dataplane::handoff::Handoff;
 use sluice_dataplane::lb::{Dispatch, LbMode, LbSettings};
 use sluice_dataplane::wire::build::{PacketSpec, L4};
 use sluice_dataplane::wire::icmp::IcmpPacket;
@@ -259,4 +260,59 @@ fn an_error_about_a_dsr_reply_is_tunnelled_to_its_backend() {
         assert_eq!(&out[14 + hdr..], &e[14..], "the error unchanged inside");
         assert_eq!(lb.stats.lb_icmp_translated.get(), 1);
     }
+}
+
+/// Two workers: a client-side error names no owner and may reach either queue. The worker that
+/// does not track the connection hands it on; the owner translates it. One about nothing tracked
+/// goes round once and stops.
+#[test]
+fn an_error_from_the_client_side_finds_the_worker_of_its_connection() {
+    let (client, vip) = ("10.10.0.2", "10.96.0.80");
+    let h = Handoff::new(2, 4096);
+    let mut w0 = Lb::worker(service_snapshot([1, 1, 2]), 0, 2, &h);
+    let mut w1 = Lb::worker(service_snapshot([1, 1, 2]), 1, 2, &h);
+    let (_, sent) = w0.send(0, &tcp(client, vip, 40000, 80, SYN)).unwrap();
+    let s = parse(&sent, TunnelPorts::NONE).unwrap();
+    let reply = tcp(vip, client, 80, 40000, SYN | ACK);
+    let e = error(
+        client,
+        vip,
+        (3, 3),
+        &reply,
+        1500,
+        [MAC_CLI_PORT, MAC_CLIENT],
+    );
+    assert_eq!(w1.send(0, &e), None, "worker 1 hands it on");
+    assert_eq!(w1.stats.handoff_out.get(), 1);
+    let (port, out) = w0.run(None).expect("the owner translates it");
+    assert_eq!(port, 1);
+    assert_eq!(
+        ends(&out),
+        (
+            (ip("10.20.0.1"), s.dst),
+            (s.dst, 8080),
+            (ip("10.20.0.1"), s.src_port)
+        )
+    );
+    assert_eq!(w0.stats.lb_icmp_translated.get(), 1);
+
+    // about a connection neither tracks: worker 0 hands it to worker 1, which stops there
+    let stray = tcp(vip, client, 80, 40001, SYN | ACK);
+    let e = error(
+        client,
+        vip,
+        (3, 3),
+        &stray,
+        1500,
+        [MAC_CLI_PORT, MAC_CLIENT],
+    );
+    w0.send(0, &e);
+    assert_eq!(w0.stats.handoff_out.get(), 1);
+    w1.run(None);
+    assert_eq!(w1.stats.handoff_in.get(), 1);
+    assert_eq!(w1.stats.handoff_out.get(), 1, "not handed back");
+    assert_eq!(
+        w0.stats.lb_icmp_translated.get() + w1.stats.lb_icmp_translated.get(),
+        1
+    );
 }

@@ -21,7 +21,7 @@ use super::conntrack::{Addr, Dir, Endpoint, Table, Tuple};
 use super::{dsr, maglev, Family, LbState};
 use crate::packet::{Batch, Verdict};
 use crate::region::Region;
-use crate::state::Snapshot;
+use crate::state::{Frontend, Snapshot};
 use crate::stats::WorkerStats;
 use crate::wire::parse::Parsed;
 use crate::wire::{be16, checksum, icmp, set_be16, tcp, udp};
@@ -139,15 +139,28 @@ pub(super) fn related(
             }
         }
         Related::No => {
-            // about a packet sent from another worker's SNAT port: that worker has it
             let snat = match p.dst {
                 IpAddr::V4(_) => snap.lb.snat_v4.map(IpAddr::V4),
                 IpAddr::V6(_) => snap.lb.snat_v6.map(IpAddr::V6),
             };
+            let frontend = Frontend {
+                addr: quoted.src.0,
+                proto: quoted.proto,
+                port: quoted.src.1,
+            };
+            let (me, workers) = (lb.ctx.worker, lb.ctx.workers);
             if Some(p.dst) == snat && quoted.src.0 == p.dst {
+                // about a packet sent from another worker's SNAT port: that worker has it
                 if let Some(w) = lb.ctx.other_owner(snap.lb.snat_ports, quoted.src.1) {
                     batch.set_verdict(i, Verdict::Handoff(w));
                 }
+            } else if snap.cluster.services.contains_key(&frontend)
+                && u16::from(batch.meta(i).hops) + 1 < workers
+            {
+                // About a reply to a client: the connection is on the worker the client's
+                // packets reach, and nothing in the error names it (its queue is not theirs: no
+                // ports to hash). Once round the workers, at most.
+                batch.set_verdict(i, Verdict::Handoff((me + 1) % workers));
             }
         }
     }
