@@ -426,7 +426,7 @@ fn two_workers_translate_replies_that_arrive_on_the_other_queue() {
     assert_eq!(sum("handoff_out"), sum("handoff_in"), "{s}");
 }
 
-/// UDP requests to a service whose backend port nobody listens on: the backend's kernel answers
+/// UDP requests, IPv4 and IPv6, to a service whose backend port nobody listens on: the backend's kernel answers
 /// each with port unreachable, to the SNAT address and about the appliance's packet. Steered by
 /// the quoted SNAT port and translated along the connection, it reaches the client as if about
 /// its own packet, and the client's connected socket reports ECONNREFUSED.
@@ -438,27 +438,44 @@ fn a_backends_port_unreachable_reaches_the_client() {
     };
     let d = lab.start_sluiced(&lab_config(1, ""));
     let client = api(&lab);
-    let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "closed", "namespace": "lab"},
-        "spec": {"clusterIP": "10.96.0.54",
-                 "ports": [{"name": "q", "port": 53, "protocol": "UDP", "targetPort": 5399}]}});
-    let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "closed-lab", "namespace": "lab",
-                     "labels": {"kubernetes.io/service-name": "closed"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.20.0.11"], "conditions": {"ready": true}}],
-        "ports": [{"name": "q", "port": 5399, "protocol": "UDP"}]});
-    for (path, body) in [
-        ("/v1/services/lab/closed?wait=true", svc),
-        ("/v1/endpointslices/lab/closed-lab?wait=true", slice),
-    ] {
-        let a = client.request("PUT", path, Some(&body)).expect("API");
-        assert!(a.ok(), "{}", a.error_text());
-    }
-    // three new flows (the backend's kernel rate-limits its errors per peer after a burst of 6)
     let udp = repo_file("tools/lab/udp.py");
-    let out = lab.exec("cli", &["python3", &udp, "probe", "10.96.0.54", "53", "3"]);
-    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    for (family, vip, backend) in [
+        ("IPv4", "10.96.0.54", "10.20.0.11"),
+        ("IPv6", "fd00:96::54", "fd00:20::11"),
+    ] {
+        let name = format!("closed{}", &family[3..]);
+        let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "lab"},
+            "spec": {"clusterIP": vip,
+                     "ports": [{"name": "q", "port": 53, "protocol": "UDP", "targetPort": 5399}]}});
+        let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-lab"), "namespace": "lab",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": family,
+            "endpoints": [{"addresses": [backend], "conditions": {"ready": true}}],
+            "ports": [{"name": "q", "port": 5399, "protocol": "UDP"}]});
+        for (path, body) in [
+            (format!("/v1/services/lab/{name}?wait=true"), svc),
+            (
+                format!("/v1/endpointslices/lab/{name}-lab?wait=true"),
+                slice,
+            ),
+        ] {
+            let a = client.request("PUT", &path, Some(&body)).expect("API");
+            assert!(a.ok(), "{}", a.error_text());
+        }
+        // three new flows (the backend's kernel rate-limits its errors per peer after a burst
+        // of 6)
+        let out = lab.exec("cli", &["python3", &udp, "probe", vip, "53", "3"]);
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            got,
+            "answered=0 refused=3 timeout=0",
+            "{family}: {}; stats {}",
+            String::from_utf8_lossy(&out.stderr),
+            d.stats()
+        );
+    }
     let stats = d.stats();
     let translated: u64 = stats["workers"]
         .as_array()
@@ -466,11 +483,5 @@ fn a_backends_port_unreachable_reaches_the_client() {
         .iter()
         .map(|w| common::u(w, &["lb_icmp_translated"]))
         .sum();
-    assert_eq!(
-        got,
-        "answered=0 refused=3 timeout=0",
-        "{}; stats {stats}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(translated, 3, "stats {stats}");
+    assert_eq!(translated, 6, "stats {stats}");
 }
