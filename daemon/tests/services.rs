@@ -426,10 +426,11 @@ fn two_workers_translate_replies_that_arrive_on_the_other_queue() {
     assert_eq!(sum("handoff_out"), sum("handoff_in"), "{s}");
 }
 
-/// UDP requests, IPv4 and IPv6, to a service whose backend port nobody listens on: the backend's kernel answers
-/// each with port unreachable, to the SNAT address and about the appliance's packet. Steered by
-/// the quoted SNAT port and translated along the connection, it reaches the client as if about
-/// its own packet, and the client's connected socket reports ECONNREFUSED.
+/// UDP requests, IPv4 and IPv6, to a service whose backend port nobody listens on: the
+/// backend's kernel answers each with port unreachable, to the SNAT address and about the
+/// appliance's packet. Steered by the quoted SNAT port and translated along the connection, it
+/// reaches the client as if about its own packet, and the client's connected socket reports
+/// ECONNREFUSED.
 #[test]
 fn a_backends_port_unreachable_reaches_the_client() {
     let _g = lock();
