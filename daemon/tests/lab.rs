@@ -198,8 +198,28 @@ fn ttl_and_no_route_drops_are_counted_with_their_reason() {
     assert_eq!(none, 0);
     let none = lab.udp_burst("cli", "10.98.7.7:9006".parse().unwrap(), 50, 1, None);
     assert_eq!(none, 0);
+    // as traceroute sees it: time exceeded from the appliance (the node address; the SNAT
+    // address for IPv6, which has no node address here)
+    let udp = common::repo_file("tools/lab/udp.py");
+    for (to, from) in [
+        ("10.20.0.11", "10.20.0.1 type=11"),
+        ("fd00:20::11", "fd00:20::1 type=3"),
+    ] {
+        let out = lab.exec("cli", &["python3", &udp, "hop", to, "33434", "1"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), from, "{to}");
+    }
     let s = d.stats();
-    assert_eq!(u(&s, &["totals", "drops", "TTL_EXCEEDED"]), 200, "{s}");
+    assert_eq!(u(&s, &["totals", "drops", "TTL_EXCEEDED"]), 202, "{s}");
+    let errors: u64 = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| u(w, &["icmp_errors"]))
+        .sum();
+    assert_eq!(
+        errors, 202,
+        "every TTL-1 packet answered (within the budget): {s}"
+    );
     assert!(
         u(&s, &["totals", "drops", "FIB_LOOKUP_FAILED"]) >= 100,
         "{s}"

@@ -49,7 +49,8 @@ pub fn next_hop_mac(
 /// Precedence of outcomes, first that applies:
 ///   1. L2/L3 headers truncated or inconsistent -> Drop(Malformed)
 ///   2. not IPv4/IPv6                          -> Drop(UnsupportedL3)
-///   3. TTL/hop limit <= 1                      -> Drop(TtlExceeded)
+///   3. TTL/hop limit <= 1                      -> Drop(TtlExceeded) (then answered with ICMP
+///      time exceeded by `Pipeline::run`, within the budget)
 ///   4. no route                               -> Drop(NoRoute)
 ///   5. next hop MAC unknown                   -> Drop(NoNeighbor), resolution requested
 ///   6. otherwise                              -> Tx(route port), TTL-1, MACs rewritten
@@ -112,6 +113,35 @@ pub struct Pipeline {
     pub tap: Option<std::sync::Arc<crate::capture::CaptureTap>>,
     /// Egress rate limits of pods (bandwidth manager).
     pub bandwidth: crate::bandwidth::BandwidthState,
+    /// Time-exceeded errors sent in the current second.
+    pub icmp: IcmpBudget,
+}
+
+/// Time-exceeded errors a worker sends a second at most, as Linux's `icmp_msgs_per_sec`
+/// (1000): traceroute needs a few, and a flood of TTL-1 packets must not become a flood of
+/// errors. Beyond it the packets are dropped (TTL_EXCEEDED) as they were before.
+pub const ICMP_PER_SECOND: u32 = 1000;
+
+/// The per-worker budget of generated ICMP errors: a count per CLOCK_MONOTONIC second.
+#[derive(Debug, Default)]
+pub struct IcmpBudget {
+    second: u32,
+    sent: u32,
+}
+
+impl IcmpBudget {
+    /// Takes one error from this second's budget (reads the clock: call only for an error).
+    fn take(&mut self) -> bool {
+        self.take_at(crate::lb::slots::clock_secs())
+    }
+
+    fn take_at(&mut self, now: u32) -> bool {
+        if now != self.second {
+            (self.second, self.sent) = (now, 0);
+        }
+        self.sent += 1;
+        self.sent <= ICMP_PER_SECOND
+    }
 }
 
 impl Pipeline {
@@ -130,6 +160,7 @@ impl Pipeline {
             outbox: Default::default(),
             tap: None,
             bandwidth: Default::default(),
+            icmp: Default::default(),
         }
     }
 
@@ -157,7 +188,40 @@ impl Pipeline {
         );
         crate::overlay::encap(snap, region, batch, stats, neigh, &mut self.encap);
         Self::route(snap, region, batch, neigh);
+        self.time_exceeded(snap, region, batch, stats);
         crate::bandwidth::pace(snap, region, batch, &mut self.bandwidth);
+    }
+
+    /// The packets whose TTL ran out (route or encapsulation) answered with ICMP time exceeded,
+    /// within the budget.
+    fn time_exceeded(
+        &mut self,
+        snap: &Snapshot,
+        region: &mut Region,
+        batch: &mut Batch,
+        stats: &crate::stats::WorkerStats,
+    ) {
+        for i in 0..batch.len() {
+            if batch.verdict(i) != Verdict::Drop(DropReason::TtlExceeded) || !self.icmp.take() {
+                continue;
+            }
+            let mut f = batch.frame(i);
+            // still a drop, with its flow event, though answered
+            let event = self.outbox.events.on().then(|| {
+                crate::worker::drop_event(
+                    region.data(&f),
+                    DropReason::TtlExceeded,
+                    f.port,
+                    batch.meta(i),
+                )
+            });
+            let v = crate::overlay::time_exceeded(snap, region, &mut f, stats);
+            *batch.frame_mut(i) = f;
+            batch.set_verdict(i, v);
+            if let (Verdict::Tx(_), Some(e)) = (v, event) {
+                self.outbox.events.emit(e);
+            }
+        }
     }
 
     /// The route stage alone: for the packets the stages generated, which are final already.
@@ -178,5 +242,18 @@ impl Pipeline {
             };
             batch.set_verdict(i, v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_icmp_budget_is_per_second() {
+        let mut b = IcmpBudget::default();
+        let sent = (0..ICMP_PER_SECOND + 5).filter(|_| b.take_at(7)).count();
+        assert_eq!(sent, ICMP_PER_SECOND as usize);
+        assert!(b.take_at(8), "a new second, a new budget");
     }
 }

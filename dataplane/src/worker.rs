@@ -190,7 +190,7 @@ fn settle<I: PacketIo>(io: &mut I, pipeline: &Pipeline, batch: &mut Batch, stats
 }
 
 /// The flow event of a dropped packet (addresses and ports when it parses at all).
-fn drop_event(bytes: Option<&[u8]>, r: DropReason, port: u16, meta: Meta) -> FlowEvent {
+pub(crate) fn drop_event(bytes: Option<&[u8]>, r: DropReason, port: u16, meta: Meta) -> FlowEvent {
     use crate::wire::parse::{parse_fast, TunnelPorts};
     let mut e = match bytes.map(|b| parse_fast(b, TunnelPorts::NONE)) {
         Some(Ok(p)) => FlowEvent::of_packet(EventKind::Drop, &p),

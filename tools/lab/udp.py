@@ -9,11 +9,21 @@
   udp.py probe ADDR PORT COUNT                  COUNT requests, each from a fresh connected socket;
                                                 print how many were answered / refused (an ICMP port
                                                 unreachable came back) / timed out, space-separated
+  udp.py hop ADDR PORT TTL                      one datagram with that TTL / hop limit, as traceroute
+                                                sends; print the ICMP error's sender and type, or "none"
 """
 import argparse
 import json
+import select
 import socket
+import struct
 import time
+
+# <linux/in.h>, <linux/in6.h>, <linux/errqueue.h>: not all in Python's socket module
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+IPV6_UNICAST_HOPS = 16
+MSG_ERRQUEUE = 0x2000
 
 
 def recv(port: int, family: int, idle: float) -> None:
@@ -87,6 +97,35 @@ def probe(addr: str, port: int, count: int) -> None:
     print(" ".join(f"{k}={v}" for k, v in got.items()), flush=True)
 
 
+def hop(addr: str, port: int, ttl: int) -> None:
+    v6 = ":" in addr
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    if v6:
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_UNICAST_HOPS, ttl)
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+    else:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    s.connect((addr, port))
+    s.send(b"hop")
+    # an error in the queue makes the socket readable
+    if not select.select([s], [], [], 2)[0]:
+        print("none", flush=True)
+        return
+    _, anc, _, _ = s.recvmsg(512, 512, MSG_ERRQUEUE)
+    for _, _, data in anc:
+        # struct sock_extended_err (16 bytes), then the offender's sockaddr
+        _errno, _origin, kind, _code = struct.unpack_from("=IBBB", data, 0)
+        family = struct.unpack_from("=H", data, 16)[0]
+        if family == socket.AF_INET:
+            who = socket.inet_ntop(socket.AF_INET, data[20:24])
+        else:
+            who = socket.inet_ntop(socket.AF_INET6, data[24:40])
+        print(f"{who} type={kind}", flush=True)
+        return
+    print("none", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -106,6 +145,10 @@ def main() -> None:
     k.add_argument("addr")
     k.add_argument("port", type=int)
     k.add_argument("count", type=int)
+    h = sub.add_parser("hop")
+    h.add_argument("addr")
+    h.add_argument("port", type=int)
+    h.add_argument("ttl", type=int)
     b = sub.add_parser("probe")
     b.add_argument("addr")
     b.add_argument("port", type=int)
@@ -117,6 +160,8 @@ def main() -> None:
         send(a.addr, a.port, a.count, a.flows)
     elif a.cmd == "serve":
         serve(a.port, a.name)
+    elif a.cmd == "hop":
+        hop(a.addr, a.port, a.ttl)
     elif a.cmd == "probe":
         probe(a.addr, a.port, a.count)
     else:

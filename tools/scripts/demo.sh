@@ -74,10 +74,12 @@ wait $rpid
 got=$(cat /tmp/sluice-demo-udp.$$); rm -f /tmp/sluice-demo-udp.$$
 if [ "$got" -ge 1900 ]; then echo "  ok    be2 received $got/2000"; else echo "  FAIL  be2 received only $got/2000"; fail=1; fi
 
-bold "a packet sluice drops, and says why: TTL 1 from the client"
+bold "a packet sluice drops, and says why: TTL 1 from the client, answered as a router does"
 ns cli python3 -c "
 import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
 [s.sendto(b'ttl1', ('10.20.0.11', 9999)) for _ in range(5)]"
+check "traceroute's first hop toward be1: ICMP time exceeded (type 11) from the appliance" "10.20.0.1 type=11" \
+    "$(ns cli python3 $UDP hop 10.20.0.11 33434 1)"
 
 sleep 1
 bold "what the appliance counted (sluice stats)"

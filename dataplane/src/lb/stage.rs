@@ -79,6 +79,10 @@ pub fn service(
         let Ok(p) = parse_fast(pkt, TunnelPorts::NONE) else {
             continue;
         };
+        // a packet that dies here is not translated: its time-exceeded error quotes it as sent
+        if p.ttl <= 1 {
+            continue;
+        }
         if p.fragment || p.l4.is_none() || !matches!(p.protocol, tcp::PROTOCOL | udp::PROTOCOL) {
             if !p.fragment && matches!(p.protocol, icmp::PROTOCOL_V4 | icmp::PROTOCOL_V6) {
                 errors.push((i, p));

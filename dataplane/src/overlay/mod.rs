@@ -22,7 +22,7 @@ mod too_big;
 
 pub use decap::decap;
 pub use encap::{encap, EncapState};
-pub(crate) use too_big::too_big;
+pub(crate) use too_big::{time_exceeded, too_big};
 
 use crate::state::OverlayMode;
 use crate::wire::parse::TunnelPorts;

@@ -81,23 +81,50 @@ pub fn emit_too_big(
     Ok(len)
 }
 
+/// The errors sluice sends as a router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// Fragmentation needed / packet too big, with the next-hop MTU.
+    TooBig(u32),
+    /// Time (hop limit) exceeded in transit.
+    TimeExceeded,
+}
+
+/// Whether an ICMP message of this type is an error (never answered with another error,
+/// RFC 1812 4.3.2.7 / RFC 4443 2.4).
+pub fn is_error(v6: bool, msg_type: u8) -> bool {
+    if v6 {
+        msg_type < 128
+    } else {
+        matches!(msg_type, 3 | 4 | 5 | 11 | 12)
+    }
+}
+
 /// Fills the ICMP header of a "too big" error whose quote already sits at `buf[8..]`; the message
 /// is all of `buf` (at least the 8-byte header).
 pub fn write_too_big_header(buf: &mut [u8], mtu: u32, v6: Option<(IpAddr, IpAddr)>) {
+    write_error_header(buf, Error::TooBig(mtu), v6)
+}
+
+/// Fills the ICMP header of error `e` whose quote already sits at `buf[8..]`; the message is all
+/// of `buf` (at least the 8-byte header). `v6` gives the ICMPv6 pseudo-header addresses.
+pub fn write_error_header(buf: &mut [u8], e: Error, v6: Option<(IpAddr, IpAddr)>) {
     let len = buf.len();
-    match v6 {
-        None => {
-            buf[field::TYPE] = V4_DEST_UNREACHABLE;
-            buf[field::CODE] = V4_CODE_FRAG_NEEDED;
-            set_be16(buf, field::REST, 0); // unused
-            set_be16(buf, field::REST + 2, mtu.min(0xffff) as u16);
-        }
-        Some(_) => {
-            buf[field::TYPE] = V6_PACKET_TOO_BIG;
-            buf[field::CODE] = 0;
-            buf[field::REST..field::REST + 4].copy_from_slice(&mtu.to_be_bytes());
-        }
-    }
+    let (t, code) = match (e, v6.is_some()) {
+        (Error::TooBig(_), false) => (V4_DEST_UNREACHABLE, V4_CODE_FRAG_NEEDED),
+        (Error::TooBig(_), true) => (V6_PACKET_TOO_BIG, 0),
+        (Error::TimeExceeded, false) => (V4_TIME_EXCEEDED, 0),
+        (Error::TimeExceeded, true) => (V6_TIME_EXCEEDED, 0),
+    };
+    buf[field::TYPE] = t;
+    buf[field::CODE] = code;
+    let rest = match (e, v6.is_some()) {
+        // IPv4: the low 16 bits carry the MTU (RFC 1191), the high ones are unused
+        (Error::TooBig(mtu), false) => mtu.min(0xffff),
+        (Error::TooBig(mtu), true) => mtu,
+        (Error::TimeExceeded, _) => 0,
+    };
+    buf[field::REST..field::REST + 4].copy_from_slice(&rest.to_be_bytes());
     set_be16(buf, field::CHECKSUM, 0);
     let c = match v6 {
         None => checksum::checksum(&buf[..len]),
