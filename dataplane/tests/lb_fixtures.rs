@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Lb;
+use common::{ip, tcp, Lb};
 use sluice_dataplane::fixtures::{service_snapshot, MAC_BACKEND, MAC_CLIENT, MAC_CLI_PORT};
 use sluice_dataplane::handoff::Handoff;
 use sluice_dataplane::lb::{Dispatch, LbMode, LbSettings};
@@ -17,18 +17,6 @@ use sluice_dataplane::DropReason;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut s = PacketSpec::udp(src, dst, sport, dport, b"GET / HTTP/1.1\r\n\r\n");
-    s.l4 = L4::Tcp(flags);
-    s.dst_mac = MAC_CLI_PORT;
-    s.src_mac = MAC_CLIENT;
-    s.build()
-}
 
 /// Parses and checks every checksum of a frame sluice emitted.
 fn checked(out: &[u8]) -> Parsed {

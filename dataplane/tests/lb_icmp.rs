@@ -5,29 +5,15 @@
 
 mod common;
 
-use common::Lb;
+use common::{icmp_of, ip, tcp, Lb};
 use sluice_dataplane::fixtures::{service_snapshot, MAC_BACKEND, MAC_CLIENT, MAC_CLI_PORT};
 use sluice_dataplane::handoff::Handoff;
 use sluice_dataplane::lb::{Dispatch, LbMode, LbSettings};
-use sluice_dataplane::wire::build::{PacketSpec, L4};
-use sluice_dataplane::wire::icmp::IcmpPacket;
 use sluice_dataplane::wire::parse::{parse, TunnelPorts};
 use sluice_dataplane::wire::tcp::flags::{ACK, SYN};
 use sluice_dataplane::wire::{checksum, tcp::TcpPacket};
 use std::net::IpAddr;
 use std::sync::Arc;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut s = PacketSpec::udp(src, dst, sport, dport, b"GET / HTTP/1.1\r\n\r\n");
-    s.l4 = L4::Tcp(flags);
-    s.dst_mac = MAC_CLI_PORT;
-    s.src_mac = MAC_CLIENT;
-    s.build()
-}
 
 /// An ICMP error (`kind`: type, code) from `from` to `to` quoting the first `quote` bytes of the
 /// IP packet in `about` (a frame), between the MACs given.
@@ -79,24 +65,16 @@ fn error(
     f
 }
 
+/// An error from the client's side (`client` to `vip`) about `about`, the whole of it quoted.
+fn from_client(client: &str, vip: &str, kind: (u8, u8), about: &[u8]) -> Vec<u8> {
+    error(client, vip, kind, about, 1500, [MAC_CLI_PORT, MAC_CLIENT])
+}
+
 /// The error `out`: its outer ends, and its quote's ends (address, port); every checksum
 /// checked, the quoted TCP one when the whole segment is quoted.
 fn ends(out: &[u8]) -> ((IpAddr, IpAddr), (IpAddr, u16), (IpAddr, u16)) {
-    let p = parse(out, TunnelPorts::NONE).unwrap();
+    let (p, icmp) = icmp_of(out);
     let v6 = p.src.is_ipv6();
-    if !v6 {
-        assert_eq!(
-            checksum::sum(&out[p.l3..p.l3 + 20]),
-            0xffff,
-            "outer IPv4 checksum"
-        );
-    }
-    let msg = &out[p.l4.unwrap()..p.l3 + p.ip_len];
-    let icmp = IcmpPacket::new_checked(msg).unwrap();
-    assert!(
-        icmp.verify_checksum(v6.then_some((p.src, p.dst))),
-        "ICMP checksum"
-    );
     let q = icmp.payload();
     let (qs, qd, header, total) = if v6 {
         let a = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&q[at..at + 16]).unwrap());
@@ -171,14 +149,7 @@ fn errors_follow_the_connection_both_ways() {
         // the client's side, about the reply it got: to the backend, from the SNAT address
         let reply = tcp(&backend.to_string(), snat, 8080, sport, SYN | ACK);
         let (_, got) = lb.send(1, &reply).unwrap();
-        let e = error(
-            client,
-            vip,
-            unreachable,
-            &got,
-            1500,
-            [MAC_CLI_PORT, MAC_CLIENT],
-        );
+        let e = from_client(client, vip, unreachable, &got);
         let (port, out) = lb.send(0, &e).expect("error forwarded");
         assert_eq!(port, 1, "toward the backend");
         assert_eq!(&out[0..6], &MAC_BACKEND);
@@ -241,14 +212,7 @@ fn an_error_about_a_dsr_reply_is_tunnelled_to_its_backend() {
         // the reply as the client got it from the backend (from the VIP, port 443)
         let reply = tcp(vip, client, 443, 40000, SYN | ACK);
         let unreachable = if v6 { (1, 4) } else { (3, 3) };
-        let e = error(
-            client,
-            vip,
-            unreachable,
-            &reply,
-            1500,
-            [MAC_CLI_PORT, MAC_CLIENT],
-        );
+        let e = from_client(client, vip, unreachable, &reply);
         let (port, out) = lb.send(0, &e).expect("tunnelled");
         assert_eq!(port, 1, "toward the backends");
         let p = parse(&out, TunnelPorts::NONE).unwrap();
@@ -274,14 +238,7 @@ fn an_error_from_the_client_side_finds_the_worker_of_its_connection() {
     let (_, sent) = w0.send(0, &tcp(client, vip, 40000, 80, SYN)).unwrap();
     let s = parse(&sent, TunnelPorts::NONE).unwrap();
     let reply = tcp(vip, client, 80, 40000, SYN | ACK);
-    let e = error(
-        client,
-        vip,
-        (3, 3),
-        &reply,
-        1500,
-        [MAC_CLI_PORT, MAC_CLIENT],
-    );
+    let e = from_client(client, vip, (3, 3), &reply);
     assert_eq!(w1.send(0, &e), None, "worker 1 hands it on");
     assert_eq!(w1.stats.handoff_out.get(), 1);
     let (port, out) = w0.run(None).expect("the owner translates it");
@@ -298,14 +255,7 @@ fn an_error_from_the_client_side_finds_the_worker_of_its_connection() {
 
     // about a connection neither tracks: worker 0 hands it to worker 1, which stops there
     let stray = tcp(vip, client, 80, 40001, SYN | ACK);
-    let e = error(
-        client,
-        vip,
-        (3, 3),
-        &stray,
-        1500,
-        [MAC_CLI_PORT, MAC_CLIENT],
-    );
+    let e = from_client(client, vip, (3, 3), &stray);
     w0.send(0, &e);
     assert_eq!(w0.stats.handoff_out.get(), 1);
     w1.run(None);

@@ -4,18 +4,11 @@
 
 mod common;
 
-use common::Lb;
+use common::{icmp_of, ip, Lb};
 use sluice_dataplane::fixtures::{service_snapshot, MAC_CLIENT, MAC_CLI_PORT};
 use sluice_dataplane::wire::build::{PacketSpec, L4};
 use sluice_dataplane::wire::checksum;
-use sluice_dataplane::wire::icmp::IcmpPacket;
-use sluice_dataplane::wire::parse::{parse, TunnelPorts};
 use sluice_dataplane::DropReason;
-use std::net::IpAddr;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 fn packet(src: &str, dst: &str, ttl: u8, tcp: bool) -> Vec<u8> {
     let mut s = PacketSpec::udp(src, dst, 40000, 80, b"probe");
@@ -40,21 +33,8 @@ fn an_expiring_packet_is_answered_with_time_exceeded() {
         let (port, out) = lb.send(0, &sent).expect("an error back");
         assert_eq!(port, 0, "back out the way it came");
         assert_eq!(&out[0..6], &MAC_CLIENT, "to the previous hop");
-        let p = parse(&out, TunnelPorts::NONE).unwrap();
+        let (p, msg) = icmp_of(&out);
         assert_eq!((p.src, p.dst), (ip(from), ip(client)));
-        let v6 = p.src.is_ipv6();
-        if !v6 {
-            assert_eq!(
-                checksum::sum(&out[p.l3..p.l3 + 20]),
-                0xffff,
-                "IPv4 checksum"
-            );
-        }
-        let msg = IcmpPacket::new_checked(&out[p.l4.unwrap()..p.l3 + p.ip_len]).unwrap();
-        assert!(
-            msg.verify_checksum(v6.then_some((p.src, p.dst))),
-            "ICMP checksum"
-        );
         assert_eq!((msg.msg_type(), msg.code()), (kind, 0));
         assert_eq!(
             msg.payload(),
