@@ -23,7 +23,7 @@ use crate::packet::{Batch, Verdict};
 use crate::region::Region;
 use crate::state::{Frontend, Snapshot};
 use crate::stats::WorkerStats;
-use crate::wire::parse::Parsed;
+use crate::wire::parse::{parse_fast, Parsed, TunnelPorts};
 use crate::wire::{be16, checksum, icmp, set_be16, tcp, udp};
 use std::net::IpAddr;
 
@@ -101,7 +101,6 @@ pub(super) fn related(
     region: &mut Region,
     batch: &mut Batch,
     i: usize,
-    p: &Parsed,
     lb: &mut LbState,
     stats: &WorkerStats,
 ) {
@@ -109,6 +108,10 @@ pub(super) fn related(
     let Some(pkt) = region.data_mut(&f) else {
         return;
     };
+    let Ok(p) = parse_fast(pkt, TunnelPorts::NONE) else {
+        return;
+    };
+    let p = &p;
     let (related, quoted) = match p.dst {
         IpAddr::V4(_) => relate_in(&lb.v4, pkt, p),
         IpAddr::V6(_) => relate_in(&lb.v6, pkt, p),
