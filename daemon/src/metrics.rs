@@ -190,6 +190,11 @@ pub fn render(
             |w| w.encapsulated.get(),
         ),
         (
+            "sluice_worker_icmp_errors_sent_total",
+            "ICMP errors sent as a router: time exceeded, fragmentation needed / packet too big.",
+            |w| w.icmp_errors.get(),
+        ),
+        (
             "sluice_worker_handoff_out_total",
             "Packets handed to another worker (its connection).",
             |w| w.handoff_out.get(),

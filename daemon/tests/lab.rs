@@ -220,6 +220,14 @@ fn ttl_and_no_route_drops_are_counted_with_their_reason() {
         errors, 202,
         "every TTL-1 packet answered (within the budget): {s}"
     );
+    let m = api(&lab).request("GET", "/metrics", None).expect("API");
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    let sent: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_worker_icmp_errors_sent_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(sent, 202.0, "{text}");
     assert!(
         u(&s, &["totals", "drops", "FIB_LOOKUP_FAILED"]) >= 100,
         "{s}"
