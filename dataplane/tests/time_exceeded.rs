@@ -74,3 +74,16 @@ fn an_icmp_error_is_not_answered_with_one() {
     assert_eq!(lb.stats.drops(DropReason::TtlExceeded), 1);
     assert_eq!(lb.stats.icmp_errors.get(), 0);
 }
+
+#[test]
+fn a_vlan_tagged_packet_is_not_answered_untagged() {
+    let mut lb = Lb::new(service_snapshot([1, 1, 2]));
+    let mut s = PacketSpec::udp("10.10.0.2", "10.20.0.11", 40000, 33434, b"probe");
+    s.ttl = 1;
+    s.vlan = Some(100);
+    s.dst_mac = MAC_CLI_PORT;
+    s.src_mac = MAC_CLIENT;
+    assert_eq!(lb.send(0, &s.build()), None, "dropped");
+    assert_eq!(lb.stats.drops(DropReason::TtlExceeded), 1);
+    assert_eq!(lb.stats.icmp_errors.get(), 0);
+}

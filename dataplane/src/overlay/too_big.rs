@@ -118,6 +118,10 @@ fn send_error(
     let Some(our_mac) = snap.port_mac(port).copied() else {
         return Verdict::Drop(reason);
     };
+    // the reply is built untagged: a VLAN-tagged packet is not answered (its tag would be lost)
+    if p.l3 != ETH {
+        return Verdict::Drop(reason);
+    }
     let Some(pkt) = region.data_mut(f) else {
         return Verdict::Drop(reason);
     };
