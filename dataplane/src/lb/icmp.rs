@@ -18,6 +18,7 @@
 //! again (errors are rare and at most a few hundred bytes).
 
 use super::conntrack::{Addr, Dir, Endpoint, Table, Tuple};
+use super::nat::rewrite_at;
 use super::{dsr, maglev, Family, LbState};
 use crate::packet::{Batch, Verdict};
 use crate::region::Region;
@@ -281,32 +282,7 @@ fn translate<A: Addr>(
         set_be16(pkt, p.l3 + 10, c);
     }
     // the quote: addresses, ports, its IPv4 header checksum, its TCP/UDP checksum when quoted
-    let t = q.tuple;
-    let addr_delta =
-        2 * ones - t.src.word_sum() - t.dst.word_sum() + src.addr.word_sum() + dst.addr.word_sum();
-    let port_delta = 2 * 0xffff - u32::from(t.sport) - u32::from(t.dport)
-        + u32::from(src.port)
-        + u32::from(dst.port);
-    src.addr.write_be(&mut pkt[q.l3 + src_at..]);
-    dst.addr.write_be(&mut pkt[q.l3 + dst_at..]);
-    set_be16(pkt, q.l4, src.port);
-    set_be16(pkt, q.l4 + 2, dst.port);
-    if v4 {
-        let c = checksum::apply_delta(be16(pkt, q.l3 + 10), addr_delta);
-        set_be16(pkt, q.l3 + 10, c);
-    }
-    let csum_at = q.l4 + if t.proto == tcp::PROTOCOL { 16 } else { 6 };
-    if csum_at + 2 <= q.end {
-        let c = be16(pkt, csum_at);
-        // an IPv4 UDP checksum of zero means none
-        if !(t.proto == udp::PROTOCOL && v4 && c == 0) {
-            let mut c = checksum::apply_delta(c, addr_delta + port_delta);
-            if t.proto == udp::PROTOCOL && c == 0 {
-                c = 0xffff;
-            }
-            set_be16(pkt, csum_at, c);
-        }
-    }
+    rewrite_at(pkt, (q.l3, q.l4, q.end), &q.tuple, src, dst);
     // the ICMP checksum over the whole message (ICMPv6: with the new outer addresses)
     let l4 = q.l3 - icmp::field::HEADER_LEN;
     set_be16(pkt, l4 + icmp::field::CHECKSUM, 0);

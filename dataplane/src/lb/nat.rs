@@ -17,11 +17,25 @@ pub(super) fn rewrite<A: Addr>(
     dst: Endpoint<A>,
 ) {
     let Some(l4) = p.l4 else { return };
+    rewrite_at(pkt, (p.l3, l4, p.l3 + p.ip_len), old, src, dst);
+}
+
+/// [`rewrite`] of the IP packet whose header is at `l3`, its TCP/UDP header at `l4`, ending at
+/// `end` (of `old.proto`); the TCP/UDP checksum is updated only if it lies before `end` (an ICMP
+/// error's quote may stop after the ports).
+#[inline]
+pub(super) fn rewrite_at<A: Addr>(
+    pkt: &mut [u8],
+    (l3, l4, end): (usize, usize, usize),
+    old: &Tuple<A>,
+    src: Endpoint<A>,
+    dst: Endpoint<A>,
+) {
     let v4 = A::WORDS == 2;
     let (src_at, dst_at) = if v4 {
-        (p.l3 + 12, p.l3 + 16)
+        (l3 + 12, l3 + 16)
     } else {
-        (p.l3 + 8, p.l3 + 24)
+        (l3 + 8, l3 + 24)
     };
     // sum of ~m + m' over the changed words: ~m = 0xffff - m for each old word
     let ones = 0xffff * A::WORDS;
@@ -36,16 +50,19 @@ pub(super) fn rewrite<A: Addr>(
     set_be16(pkt, l4, src.port);
     set_be16(pkt, l4 + 2, dst.port);
     if v4 {
-        let c = checksum::apply_delta(be16(pkt, p.l3 + 10), addr_delta);
-        set_be16(pkt, p.l3 + 10, c);
+        let c = checksum::apply_delta(be16(pkt, l3 + 10), addr_delta);
+        set_be16(pkt, l3 + 10, c);
     }
-    let csum_at = l4 + if p.protocol == tcp::PROTOCOL { 16 } else { 6 };
+    let csum_at = l4 + if old.proto == tcp::PROTOCOL { 16 } else { 6 };
+    if csum_at + 2 > end {
+        return;
+    }
     let l4c = be16(pkt, csum_at);
-    if p.protocol == udp::PROTOCOL && v4 && l4c == 0 {
+    if old.proto == udp::PROTOCOL && v4 && l4c == 0 {
         return;
     }
     let mut c = checksum::apply_delta(l4c, addr_delta + port_delta);
-    if p.protocol == udp::PROTOCOL && c == 0 {
+    if old.proto == udp::PROTOCOL && c == 0 {
         c = 0xffff;
     }
     set_be16(pkt, csum_at, c);
