@@ -1,7 +1,31 @@
-//! Running the calling thread on a given core in the idle scheduling class: for bulk work
-//! (a full apply's compile) that may use a worker's core only while the worker sleeps.
+//! Where the calling thread runs: pinned to cores (sluiced keeps its other threads off the
+//! workers'), or on one core in the idle scheduling class, for bulk work (a full apply's
+//! compile) that may use a worker's core only while the worker sleeps.
 
 use std::io;
+
+/// Pins the calling thread (and the threads it starts from now on) to `cores`.
+pub fn pin(cores: &[usize]) -> io::Result<()> {
+    if let Some(c) = cores.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("core {c} is beyond CPU_SETSIZE"),
+        ));
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it (every core is
+    // below CPU_SETSIZE, checked above); pid 0 is the calling thread.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cores {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Pins the calling thread to `core` and moves it to SCHED_IDLE: it then runs only when no
 /// thread of another class wants the core, and a waking one preempts it at once (the kernel
@@ -9,22 +33,7 @@ use std::io;
 /// no privilege. Either step may fail (a core outside the process's cgroup, a seccomp filter);
 /// the thread is then left as it was for that step.
 pub fn idle_on(core: usize) -> io::Result<()> {
-    if core >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("core {core} is beyond CPU_SETSIZE"),
-        ));
-    }
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it (core is below
-    // CPU_SETSIZE, checked above); pid 0 is the calling thread.
-    let pinned = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if pinned != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    pin(&[core])?;
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; param is a valid sched_param (SCHED_IDLE takes
     // priority 0).

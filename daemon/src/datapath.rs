@@ -266,23 +266,17 @@ pub fn confine_housekeeping(cfg: &Config) -> Vec<usize> {
         tracing::info!("no core without a worker: the other threads share the workers' cores");
         return Vec::new();
     }
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET only writes inside it (core ids come
-    // from sched_getaffinity, below CPU_SETSIZE); pid 0 is the calling thread.
-    let r = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in &rest {
-            libc::CPU_SET(c, &mut set);
+    match sluice_control::cores::pin(&rest) {
+        Ok(()) => {
+            tracing::info!(cores = ?rest, "threads other than the workers run on the cores without one");
+            let mut workers: Vec<usize> = workers.into_iter().collect();
+            workers.sort_unstable();
+            workers
         }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if r == 0 {
-        tracing::info!(cores = ?rest, "threads other than the workers run on the cores without one");
-        let mut workers: Vec<usize> = workers.into_iter().collect();
-        workers.sort_unstable();
-        workers
-    } else {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "could not keep the other threads off the workers' cores");
-        Vec::new()
+        Err(error) => {
+            tracing::warn!(%error, "could not keep the other threads off the workers' cores");
+            Vec::new()
+        }
     }
 }
 
