@@ -12,6 +12,7 @@ pub mod bandwidth;
 pub mod capture;
 pub mod drop;
 pub mod fixtures;
+pub mod flatmap;
 pub mod flow;
 pub mod handoff;
 pub mod hugepages;

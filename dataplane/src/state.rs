@@ -267,7 +267,9 @@ pub struct RemoteNode {
 /// Cluster state compiled by the control plane for the datapath.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterTables {
-    pub services: HashMap<Frontend, Arc<ServiceEntry>>,
+    /// Frontends -> services; a [`FlatMap`](crate::flatmap::FlatMap) so that the LB stage can
+    /// prefetch a batch's lookups.
+    pub services: crate::flatmap::FlatMap<Frontend, Arc<ServiceEntry>>,
     pub nodes: Vec<NodeEntry>,
     /// Pod CIDR of every node but this one -> that node (overlay destination).
     pub pod_cidrs: PrefixTable<Arc<RemoteNode>>,

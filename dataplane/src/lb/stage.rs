@@ -33,11 +33,21 @@ struct Pending<'s> {
     p: Parsed,
     tuple: FamilyTuple,
     svc: Option<&'s std::sync::Arc<crate::state::ServiceEntry>>,
+    /// The hash of the packet's frontend in the services map (first pass, for the second).
+    frontend: u64,
     /// The tuple's conntrack hash, when the packet may belong to a tracked connection.
     hash: Option<u64>,
     /// The conntrack slot found in the second pass (checked again before use: an insert or
     /// removal earlier in the batch may have changed it).
     hit: Option<(u32, Dir)>,
+}
+
+fn frontend_of(p: &Parsed) -> Frontend {
+    Frontend {
+        addr: p.dst,
+        proto: p.protocol,
+        port: p.dst_port,
+    }
 }
 
 enum FamilyTuple {
@@ -90,36 +100,43 @@ pub fn service(
             }
             continue;
         }
-        // Only packets to a frontend (original direction) or to the SNAT address (replies) can
-        // belong to a tracked connection: everything else skips the conntrack probe, a likely
-        // cache miss in a large table. (A connection whose frontend was deleted stops being
-        // translated.)
-        let svc = snap.cluster.services.get(&Frontend {
-            addr: p.dst,
-            proto: p.protocol,
-            port: p.dst_port,
-        });
-        let (tuple, hash) = match (p.src, p.dst) {
+        let tuple = match (p.src, p.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let t = tuple(u32::from(s), u32::from(d), &p);
-                let tracked = svc.is_some() || Some(p.dst) == snat4;
-                (FamilyTuple::V4(t), tracked.then(|| lb.v4.hash(&t)))
+                FamilyTuple::V4(tuple(u32::from(s), u32::from(d), &p))
             }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                let t = tuple(s.octets(), d.octets(), &p);
-                let tracked = svc.is_some() || Some(p.dst) == snat6;
-                (FamilyTuple::V6(t), tracked.then(|| lb.v6.hash(&t)))
-            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => FamilyTuple::V6(tuple(s.octets(), d.octets(), &p)),
             _ => continue,
         };
+        let frontend = frontend_of(&p);
+        let fh = snap.cluster.services.hash(&frontend);
+        snap.cluster.services.prefetch(fh);
         pending.push(Pending {
             i,
             p,
             tuple,
-            svc,
-            hash,
+            svc: None,
+            frontend: fh,
+            hash: None,
             hit: None,
         });
+    }
+    // Only packets to a frontend (original direction) or to the SNAT address (replies) can
+    // belong to a tracked connection: everything else skips the conntrack probe, a likely cache
+    // miss in a large table. (A connection whose frontend was deleted stops being translated.)
+    // The frontend's bucket was asked for in the pass before: at 10,000 services it is a miss.
+    for w in pending.iter_mut() {
+        w.svc = snap
+            .cluster
+            .services
+            .get_hashed(w.frontend, &frontend_of(&w.p));
+        w.hash = match &w.tuple {
+            FamilyTuple::V4(t) => {
+                (w.svc.is_some() || Some(w.p.dst) == snat4).then(|| lb.v4.hash(t))
+            }
+            FamilyTuple::V6(t) => {
+                (w.svc.is_some() || Some(w.p.dst) == snat6).then(|| lb.v6.hash(t))
+            }
+        };
     }
     for w in pending.iter_mut() {
         if let Some(h) = w.hash {
