@@ -199,7 +199,7 @@ impl<A: Addr> Family<A> {
         }
     }
 
-    /// `t`'s hash, its index bucket prefetched (first pass of the stage).
+    /// `t`'s hash, its index bucket prefetched (second pass of the stage).
     #[inline]
     fn hash(&self, t: &Tuple<A>) -> u64 {
         let tb = self.table_of(t);
@@ -208,9 +208,9 @@ impl<A: Addr> Family<A> {
         h
     }
 
-    /// The likely connection of `t`, its entry prefetched (second pass): the index's first
+    /// The likely connection of `t`, its entry prefetched (third pass): the index's first
     /// match of the hash, not yet compared with the tuple (that would wait for the entry here,
-    /// packet after packet); the third pass compares it (`Table::holds`).
+    /// packet after packet); the last pass compares it (`Table::holds`).
     #[inline]
     fn probe(&self, h: u64, t: &Tuple<A>) -> Option<(u32, Dir)> {
         let tb = self.table_of(t);

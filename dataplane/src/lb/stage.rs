@@ -27,17 +27,18 @@ const PORT_PROBES: u32 = 64;
 /// they cost `lb_new` 428 ns per new flow; in groups, 307.
 const PORT_PROBE_GROUP: u32 = 8;
 
-/// What the first pass over a batch learned about a packet the stage may act on.
+/// What the passes before the last learned about a packet the stage may act on: parse and
+/// frontend hash (1), service and conntrack hash (2), candidate connection (3).
 struct Pending<'s> {
     i: usize,
     p: Parsed,
     tuple: FamilyTuple,
     svc: Option<&'s std::sync::Arc<crate::state::ServiceEntry>>,
-    /// The hash of the packet's frontend in the services map (first pass, for the second).
+    /// The hash of the packet's frontend in the services map (pass 1, for pass 2).
     frontend: u64,
     /// The tuple's conntrack hash, when the packet may belong to a tracked connection.
     hash: Option<u64>,
-    /// The conntrack slot found in the second pass (checked again before use: an insert or
+    /// The conntrack slot found in pass 3 (checked again before use: an insert or
     /// removal earlier in the batch may have changed it).
     hit: Option<(u32, Dir)>,
 }
@@ -428,7 +429,7 @@ fn one<A: Addr>(
     };
     let svc = w.svc;
     if svc.is_some() || Some(p.dst) == snat {
-        // what the first pass found, if still what it was; a miss is looked up again (an
+        // what the probe pass found, if still what it was; a miss is looked up again (an
         // earlier packet of the batch may have started the connection)
         let hit = match w.hit {
             Some((slot, dir)) if tb.holds(slot, dir, &t) => Some((slot, dir)),
