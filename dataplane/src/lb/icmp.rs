@@ -18,7 +18,7 @@
 //! again (errors are rare and at most a few hundred bytes).
 
 use super::conntrack::{Addr, Dir, Endpoint, Table, Tuple};
-use super::nat::rewrite_at;
+use super::nat::{rewrite_addresses, rewrite_at};
 use super::{dsr, maglev, Family, LbState};
 use crate::packet::{Batch, Verdict};
 use crate::region::Region;
@@ -95,7 +95,7 @@ fn quote<A: Addr>(pkt: &[u8], p: &Parsed) -> Option<Quote<A>> {
     })
 }
 
-/// An ICMP packet: if it is an error about a connection, translated along it (icmp.rs), tunnelled
+/// An ICMP packet: if it is an error about a connection, translated along it, tunnelled
 /// to its DSR backend, or handed to the worker whose SNAT port it quotes.
 pub(super) fn related(
     snap: &Snapshot,
@@ -266,21 +266,13 @@ fn translate<A: Addr>(
     dst: Endpoint<A>,
 ) {
     let v4 = A::WORDS == 2;
-    let ones = 0xffff * A::WORDS;
-    let (src_at, dst_at) = if v4 { (12, 16) } else { (8, 24) };
     // the outer header: addresses and (IPv4) its checksum; the outer source was the error's
     // sender, so the delta is computed from what the packet holds
-    let old_src = A::from_ip(p.src).unwrap_or_default();
-    let old_dst = A::from_ip(p.dst).unwrap_or_default();
-    outer_src.write_be(&mut pkt[p.l3 + src_at..]);
-    outer_dst.write_be(&mut pkt[p.l3 + dst_at..]);
-    if v4 {
-        let delta = 2 * ones - old_src.word_sum() - old_dst.word_sum()
-            + outer_src.word_sum()
-            + outer_dst.word_sum();
-        let c = checksum::apply_delta(be16(pkt, p.l3 + 10), delta);
-        set_be16(pkt, p.l3 + 10, c);
-    }
+    let old = (
+        A::from_ip(p.src).unwrap_or_default(),
+        A::from_ip(p.dst).unwrap_or_default(),
+    );
+    rewrite_addresses(pkt, p.l3, old, outer_src, outer_dst);
     // the quote: addresses, ports, its IPv4 header checksum, its TCP/UDP checksum when quoted
     rewrite_at(pkt, (q.l3, q.l4, q.end), &q.tuple, src, dst);
     // the ICMP checksum over the whole message (ICMPv6: with the new outer addresses)

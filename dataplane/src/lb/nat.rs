@@ -32,27 +32,12 @@ pub(super) fn rewrite_at<A: Addr>(
     dst: Endpoint<A>,
 ) {
     let v4 = A::WORDS == 2;
-    let (src_at, dst_at) = if v4 {
-        (l3 + 12, l3 + 16)
-    } else {
-        (l3 + 8, l3 + 24)
-    };
-    // sum of ~m + m' over the changed words: ~m = 0xffff - m for each old word
-    let ones = 0xffff * A::WORDS;
-    let addr_delta = 2 * ones - old.src.word_sum() - old.dst.word_sum()
-        + src.addr.word_sum()
-        + dst.addr.word_sum();
+    let addr_delta = rewrite_addresses(pkt, l3, (old.src, old.dst), src.addr, dst.addr);
     let port_delta = 2 * 0xffff - u32::from(old.sport) - u32::from(old.dport)
         + u32::from(src.port)
         + u32::from(dst.port);
-    src.addr.write_be(&mut pkt[src_at..]);
-    dst.addr.write_be(&mut pkt[dst_at..]);
     set_be16(pkt, l4, src.port);
     set_be16(pkt, l4 + 2, dst.port);
-    if v4 {
-        let c = checksum::apply_delta(be16(pkt, l3 + 10), addr_delta);
-        set_be16(pkt, l3 + 10, c);
-    }
     let csum_at = l4 + if old.proto == tcp::PROTOCOL { 16 } else { 6 };
     if csum_at + 2 > end {
         return;
@@ -66,6 +51,35 @@ pub(super) fn rewrite_at<A: Addr>(
         c = 0xffff;
     }
     set_be16(pkt, csum_at, c);
+}
+
+/// Rewrites the addresses of the IP header at `l3` from `old` (source, destination) to `src` →
+/// `dst`, and updates its IPv4 checksum; the checksum delta of the change (for the TCP/UDP
+/// pseudo-header, or nothing).
+#[inline]
+pub(super) fn rewrite_addresses<A: Addr>(
+    pkt: &mut [u8],
+    l3: usize,
+    old: (A, A),
+    src: A,
+    dst: A,
+) -> u32 {
+    let v4 = A::WORDS == 2;
+    let (src_at, dst_at) = if v4 {
+        (l3 + 12, l3 + 16)
+    } else {
+        (l3 + 8, l3 + 24)
+    };
+    // sum of ~m + m' over the changed words: ~m = 0xffff - m for each old word
+    let ones = 0xffff * A::WORDS;
+    let delta = 2 * ones - old.0.word_sum() - old.1.word_sum() + src.word_sum() + dst.word_sum();
+    src.write_be(&mut pkt[src_at..]);
+    dst.write_be(&mut pkt[dst_at..]);
+    if v4 {
+        let c = checksum::apply_delta(be16(pkt, l3 + 10), delta);
+        set_be16(pkt, l3 + 10, c);
+    }
+    delta
 }
 
 #[cfg(test)]
