@@ -77,7 +77,7 @@ pub fn emit_too_big(
     let quote = offending.len().min(buf.len() - field::HEADER_LEN);
     buf[field::HEADER_LEN..field::HEADER_LEN + quote].copy_from_slice(&offending[..quote]);
     let len = field::HEADER_LEN + quote;
-    write_too_big_header(&mut buf[..len], mtu, v6);
+    write_error_header(&mut buf[..len], Error::TooBig(mtu), v6);
     Ok(len)
 }
 
@@ -98,12 +98,6 @@ pub fn is_error(v6: bool, msg_type: u8) -> bool {
     } else {
         matches!(msg_type, 3 | 4 | 5 | 11 | 12)
     }
-}
-
-/// Fills the ICMP header of a "too big" error whose quote already sits at `buf[8..]`; the message
-/// is all of `buf` (at least the 8-byte header).
-pub fn write_too_big_header(buf: &mut [u8], mtu: u32, v6: Option<(IpAddr, IpAddr)>) {
-    write_error_header(buf, Error::TooBig(mtu), v6)
 }
 
 /// Fills the ICMP header of error `e` whose quote already sits at `buf[8..]`; the message is all
