@@ -210,12 +210,7 @@ fn ttl_and_no_route_drops_are_counted_with_their_reason() {
     }
     let s = d.stats();
     assert_eq!(u(&s, &["totals", "drops", "TTL_EXCEEDED"]), 202, "{s}");
-    let errors: u64 = s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| u(w, &["icmp_errors"]))
-        .sum();
+    let errors = common::worker_sum(&s, "icmp_errors");
     assert_eq!(
         errors, 202,
         "every TTL-1 packet answered (within the budget): {s}"

@@ -151,16 +151,6 @@ fn denied(s: &Value) -> u64 {
         .sum()
 }
 
-/// The workers' counter `key`, summed.
-fn worker_sum(s: &Value, key: &str) -> u64 {
-    s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| common::u(w, &[key]))
-        .sum()
-}
-
 /// `curl -s -w ' %{http_code}'` from the client with `args`: body and status.
 fn curl_status(lab: &Lab, args: &[&str]) -> String {
     let mut a = vec!["curl", "-s", "-m", "5", "-w", " %{http_code}"];
@@ -257,9 +247,12 @@ fn http_rules_pass_allowed_requests_and_answer_403_to_the_rest() {
     }
     // the counters: requests judged and refused, and the policy that refused them
     let s = d.stats();
-    let refused = worker_sum(&s, "l7_refused");
+    let refused = common::worker_sum(&s, "l7_refused");
     assert_eq!(refused, 3 * 2 + 2, "{s}");
-    assert!(worker_sum(&s, "l7_requests") >= 3 * 4 + 2 * 3, "{s}");
+    assert!(
+        common::worker_sum(&s, "l7_requests") >= 3 * 4 + 2 * 3,
+        "{s}"
+    );
     assert!(
         s["totals"]["policy_drops"]["lab/web-l7"].as_u64() >= Some(refused),
         "{s}"

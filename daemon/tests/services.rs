@@ -114,12 +114,7 @@ fn every_frontend_splits_new_connections_by_weight() {
     let st = api(&lab).get("/v1/status").expect("status");
     eprintln!("status: {st}");
     let stats = d.stats();
-    let new: u64 = stats["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| common::u(w, &["lb_new_connections"]))
-        .sum();
+    let new = common::worker_sum(&stats, "lb_new_connections");
     // every request a new connection, except the few UDP requests whose random source port
     // repeats an earlier one's within the 60 s UDP timeout (same flow, same backend)
     let requests = 5 * 400 + 50 + 300;
@@ -375,12 +370,7 @@ fn dsr_and_hybrid_reach_backends_that_answer_the_client_directly() {
         let udp = common::udp_ask(&lab, "10.96.0.53", 53, 30);
         assert_eq!(udp.get("error"), None, "{mode}: UDP {udp:?}");
         let s = d.stats();
-        let icmp: u64 = s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| common::u(w, &["icmp_errors"]))
-            .sum();
+        let icmp = common::worker_sum(&s, "icmp_errors");
         assert!(icmp >= 1, "{mode}: no ICMP frag-needed was sent");
         eprintln!(
             "{mode}/{dispatch}: {} packets decapsulated by the backends, {icmp} ICMP frag-needed",
@@ -406,7 +396,7 @@ fn two_workers_translate_replies_that_arrive_on_the_other_queue() {
     }
     let s = d.stats();
     let workers = s["workers"].as_array().unwrap();
-    let sum = |k: &str| -> u64 { workers.iter().map(|w| common::u(w, &[k])).sum() };
+    let sum = |k: &str| common::worker_sum(&s, k);
     eprintln!(
         "new connections per worker: {:?}; handed over {} / taken over {}",
         workers
@@ -478,11 +468,6 @@ fn a_backends_port_unreachable_reaches_the_client() {
         );
     }
     let stats = d.stats();
-    let translated: u64 = stats["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| common::u(w, &["lb_icmp_translated"]))
-        .sum();
+    let translated = common::worker_sum(&stats, "lb_icmp_translated");
     assert_eq!(translated, 6, "stats {stats}");
 }

@@ -406,6 +406,16 @@ pub fn u(v: &serde_json::Value, path: &[&str]) -> u64 {
     cur.as_u64().unwrap_or(0)
 }
 
+/// A worker counter of the stats file, summed over the workers.
+pub fn worker_sum(stats: &serde_json::Value, key: &str) -> u64 {
+    stats["workers"]
+        .as_array()
+        .expect("stats without workers")
+        .iter()
+        .map(|w| u(w, &[key]))
+        .sum()
+}
+
 pub fn iface<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     v["interfaces"]
         .as_array()
