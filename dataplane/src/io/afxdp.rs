@@ -57,6 +57,13 @@ const XDP_PACKET_HEADROOM: u32 = 256;
 /// In copy mode one sendto() transmits at most 32 descriptors (the kernel's TX batch budget), so
 /// a full batch of 64 can need a second kick; more than 4 means the device is backed up.
 const MAX_TX_KICKS: u32 = 4;
+/// xdpilone reserves ring slots against its cached copy of the kernel's consumer index, and
+/// reads that index again only when the copy shows no room at all (and reads the receive ring
+/// against its cached producer index, re-read only when the copy shows it empty). A reservation that crosses
+/// that point comes back short although the ring has room: a batch of 49 once got 26 slots of
+/// a ring with 2,048 free, and the other 23 packets were dropped as TX_RING_FULL. The second
+/// reservation starts from the index re-read; a ring still full then is really full.
+const RESERVE_ATTEMPTS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AfXdpError {
@@ -354,27 +361,34 @@ impl PacketIo for AfXdpIo {
         // Round-robin start so one busy interface cannot starve the others.
         for k in 0..n_ports {
             let pi = (self.rx_cursor + k) % n_ports;
-            let room = batch.room() as u32;
-            if room == 0 {
-                break;
-            }
-            let mut r = self.ports[pi].rx.receive(room);
-            while let Some(d) = r.read() {
-                if d.addr >= limit {
-                    // A descriptor outside the UMEM cannot come from a sane kernel; never let it
-                    // into the free list.
-                    stats.drop(crate::drop::DropReason::Malformed, 1);
-                    continue;
+            // a short read can be xdpilone's stale view of the ring (`RESERVE_ATTEMPTS`)
+            for _ in 0..RESERVE_ATTEMPTS {
+                let room = batch.room() as u32;
+                if room == 0 {
+                    break;
                 }
-                stats.rx_bytes.add(u64::from(d.len));
-                batch.push(Frame {
-                    addr: d.addr,
-                    len: d.len,
-                    port: pi as Port,
-                });
-                n += 1;
+                let mut r = self.ports[pi].rx.receive(room);
+                let got = r.capacity();
+                while let Some(d) = r.read() {
+                    if d.addr >= limit {
+                        // A descriptor outside the UMEM cannot come from a sane kernel; never let
+                        // it into the free list.
+                        stats.drop(crate::drop::DropReason::Malformed, 1);
+                        continue;
+                    }
+                    stats.rx_bytes.add(u64::from(d.len));
+                    batch.push(Frame {
+                        addr: d.addr,
+                        len: d.len,
+                        port: pi as Port,
+                    });
+                    n += 1;
+                }
+                r.release();
+                if got == 0 {
+                    break;
+                }
             }
-            r.release();
         }
         self.rx_cursor = (self.rx_cursor + 1) % n_ports;
         stats.rx_packets.add(n as u64);
@@ -394,8 +408,13 @@ impl PacketIo for AfXdpIo {
             }
             let sock = &mut self.ports[pi];
             let mut sent = 0u32;
-            {
-                let mut w = sock.tx.transmit(want as u32);
+            // Two reservations at most: the first can come back short of a ring with room (see
+            // `RESERVE_ATTEMPTS`); the second sees the kernel's consumer as it is.
+            for _ in 0..RESERVE_ATTEMPTS {
+                let mut w = sock.tx.transmit(want as u32 - sent);
+                if w.capacity() == 0 {
+                    break;
+                }
                 batch.retain(|f, v| {
                     if v != Verdict::Tx(pi as Port) {
                         return true;
@@ -414,6 +433,9 @@ impl PacketIo for AfXdpIo {
                     }
                 });
                 w.commit();
+                if sent as usize == want {
+                    break;
+                }
             }
             let mut kicks = 0;
             while sock.tx.needs_wakeup() && sock.tx.pending() > 0 && kicks < MAX_TX_KICKS {
@@ -461,18 +483,24 @@ impl PacketIo for AfXdpIo {
                 }
                 continue;
             }
-            let mut w = p.fq_cq.fill(share);
-            let cap = w.capacity();
-            for _ in 0..cap {
-                // cap <= share <= free.len()
-                let Some(chunk) = self.free.pop() else { break };
-                if !w.insert_once(chunk) {
-                    self.free.push(chunk);
+            let mut filled = 0;
+            for _ in 0..RESERVE_ATTEMPTS {
+                let mut w = p.fq_cq.fill(share - filled);
+                let cap = w.capacity();
+                for _ in 0..cap {
+                    // cap <= share - filled <= free.len()
+                    let Some(chunk) = self.free.pop() else { break };
+                    if !w.insert_once(chunk) {
+                        self.free.push(chunk);
+                        break;
+                    }
+                    filled += 1;
+                }
+                w.commit();
+                if cap == 0 || filled == share {
                     break;
                 }
             }
-            w.commit();
-            drop(w);
             if p.fq_cq.needs_wakeup() {
                 p.fq_cq.wake();
                 stats.wakeups.add(1);
