@@ -7,6 +7,7 @@ mod common;
 use common::{ip, tcp, Lb};
 use sluice_dataplane::fixtures::{service_snapshot, MAC_BACKEND, MAC_CLIENT, MAC_CLI_PORT};
 use sluice_dataplane::handoff::Handoff;
+use sluice_dataplane::lb::maglev::flow_hash;
 use sluice_dataplane::lb::{Dispatch, LbMode, LbSettings};
 use sluice_dataplane::state::Snapshot;
 use sluice_dataplane::wire::build::{PacketSpec, L4};
@@ -437,6 +438,73 @@ fn a_free_snat_port_is_taken_before_a_half_open_one_is_reclaimed() {
         "none free: a half-open one gave its port"
     );
     assert_eq!(lb.pipeline.lb.connections(), 8);
+}
+
+#[test]
+fn scarce_snat_ports_are_reclaimed_from_the_first_group_until_one_is_free() {
+    // sixteen ports toward the one backend: two groups of eight probes
+    let (lo, n) = (61000u16, 16u16);
+    let mut lb = one_backend_snat_ports(lo, lo + n - 1);
+    let seed = service_snapshot([1, 0, 0]).lb.seed;
+    let (client, backend) = (ip("10.10.0.2"), ip("10.20.0.11"));
+    // where `port` comes in the order a SYN from `sport` tries the ports (0: first)
+    let position = |sport: u16, port: u16| {
+        let first = (flow_hash(client, backend, sport, 8080, 6, !seed) % u64::from(n)) as u16;
+        (port - lo + n - first) % n
+    };
+    let syn = |lb: &mut Lb, sport: u16| -> u16 {
+        let (_, out) = lb
+            .send(0, &tcp("10.10.0.2", "10.96.0.80", sport, 80, SYN))
+            .unwrap_or_else(|| panic!("SYN from {sport} dropped"));
+        checked(&out).src_port
+    };
+    // batches of other traffic: each runs a GC step, these cover the whole table
+    let gc = |lb: &mut Lb| {
+        for i in 0..200 {
+            lb.send(0, &tcp("10.10.0.2", "10.20.0.11", 30000 + i, 8080, ACK));
+        }
+    };
+    let evicted = |lb: &Lb| lb.pipeline.lb.evicted();
+    // half-open connections of three ages fill the ports: a at 0 s, b at 10 s, 14 more at 40 s
+    let a = syn(&mut lb, 1000);
+    lb.pipeline.lb.advance_clock(10);
+    let b = syn(&mut lb, 1001);
+    lb.pipeline.lb.advance_clock(30);
+    for sport in 1002..1016 {
+        syn(&mut lb, sport);
+    }
+    assert_eq!(evicted(&lb), 0);
+    // at 61 s a's SYN timed out (60 s) and its port is free again
+    lb.pipeline.lb.advance_clock(21);
+    gc(&mut lb);
+    assert_eq!(lb.pipeline.lb.connections(), 15);
+    // ports not scarce: a SYN tries every port, and finds a's in its second group
+    let far_a = (2000..).find(|&s| position(s, a) >= 8).unwrap();
+    assert_eq!(syn(&mut lb, far_a), a);
+    assert_eq!(evicted(&lb), 0, "a free port was taken, nothing evicted");
+    // eight SYNs find every port taken and reclaim one (never b's: it is tried later)
+    let mut sport = 3000;
+    for _ in 0..8 {
+        while position(sport, b) == 0 {
+            sport += 1;
+        }
+        assert_ne!(syn(&mut lb, sport), b);
+        sport += 1;
+    }
+    assert_eq!(evicted(&lb), 8);
+    // at 71 s b's SYN timed out: its port is the one free
+    lb.pipeline.lb.advance_clock(10);
+    gc(&mut lb);
+    assert_eq!(lb.pipeline.lb.connections(), 15);
+    // the ports are scarce now: a SYN that would find b's port only in its second group
+    // reclaims one in its first
+    let far_b = (4000..).find(|&s| position(s, b) >= 8).unwrap();
+    assert_ne!(syn(&mut lb, far_b), b);
+    assert_eq!(evicted(&lb), 9, "scarce: reclaimed from the first group");
+    // one that finds it in its first group takes it, and the ports are not scarce any more
+    let near_b = (5000..).find(|&s| position(s, b) < 8).unwrap();
+    assert_eq!(syn(&mut lb, near_b), b);
+    assert_eq!(evicted(&lb), 9);
 }
 
 fn with_mode(mode: LbMode, dispatch: Dispatch) -> Snapshot {

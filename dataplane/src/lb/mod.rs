@@ -238,7 +238,14 @@ struct Ctx {
     /// CLOCK_MONOTONIC seconds (slots.rs): system-wide, so adopted tables keep their expiry.
     now: u32,
     rng: u64,
+    /// Per backend (by a hash of its address and port, 64 ways): the new connections in a row
+    /// that found no free SNAT port toward it (stage.rs, `SCARCE_AFTER`).
+    pressure: [u8; PRESSURE_WAYS],
 }
+
+/// Backends whose SNAT port pressure is followed apart; two sharing a way share the count
+/// (64 bytes: one cache line per worker).
+const PRESSURE_WAYS: usize = 64;
 
 impl Ctx {
     fn new(worker: u16, workers: u16) -> Self {
@@ -248,7 +255,14 @@ impl Ctx {
             skew: 0,
             now: clock_secs(),
             rng: 0x853c_49e6_748f_ea9b ^ u64::from(worker),
+            pressure: [0; PRESSURE_WAYS],
         }
+    }
+
+    /// The SNAT port pressure count of the backend at `addr` (folded) and `port`.
+    fn port_pressure(&mut self, addr: u64, port: u16) -> &mut u8 {
+        let h = (addr ^ (u64::from(port) << 48)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &mut self.pressure[(h >> 58) as usize]
     }
 
     /// This worker's SNAT ports: (first, count).

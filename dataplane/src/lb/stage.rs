@@ -26,6 +26,14 @@ const PORT_PROBES: u32 = 64;
 /// toward a backend is taken within a second, so all 64 are tried for every SYN. One at a time
 /// they cost `lb_new` 428 ns per new flow; in groups, 307.
 const PORT_PROBE_GROUP: u32 = 8;
+/// After this many new connections in a row toward a backend found none of their ports free,
+/// its ports count as scarce: a search then takes the first group of ports that holds one to
+/// reclaim, instead of trying all `PORT_PROBES` for a free one that is not there. In a SYN flood
+/// every port toward the backend is held by a half-open connection within a second, and each
+/// SYN made 64 conntrack lookups (a third of the worker's time). A free port found ends it.
+/// With ports merely busy (a share f taken by live connections) a search finds none free with
+/// chance f^64, and 8 such in a row do not happen below f = 0.99.
+const SCARCE_AFTER: u8 = 8;
 
 /// What the passes before the last learned about a packet the stage may act on: parse and
 /// frontend hash (1), service and conntrack hash (2), candidate connection (3).
@@ -579,7 +587,12 @@ fn one<A: Addr>(
     let mut free = None;
     let probes = PORT_PROBES.min(span);
     let mut hashes = [0u64; PORT_PROBE_GROUP as usize];
+    let pressure = ctx.port_pressure(backend_addr.fold64(), b.port);
+    let scarce = *pressure >= SCARCE_AFTER;
     'groups: for g in (0..probes).step_by(PORT_PROBE_GROUP as usize) {
+        if scarce && reclaim.is_some() {
+            break;
+        }
         let group = g..(g + PORT_PROBE_GROUP).min(probes);
         for (k, h) in group.clone().zip(hashes.iter_mut()) {
             nat.source.port = (lo + (first + k) % span) as u16;
@@ -605,6 +618,10 @@ fn one<A: Addr>(
             }
         }
     }
+    *pressure = match free {
+        Some(_) => 0,
+        None => pressure.saturating_add(1),
+    };
     let nat = match (free, reclaim) {
         (Some(nat), _) => nat,
         (None, Some((slot, nat))) => {
