@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Control-plane benchmark on the lab: sluiced with its real workers, the API over its unix socket.
-#   full-state apply of 10,000 Services x 10 endpoints (HTTP, validation, compile, publish)
+#   full-state apply of 10,000 Services x 10 endpoints (HTTP, validation, compile, publish),
+#   then the same state again (a resync: unchanged Maglev tables are kept)
 #   single-Service changes, each until every worker runs the new snapshot
 # usage: control-plane.sh [SERVICES] [ENDPOINTS]   results: bench/results/control-plane-*.json
 set -euo pipefail

@@ -37,6 +37,9 @@ pub struct Context<'a> {
     /// This appliance's node: externalTrafficPolicy Local keeps only backends on it.
     pub local_node: Option<&'a str>,
     pub lb: LbDefaults,
+    /// The service's entries as last compiled under the same `lb` and local node: a Maglev
+    /// table of the same backends and size is taken from them instead of built again.
+    pub previous: &'a [Arc<ServiceEntry>],
 }
 
 /// One Service with its EndpointSlices -> its frontends, each with the backends of its port.
@@ -173,6 +176,17 @@ impl Tables {
         // with no ready backend, serving terminating ones take new connections, as kube-proxy
         // does since ProxyTerminatingEndpoints
         let table = |local_only: bool| -> Arc<[u16]> {
+            // the table is a function of the backends (with their conditions and nodes), the
+            // size, the seed and the local node: the same ones give the same table (the
+            // service's other changes, a port, a type, an annotation, keep it)
+            let same = ctx.previous.iter().find(|e| {
+                e.local_only == local_only
+                    && e.table.len() == table_size as usize
+                    && e.backends == backends
+            });
+            if let Some(e) = same {
+                return e.table.clone();
+            }
             let members = |fallback: bool| -> Vec<Member> {
                 backends
                     .iter()

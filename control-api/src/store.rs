@@ -9,7 +9,7 @@ use crate::compile::{compile_service, Compiled, Context};
 use crate::identity::{self, Allocator, IdentityView, Labels};
 use crate::model::{self, EndpointSliceView, Invalid, Kind, ObjectKey};
 use serde_json::Value;
-use sluice_dataplane::state::{ClusterTables, Frontend, HashMap, NodeEntry};
+use sluice_dataplane::state::{ClusterTables, Frontend, HashMap, NodeEntry, ServiceEntry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -224,7 +224,7 @@ impl Store {
             }
         }
         fresh
-            .compile_loaded(&services)
+            .compile_loaded(&services, self)
             .map_err(|(i, e)| at_item(i, e))?;
         fresh.bulk = false;
         fresh.rebuild_identities();
@@ -267,7 +267,7 @@ impl Store {
     ) -> Result<Plan, Invalid> {
         let mut plan = Vec::new();
         for id in affected {
-            let compiled = self.compile(id, change)?;
+            let compiled = self.compile(id, change, self)?;
             self.check_frontends(id, &compiled)?;
             plan.push((id.clone(), compiled));
         }
@@ -276,10 +276,13 @@ impl Store {
 
     /// One service's frontends and tables from its objects, with `change` applied; none if it
     /// has no Service object.
+    /// `before`: the store whose compiled entries of the service may lend it their Maglev
+    /// tables (this one for a change, the one being replaced for a full apply).
     fn compile(
         &self,
         id: &SvcId,
         change: Option<(&ObjectKey, Option<&Value>)>,
+        before: &Store,
     ) -> Result<Compiled, Invalid> {
         let svc_key = ObjectKey {
             kind: Kind::Service,
@@ -325,8 +328,26 @@ impl Store {
                 node_addresses: &self.node_addresses,
                 local_node: self.local_node.as_deref(),
                 lb: self.lb,
+                previous: &self.entries_before(id, before),
             },
         ))
+    }
+
+    /// The service's compiled entries in `before`, if they were built as this store builds them
+    /// (same LB defaults and local node), each once.
+    fn entries_before(&self, id: &SvcId, before: &Store) -> Vec<Arc<ServiceEntry>> {
+        if before.lb != self.lb || before.local_node != self.local_node {
+            return Vec::new();
+        }
+        let mut out: Vec<Arc<ServiceEntry>> = Vec::new();
+        for fe in before.frontends_of.get(id).into_iter().flatten() {
+            if let Some(e) = before.tables.services.get(fe) {
+                if !out.iter().any(|o| Arc::ptr_eq(o, e)) {
+                    out.push(e.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Err if another service already serves one of `compiled`'s frontends.
@@ -360,7 +381,12 @@ impl Store {
     /// Compiles every service `replace_all` loaded (item index, service), on as many threads
     /// as there are cores (their Maglev tables are most of a full apply: 10,000 of them), then
     /// commits them in item order, so the first item to claim a frontend keeps it.
-    fn compile_loaded(&mut self, services: &[(usize, SvcId)]) -> Result<(), (usize, Invalid)> {
+    /// `before`: the store being replaced, whose Maglev tables the same backends reuse.
+    fn compile_loaded(
+        &mut self,
+        services: &[(usize, SvcId)],
+        before: &Store,
+    ) -> Result<(), (usize, Invalid)> {
         // Services are handed out in chunks as threads ask (a thread on a spare core may get
         // little time); below ~64 services a thread costs more than it saves.
         const CHUNK: usize = 16;
@@ -390,7 +416,7 @@ impl Store {
                             }
                             for (i, (_, id)) in services.iter().enumerate().skip(start).take(CHUNK)
                             {
-                                done.push((i, store.compile(id, None)));
+                                done.push((i, store.compile(id, None, before)));
                             }
                         }
                     })
@@ -911,6 +937,58 @@ mod tests {
             "{e}"
         );
         assert_eq!(full.tables.services, one_by_one.tables.services);
+    }
+
+    /// A Maglev table is a function of the backends, the size, the seed and the node: a
+    /// service recompiled with the same ones takes its table as it was, in a change and in a
+    /// full apply, and one whose backends changed gets the table a fresh store builds.
+    #[test]
+    fn unchanged_backends_keep_their_maglev_table() {
+        let items = |port: u16, addrs: &[&str]| {
+            let mut web = svc("web", "10.96.0.10");
+            web["spec"]["ports"][0]["port"] = json!(port);
+            let mut db = svc("db", "10.96.0.20");
+            db["spec"]["type"] = json!("ClusterIP");
+            vec![
+                web,
+                slice("web-1", "web", addrs),
+                db,
+                slice("db-1", "db", &["10.0.2.5"]),
+            ]
+        };
+        let table = |s: &Store, ip: &str, port: u16| s.tables.services[&fe(ip, port)].table.clone();
+        let mut s = Store::new(vec!["192.0.2.1".parse().unwrap()]);
+        s.replace_all(items(80, &["10.0.1.5", "10.0.1.6"])).unwrap();
+        let (web, db) = (table(&s, "10.96.0.10", 80), table(&s, "10.96.0.20", 80));
+        // the same state again: no table built
+        s.replace_all(items(80, &["10.0.1.5", "10.0.1.6"])).unwrap();
+        assert!(Arc::ptr_eq(&table(&s, "10.96.0.10", 80), &web));
+        assert!(Arc::ptr_eq(&table(&s, "10.96.0.20", 80), &db));
+        // another service port, the same backends: the table stays, under the new frontend
+        let mut moved = svc("web", "10.96.0.10");
+        moved["spec"]["ports"][0]["port"] = json!(81);
+        s.put(moved, None).unwrap();
+        assert!(Arc::ptr_eq(&table(&s, "10.96.0.10", 81), &web));
+        // a backend more: built again, as a store that never saw the old one builds it
+        s.replace_all(items(81, &["10.0.1.5", "10.0.1.6", "10.0.1.7"]))
+            .unwrap();
+        let mut fresh = Store::new(vec!["192.0.2.1".parse().unwrap()]);
+        fresh
+            .replace_all(items(81, &["10.0.1.5", "10.0.1.6", "10.0.1.7"]))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&table(&s, "10.96.0.10", 81), &web));
+        assert_eq!(s.tables.services, fresh.tables.services);
+        assert!(Arc::ptr_eq(&table(&s, "10.96.0.20", 80), &db));
+        // a backend no longer ready: its slots go (the conditions are part of the backends)
+        let mut notready = slice("web-1", "web", &["10.0.1.5", "10.0.1.6", "10.0.1.7"]);
+        notready["endpoints"][2]["conditions"] = json!({"ready": false});
+        s.put(notready.clone(), None).unwrap();
+        let mut fresh = Store::new(vec!["192.0.2.1".parse().unwrap()]);
+        let mut fresh_items = items(81, &[]);
+        fresh_items[1] = notready;
+        fresh.replace_all(fresh_items).unwrap();
+        assert_eq!(s.tables.services, fresh.tables.services);
+        assert_eq!(slots(&s, &fe("10.96.0.10", 81))[2], ("10.0.1.7".into(), 0));
     }
 
     #[test]
