@@ -58,11 +58,11 @@ const XDP_PACKET_HEADROOM: u32 = 256;
 /// a full batch of 64 can need a second kick; more than 4 means the device is backed up.
 const MAX_TX_KICKS: u32 = 4;
 /// xdpilone reserves ring slots against its cached copy of the kernel's consumer index, and
-/// reads that index again only when the copy shows no room at all (and reads the receive ring
-/// against its cached producer index, re-read only when the copy shows it empty). A reservation that crosses
-/// that point comes back short although the ring has room: a batch of 49 once got 26 slots of
-/// a ring with 2,048 free, and the other 23 packets were dropped as TX_RING_FULL. The second
-/// reservation starts from the index re-read; a ring still full then is really full.
+/// reads that index again only when the copy shows no room at all (the receive ring likewise
+/// against its cached producer index, re-read only when the copy shows it empty). A reservation
+/// that crosses that point comes back short although the ring has room: a batch of 49 once got
+/// 26 slots of a ring with 2,048 free, and the other 23 packets were dropped as TX_RING_FULL.
+/// The second reservation starts from the index re-read; a ring still full then is full.
 const RESERVE_ATTEMPTS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
