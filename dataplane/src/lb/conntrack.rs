@@ -302,6 +302,9 @@ pub enum InsertError {
 /// How far an insert into a full table looks for an evictable entry, and how many slots one GC
 /// step examines: small enough to bound the time per packet / per batch.
 pub const SCAN: usize = 64;
+/// How far past an eviction the next victim is looked for, to prefetch its index buckets: in a
+/// flood nearly every entry is embryonic, so the next one is almost always within a few slots.
+const VICTIM_LOOKAHEAD: usize = 8;
 
 /// A bounded connection table.
 pub struct Table<A> {
@@ -671,17 +674,40 @@ impl<A: Addr> Table<A> {
                 Some(e) if expired(e, now) => {
                     self.remove(slot as u32);
                     self.expired += 1;
+                    self.prefetch_next_victim(now);
                     return true;
                 }
                 Some(e) if e.state == State::Embryonic => {
                     self.remove(slot as u32);
                     self.evicted += 1;
+                    self.prefetch_next_victim(now);
                     return true;
                 }
                 _ => {}
             }
         }
         false
+    }
+
+    /// A full table evicts again at the next new connection, most likely the next evictable
+    /// entry from the cursor: its two index buckets, at random places, are asked for now, so
+    /// that removing it does not wait for them. Looks at most `VICTIM_LOOKAHEAD` slots ahead
+    /// (sequential reads); nothing is changed, the next eviction checks again.
+    fn prefetch_next_victim(&self, now: u32) {
+        let mut slot = self.cursor;
+        for _ in 0..VICTIM_LOOKAHEAD.min(self.max) {
+            if let Some(e) = self.get(slot as u32) {
+                if expired(e, now) || e.state == State::Embryonic {
+                    let nat = e.nat();
+                    self.index.prefetch(self.index.hash(&nat.original(e.proto)));
+                    if !e.dsr() {
+                        self.index.prefetch(self.index.hash(&nat.reply(e.proto)));
+                    }
+                    return;
+                }
+            }
+            slot = (slot + 1) % self.max;
+        }
     }
 }
 
