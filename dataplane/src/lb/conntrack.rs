@@ -670,21 +670,17 @@ impl<A: Addr> Table<A> {
         for _ in 0..SCAN.min(self.max) {
             let slot = self.cursor;
             self.cursor = (self.cursor + 1) % self.max;
-            match self.get(slot as u32) {
-                Some(e) if expired(e, now) => {
-                    self.remove(slot as u32);
-                    self.expired += 1;
-                    self.prefetch_next_victim(now);
-                    return true;
-                }
-                Some(e) if e.state == State::Embryonic => {
-                    self.remove(slot as u32);
-                    self.evicted += 1;
-                    self.prefetch_next_victim(now);
-                    return true;
-                }
-                _ => {}
+            let Some(e) = self.get(slot as u32).filter(|e| evictable(e, now)) else {
+                continue;
+            };
+            if expired(e, now) {
+                self.expired += 1;
+            } else {
+                self.evicted += 1;
             }
+            self.remove(slot as u32);
+            self.prefetch_next_victim(now);
+            return true;
         }
         false
     }
@@ -696,15 +692,13 @@ impl<A: Addr> Table<A> {
     fn prefetch_next_victim(&self, now: u32) {
         let mut slot = self.cursor;
         for _ in 0..VICTIM_LOOKAHEAD.min(self.max) {
-            if let Some(e) = self.get(slot as u32) {
-                if expired(e, now) || e.state == State::Embryonic {
-                    let nat = e.nat();
-                    self.index.prefetch(self.index.hash(&nat.original(e.proto)));
-                    if !e.dsr() {
-                        self.index.prefetch(self.index.hash(&nat.reply(e.proto)));
-                    }
-                    return;
+            if let Some(e) = self.get(slot as u32).filter(|e| evictable(e, now)) {
+                let nat = e.nat();
+                self.index.prefetch(self.index.hash(&nat.original(e.proto)));
+                if !e.dsr() {
+                    self.index.prefetch(self.index.hash(&nat.reply(e.proto)));
                 }
+                return;
             }
             slot = (slot + 1) % self.max;
         }
@@ -726,6 +720,13 @@ fn unpack(v: u32) -> (u32, Dir) {
 pub(super) fn expired<A>(e: &Entry<A>, now: u32) -> bool {
     // wrapping: CLOCK_MONOTONIC seconds, as u32
     (now.wrapping_sub(e.expires) as i32) >= 0
+}
+
+/// Whether `e` may give up its slot (or its SNAT port) to a new connection: expired, or still
+/// embryonic (established connections never do).
+#[inline]
+pub(super) fn evictable<A>(e: &Entry<A>, now: u32) -> bool {
+    e.state == State::Embryonic || expired(e, now)
 }
 
 /// The state machine: TCP SYN/established/closing, others open while traffic flows.

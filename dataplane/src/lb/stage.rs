@@ -609,9 +609,7 @@ fn one<A: Addr>(
                 }
                 Some((slot, _)) => {
                     if reclaim.is_none()
-                        && tb.get(slot).is_some_and(|e| {
-                            e.state == conntrack::State::Embryonic || conntrack::expired(e, now)
-                        })
+                        && tb.get(slot).is_some_and(|e| conntrack::evictable(e, now))
                     {
                         reclaim = Some((slot, nat));
                     }
