@@ -17,7 +17,7 @@ pid=""
 cleanup() {
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
     bash tools/lab/lab.sh down $P
-    rm -rf "$DIR"
+    grep "full state applied" "$DIR/sluiced.log" >&2 || true; rm -rf "$DIR"
 }
 trap cleanup EXIT
 bash tools/lab/lab.sh down $P

@@ -24,7 +24,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sluice_dataplane::state::StateHub;
 use std::sync::{Arc, Mutex};
@@ -191,8 +192,14 @@ fn kind_of(s: &str) -> Result<Kind, ApiError> {
     })
 }
 
-/// Parses a body as JSON, or YAML when the content type says so.
-fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+/// The body's format from its content type (JSON when it names none); an empty body is an error.
+fn body_format(headers: &HeaderMap, body: &Bytes) -> Result<Format, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -205,14 +212,89 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
         ));
     }
     match ct {
-        "application/json" | "" => serde_json::from_slice(body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))),
-        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed YAML: {e}"))),
+        "application/json" | "" => Ok(Format::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => Ok(Format::Yaml),
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content type {other:?}: send application/json or application/yaml"),
         )),
+    }
+}
+
+fn malformed_json(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))
+}
+
+/// Parses a body as JSON, or YAML when the content type says so.
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    match body_format(headers, body)? {
+        Format::Json => serde_json::from_slice(body).map_err(malformed_json),
+        Format::Yaml => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed YAML: {e}"))),
+    }
+}
+
+/// A full state's items: a List (`{"items": [...]}`) or a bare array of objects.
+enum StateItems<'a> {
+    /// Of a JSON body: each item's text, parsed when the store loads it (a parsed copy of
+    /// the whole state would be ~400 MB at 10,000 Services).
+    Json(Vec<&'a RawValue>),
+    /// Of a YAML body.
+    Parsed(Vec<Value>),
+}
+
+fn not_a_list() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "send a List ({\"items\": [...]}) or a JSON array of objects",
+    )
+}
+
+fn items_not_a_list() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "items: must be a list of objects",
+    )
+}
+
+fn state_items<'a>(format: Format, body: &'a Bytes) -> Result<StateItems<'a>, ApiError> {
+    if format == Format::Yaml {
+        let v: Value = serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed YAML: {e}")))?;
+        return match v {
+            Value::Array(items) => Ok(StateItems::Parsed(items)),
+            Value::Object(mut o) => match o.remove("items") {
+                Some(Value::Array(items)) => Ok(StateItems::Parsed(items)),
+                Some(Value::Null) | None => Ok(StateItems::Parsed(Vec::new())),
+                Some(_) => Err(items_not_a_list()),
+            },
+            _ => Err(not_a_list()),
+        };
+    }
+    #[derive(Deserialize)]
+    struct List<'a> {
+        #[serde(borrow, default)]
+        items: Option<&'a RawValue>,
+    }
+    let text = std::str::from_utf8(body).map_err(malformed_json)?;
+    let array = |t: &'a str| serde_json::from_str::<Vec<&'a RawValue>>(t);
+    match text.trim_start().as_bytes().first() {
+        Some(b'[') => Ok(StateItems::Json(array(text).map_err(malformed_json)?)),
+        Some(b'{') => {
+            let list: List = serde_json::from_str(text).map_err(malformed_json)?;
+            match list.items.map(RawValue::get) {
+                None | Some("null") => Ok(StateItems::Json(Vec::new())),
+                Some(t) if t.starts_with('[') => {
+                    Ok(StateItems::Json(array(t).map_err(malformed_json)?))
+                }
+                Some(_) => Err(items_not_a_list()),
+            }
+        }
+        _ => {
+            // valid JSON of another type, or not JSON at all
+            serde_json::from_str::<&RawValue>(text).map_err(malformed_json)?;
+            Err(not_a_list())
+        }
     }
 }
 
@@ -340,8 +422,21 @@ async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> ApiResult {
     .into_response())
 }
 
-fn list_doc(items: Vec<Value>) -> Value {
-    json!({"apiVersion": "v1", "kind": "List", "items": items})
+/// A List of `items`, serialised from them as they are (no copy as a tree).
+#[derive(Serialize)]
+struct ListDoc<T> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    items: Vec<T>,
+}
+
+fn list_doc<T: Serialize>(items: Vec<T>) -> ListDoc<T> {
+    ListDoc {
+        api_version: "v1",
+        kind: "List",
+        items,
+    }
 }
 
 async fn get_state(State(ctx): State<Ctx>, headers: HeaderMap) -> ApiResult {
@@ -352,7 +447,7 @@ async fn get_state(State(ctx): State<Ctx>, headers: HeaderMap) -> ApiResult {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .snapshot_objects();
-    Ok(Json(list_doc(objects.iter().map(|o| (**o).clone()).collect())).into_response())
+    Ok(Json(list_doc(objects)).into_response())
 }
 
 async fn put_state(
@@ -363,27 +458,22 @@ async fn put_state(
 ) -> ApiResult {
     authorize(&ctx, &headers, true)?;
     let body = body_or_error(body)?;
-    let doc = parse_body(&headers, &body)?;
-    let items = match doc {
-        Value::Array(items) => items,
-        Value::Object(mut o) => match o.remove("items") {
-            Some(Value::Array(items)) => items,
-            Some(Value::Null) | None => Vec::new(),
-            Some(_) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "items: must be a list of objects",
-                ))
-            }
-        },
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "send a List ({\"items\": [...]}) or a JSON array of objects",
-            ))
-        }
-    };
-    let (n, generation) = mutate(&ctx, move |s| Ok((s.replace_all(items)?, true))).await?;
+    let format = body_format(&headers, &body)?;
+    let (n, generation) = mutate(&ctx, move |s| {
+        // the items borrow the body, which goes with the task
+        let n = match state_items(format, &body)? {
+            StateItems::Json(items) => s.replace_all_parsed(items.into_iter().map(|t| {
+                serde_json::from_str(t.get()).map_err(|e| Invalid {
+                    object: "object".into(),
+                    field: String::new(),
+                    reason: format!("malformed JSON: {e}"),
+                })
+            }))?,
+            StateItems::Parsed(items) => s.replace_all(items)?,
+        };
+        Ok((n, true))
+    })
+    .await?;
     Ok(published(
         &ctx,
         generation,
@@ -603,13 +693,12 @@ async fn list_kind(
     authorize(&ctx, &headers, false)?;
     let kind = kind_of(&kind)?;
     let store = ctx.api.store.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(Json(list_doc(
-        store
-            .list(Some(kind), None)
-            .map(|(_, v)| (**v).clone())
-            .collect(),
-    ))
-    .into_response())
+    let items: Vec<_> = store
+        .list(Some(kind), None)
+        .map(|(_, v)| v.clone())
+        .collect();
+    drop(store);
+    Ok(Json(list_doc(items)).into_response())
 }
 
 fn key(kind: Kind, ns: &str, name: &str) -> Result<ObjectKey, ApiError> {
@@ -640,8 +729,8 @@ fn key(kind: Kind, ns: &str, name: &str) -> Result<ObjectKey, ApiError> {
 
 fn get_object(ctx: &Ctx, key: &ObjectKey) -> ApiResult {
     let store = ctx.api.store.lock().unwrap_or_else(|p| p.into_inner());
-    match store.get(key) {
-        Some(v) => Ok(Json((**v).clone()).into_response()),
+    match store.get(key).cloned() {
+        Some(v) => Ok(Json(v).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{key} not found"),
@@ -658,10 +747,11 @@ async fn get_one_or_ns(
     let kind = kind_of(&kind)?;
     if kind.namespaced() {
         let store = ctx.api.store.lock().unwrap_or_else(|p| p.into_inner());
-        let items = store
+        let items: Vec<_> = store
             .list(Some(kind), Some(&a))
-            .map(|(_, v)| (**v).clone())
+            .map(|(_, v)| v.clone())
             .collect();
+        drop(store);
         return Ok(Json(list_doc(items)).into_response());
     }
     get_object(&ctx, &key(kind, "", &a)?)
@@ -767,4 +857,67 @@ async fn delete_namespaced(
 ) -> ApiResult {
     let key = key(kind_of(&kind)?, &ns, &name)?;
     delete_object(ctx, key, q.0, headers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(format: Format, body: &str) -> Result<Vec<Value>, (StatusCode, String)> {
+        let body = Bytes::from(body.to_string());
+        match state_items(format, &body) {
+            Ok(StateItems::Json(raw)) => Ok(raw
+                .iter()
+                .map(|r| serde_json::from_str(r.get()).unwrap())
+                .collect()),
+            Ok(StateItems::Parsed(v)) => Ok(v),
+            Err(e) => Err((e.status, e.body.to_string())),
+        }
+    }
+
+    #[test]
+    fn a_full_state_is_a_list_or_an_array_in_json_or_yaml() {
+        let a = json!({"kind": "Namespace", "metadata": {"name": "a"}});
+        let b = json!({"kind": "Namespace", "metadata": {"name": "b", "labels": {"x": "\"y\""}}});
+        let both = vec![a.clone(), b.clone()];
+        let list = json!({"kind": "List", "apiVersion": "v1", "items": [a, b]}).to_string();
+        assert_eq!(items(Format::Json, &list), Ok(both.clone()));
+        let array = format!(" \n[{a}, {b}]");
+        assert_eq!(items(Format::Json, &array), Ok(both.clone()));
+        assert_eq!(items(Format::Json, r#"{"kind": "List"}"#), Ok(vec![]));
+        assert_eq!(items(Format::Json, r#"{"items": null}"#), Ok(vec![]));
+        let yaml = "kind: List\nitems:\n- kind: Namespace\n  metadata: {name: a}\n";
+        assert_eq!(items(Format::Yaml, yaml), Ok(vec![both[0].clone()]));
+    }
+
+    #[test]
+    fn a_full_state_that_is_not_a_list_is_refused_with_why() {
+        for (format, body, status, needle) in [
+            (
+                Format::Json,
+                r#"{"items": 5}"#,
+                422,
+                "items: must be a list",
+            ),
+            (
+                Format::Json,
+                r#"{"items": {"a": 1}}"#,
+                422,
+                "items: must be a list",
+            ),
+            (Format::Json, "5", 422, "send a List"),
+            (Format::Json, r#""x""#, 422, "send a List"),
+            (Format::Json, "[1, 2", 400, "malformed JSON"),
+            (Format::Json, r#"{"items": [1, }"#, 400, "malformed JSON"),
+            (Format::Json, "nope", 400, "malformed JSON"),
+            (Format::Yaml, "items: 5", 422, "items: must be a list"),
+            (Format::Yaml, "- [", 400, "malformed YAML"),
+        ] {
+            let (s, why) = items(format, body).unwrap_err();
+            assert_eq!(s.as_u16(), status, "{body}: {why}");
+            assert!(why.contains(needle), "{body}: {why}");
+        }
+        let not_utf8 = Bytes::from_static(b"[\"\xff\"]");
+        assert!(state_items(Format::Json, &not_utf8).is_err());
+    }
 }

@@ -2,7 +2,9 @@
 //! directory) by a background thread, so an API change never waits for the disk. Changes are
 //! coalesced: a burst of changes costs one write of the latest state, ~50 ms after the burst.
 
-use serde_json::{json, Value};
+use crate::model::Object;
+use serde::Serialize;
+use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -31,13 +33,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-pub fn encode(objects: &[Arc<Value>]) -> Vec<u8> {
-    let doc = json!({
-        "apiVersion": "v1",
-        "kind": "List",
-        "metadata": {"sluiceStateVersion": STATE_VERSION},
-        "items": objects.iter().map(|o| &**o).collect::<Vec<_>>(),
-    });
+/// The state file's layout, written straight from the stored objects (no copy of them as a tree).
+#[derive(Serialize)]
+struct StateDoc<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: StateMeta,
+    items: &'a [Arc<Object>],
+}
+
+#[derive(Serialize)]
+struct StateMeta {
+    #[serde(rename = "sluiceStateVersion")]
+    version: u64,
+}
+
+pub fn encode(objects: &[Arc<Object>]) -> Vec<u8> {
+    let doc = StateDoc {
+        api_version: "v1",
+        kind: "List",
+        metadata: StateMeta {
+            version: STATE_VERSION,
+        },
+        items: objects,
+    };
     serde_json::to_vec(&doc).unwrap_or_default()
 }
 
@@ -61,8 +81,11 @@ pub fn load(dir: &Path) -> Result<Option<Vec<Value>>, String> {
             path.display()
         ));
     }
-    match doc.get("items") {
-        Some(Value::Array(items)) => Ok(Some(items.clone())),
+    match doc {
+        Value::Object(mut o) => match o.remove("items") {
+            Some(Value::Array(items)) => Ok(Some(items)),
+            _ => Err(format!("{} has no items list", path.display())),
+        },
         _ => Err(format!("{} has no items list", path.display())),
     }
 }
@@ -76,7 +99,7 @@ pub fn set_aside(dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// What the writer writes: the objects, taken when it writes (None: nothing to write).
-pub type Source = Box<dyn FnOnce() -> Option<Vec<Arc<Value>>> + Send>;
+pub type Source = Box<dyn FnOnce() -> Option<Vec<Arc<Object>>> + Send>;
 
 #[derive(Default)]
 struct Shared {
@@ -201,6 +224,20 @@ fn writer(dir: &Path, shared: &(Mutex<Shared>, Condvar)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Kind, ObjectKey};
+    use serde_json::json;
+
+    fn namespace(name: &str) -> Arc<Object> {
+        let key = ObjectKey {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: name.into(),
+        };
+        Arc::new(Object::new(
+            &key,
+            json!({"kind": "Namespace", "metadata": {"name": name}}),
+        ))
+    }
 
     /// A queued source is asked for the state when the writer writes; a newer one replaces an
     /// older; a source with nothing to give (the API gone) writes nothing.
@@ -214,9 +251,7 @@ mod tests {
             let calls = calls.clone();
             p.schedule_from(Box::new(move || {
                 calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Some(vec![Arc::new(
-                    json!({"kind": "Namespace", "metadata": {"name": name}}),
-                )])
+                Some(vec![namespace(name)])
             }));
         }
         p.finish();
@@ -249,9 +284,7 @@ mod tests {
         assert_eq!(load(&dir), Ok(None));
         let p = Persister::start(dir.clone());
         for name in ["a", "b"] {
-            let objects = vec![Arc::new(
-                json!({"kind": "Namespace", "metadata": {"name": name}}),
-            )];
+            let objects = vec![namespace(name)];
             p.schedule_from(Box::new(move || Some(objects)));
         }
         p.finish();

@@ -1,14 +1,16 @@
-//! The Kubernetes objects sluice understands, kept as their raw JSON (unknown fields preserved and
-//! ignored), with typed views of the fields the datapath uses. Every check names the object, the
-//! field path and why, in the words of the Kubernetes API.
+//! The Kubernetes objects sluice understands, kept as their JSON (unknown fields preserved and
+//! ignored; `Object` says in which form), with typed views of the fields the datapath uses. Every
+//! check names the object, the field path and why, in the words of the Kubernetes API.
 
 use serde::Serialize;
 use serde_json::Value;
 use std::fmt;
 use std::net::IpAddr;
 
+mod object;
 mod views;
 
+pub use object::Object;
 pub use views::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
