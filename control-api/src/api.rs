@@ -17,7 +17,7 @@
 
 use crate::model::{Invalid, Kind, ObjectKey};
 use crate::persist::Persister;
-use crate::store::{Outcome, Store};
+use crate::store::{Item, Outcome, Store};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -462,13 +462,10 @@ async fn put_state(
     let (n, generation) = mutate(&ctx, move |s| {
         // the items borrow the body, which goes with the task
         let n = match state_items(format, &body)? {
-            StateItems::Json(items) => s.replace_all_parsed(items.into_iter().map(|t| {
-                serde_json::from_str(t.get()).map_err(|e| Invalid {
-                    object: "object".into(),
-                    field: String::new(),
-                    reason: format!("malformed JSON: {e}"),
-                })
-            }))?,
+            StateItems::Json(items) => {
+                let items: Vec<Item> = items.iter().map(|t| Item::Text(t.get())).collect();
+                s.replace_all_items(&items)?
+            }
             StateItems::Parsed(items) => s.replace_all(items)?,
         };
         Ok((n, true))

@@ -46,8 +46,6 @@ pub struct Store {
     endpoints_of: BTreeMap<u32, Vec<String>>,
     /// Pod ("namespace/name") per pod address, for flow events.
     pod_of_ip: HashMap<IpAddr, String>,
-    /// Set while `replace_all` loads many objects: identities are computed once at the end.
-    bulk: bool,
     /// Each policy's drop counter slot in the workers: given once, never reused by another
     /// policy while the process runs (so a counter never mixes two policies).
     policy_slots: BTreeMap<String, u16>,
@@ -70,7 +68,6 @@ impl Store {
             identities: Allocator::default(),
             endpoints_of: BTreeMap::new(),
             pod_of_ip: HashMap::new(),
-            bulk: false,
             policy_slots: BTreeMap::new(),
             // slot 0 counts the policies beyond the counters' capacity
             next_policy_slot: 1,
@@ -150,16 +147,9 @@ impl Store {
             return Ok((key, Outcome::Unchanged));
         }
         let before = previous.as_ref().map(|p| p.value());
-        // Compile with the object in place, check, and only then commit. While `replace_all`
-        // loads, services are compiled once at the end instead (`compile_loaded`); what the
-        // plan would check of the object itself `validate` has checked, so the error names its
-        // item.
-        let plan = if self.bulk {
-            Vec::new()
-        } else {
-            let affected = self.affected_services(&key, before.as_deref(), Some(&v));
-            self.plan(&affected, Some((&key, Some(&v))))?
-        };
+        // Compile with the object in place, check, and only then commit.
+        let affected = self.affected_services(&key, before.as_deref(), Some(&v));
+        let plan = self.plan(&affected, Some((&key, Some(&v))))?;
         self.index(&key, before.as_deref(), Some(&v));
         self.objects
             .insert(key.clone(), Arc::new(Object::new(&key, v)));
@@ -191,16 +181,14 @@ impl Store {
 
     /// Replaces everything with `items`, atomically: on any error nothing changes.
     pub fn replace_all(&mut self, items: Vec<Value>) -> Result<usize, Invalid> {
-        self.replace_all_parsed(items.into_iter().map(Ok))
+        let items: Vec<Item> = items.into_iter().map(Item::Parsed).collect();
+        self.replace_all_items(&items)
     }
 
-    /// `replace_all` of items parsed one by one as they are loaded (a full state's parsed trees
-    /// would take ~400 MB at 10,000 Services; one at a time, each reuses the last one's memory).
-    /// An item that did not parse fails the whole replacement with its error.
-    pub fn replace_all_parsed(
-        &mut self,
-        items: impl IntoIterator<Item = Result<Value, Invalid>>,
-    ) -> Result<usize, Invalid> {
+    /// `replace_all` of items as they came. They are parsed and checked each on its own, on as
+    /// many threads as compiling uses (`in_parallel`): their parsed trees never exist all at
+    /// once (~400 MB at 10,000 Services), and a thread's next item reuses the last one's memory.
+    pub fn replace_all_items(&mut self, items: &[Item]) -> Result<usize, Invalid> {
         let started = std::time::Instant::now();
         let mut fresh = Store::new(self.node_addresses.clone())
             .with_local_node(self.local_node.clone())
@@ -210,7 +198,6 @@ impl Store {
         fresh.identities = self.identities.clone();
         fresh.policy_slots = self.policy_slots.clone();
         fresh.next_policy_slot = self.next_policy_slot;
-        fresh.bulk = true;
         let at_item = |i: usize, mut e: Invalid| {
             e.field = if e.field.is_empty() {
                 format!("items[{i}]")
@@ -219,29 +206,39 @@ impl Store {
             };
             e
         };
-        let mut seen = BTreeSet::new();
         // the services in the order of their items: the first to claim a frontend keeps it
         let mut services = Vec::new();
-        for (i, v) in items.into_iter().enumerate() {
-            let v = v.map_err(|e| at_item(i, e))?;
-            let (key, _) = fresh.put(v, None).map_err(|e| at_item(i, e))?;
-            if !seen.insert(key.clone()) {
+        for (i, l) in in_parallel(&self.spare_cores, items, load_item)
+            .into_iter()
+            .enumerate()
+        {
+            let l = l.map_err(|e| at_item(i, e))?;
+            if fresh.objects.contains_key(&l.key) {
                 return Err(Invalid {
-                    object: key.to_string(),
+                    object: l.key.to_string(),
                     field: format!("items[{i}]"),
                     reason: "the same object appears twice in the list".into(),
                 });
             }
-            if key.kind == Kind::Service {
-                services.push((i, (key.namespace, key.name)));
+            let ns = &l.key.namespace;
+            if l.key.kind == Kind::Service {
+                services.push((i, (ns.clone(), l.key.name.clone())));
             }
+            if let Some(svc) = l.slice_of {
+                fresh
+                    .slices_of
+                    .entry((ns.clone(), svc))
+                    .or_default()
+                    .insert(l.key.name.clone());
+            }
+            fresh.objects.insert(l.key, Arc::new(l.object));
         }
         let loaded = started.elapsed();
+        fresh.rebuild_nodes();
         fresh
             .compile_loaded(&services, self)
             .map_err(|(i, e)| at_item(i, e))?;
         let compiled = started.elapsed();
-        fresh.bulk = false;
         fresh.rebuild_identities();
         let n = fresh.len();
         *self = fresh;
@@ -403,57 +400,20 @@ impl Store {
         Ok(())
     }
 
-    /// Compiles every service `replace_all` loaded (item index, service), on as many threads
-    /// as there are cores (their Maglev tables are most of a full apply: 10,000 of them), then
-    /// commits them in item order, so the first item to claim a frontend keeps it.
+    /// Compiles every service `replace_all` loaded (item index, service) in parallel (their
+    /// Maglev tables are most of a full apply: 10,000 of them), then commits them in item order,
+    /// so the first item to claim a frontend keeps it.
     /// `before`: the store being replaced, whose Maglev tables the same backends reuse.
     fn compile_loaded(
         &mut self,
         services: &[(usize, SvcId)],
         before: &Store,
     ) -> Result<(), (usize, Invalid)> {
-        // Services are handed out in chunks as threads ask (a thread on a spare core may get
-        // little time); below ~64 services a thread costs more than it saves.
-        const CHUNK: usize = 16;
-        let own = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = (own + self.spare_cores.len())
-            .min(services.len().div_ceil(64))
-            .max(1);
         let store = &*self;
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut compiled: Vec<(usize, Result<Compiled, Invalid>)> =
-            Vec::with_capacity(services.len());
-        std::thread::scope(|s| {
-            let parts: Vec<_> = (0..threads)
-                .map(|n| {
-                    let spare = n.checked_sub(own).map(|i| store.spare_cores[i]);
-                    let next = &next;
-                    s.spawn(move || {
-                        if let Some(core) = spare {
-                            // best effort: otherwise it runs beside the others
-                            let _ = crate::cores::idle_on(core);
-                        }
-                        let mut done = Vec::new();
-                        loop {
-                            let start = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
-                            if start >= services.len() {
-                                break done;
-                            }
-                            for (i, (_, id)) in services.iter().enumerate().skip(start).take(CHUNK)
-                            {
-                                done.push((i, store.compile(id, None, before)));
-                            }
-                        }
-                    })
-                })
-                .collect();
-            for h in parts {
-                compiled.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            }
+        let compiled = in_parallel(&self.spare_cores, services, |(_, id)| {
+            store.compile(id, None, before)
         });
-        // each service once, by one of the threads; back in item order
-        compiled.sort_unstable_by_key(|(i, _)| *i);
-        for ((i, id), (_, c)) in services.iter().zip(compiled) {
+        for ((i, id), c) in services.iter().zip(compiled) {
             let c = c.map_err(|e| (*i, e))?;
             self.check_frontends(id, &c).map_err(|e| (*i, e))?;
             self.commit(vec![(id.clone(), c)]);
@@ -509,8 +469,7 @@ impl Store {
                 | Kind::Namespace
                 | Kind::NetworkPolicy
                 | Kind::CiliumNetworkPolicy
-        ) && !self.bulk
-        {
+        ) {
             self.rebuild_identities();
         }
     }
@@ -705,6 +664,94 @@ impl Store {
         }
         self.tables.pod_cidrs = pods;
     }
+}
+
+/// An item of a full state as it came.
+pub enum Item<'a> {
+    /// JSON text, parsed when it is loaded.
+    Text(&'a str),
+    Parsed(Value),
+}
+
+/// An item of a full state, checked on its own.
+struct Loaded {
+    key: ObjectKey,
+    object: Object,
+    /// The Service of an EndpointSlice.
+    slice_of: Option<String>,
+}
+
+fn load_item(item: &Item) -> Result<Loaded, Invalid> {
+    let v = match item {
+        Item::Text(t) => serde_json::from_str(t).map_err(|e| Invalid {
+            object: "object".into(),
+            field: String::new(),
+            reason: format!("malformed JSON: {e}"),
+        })?,
+        Item::Parsed(v) => v.clone(),
+    };
+    let key = model::identify(&v, None)?;
+    // an EndpointSlice's view is its whole validation
+    let slice_of = if key.kind == Kind::EndpointSlice {
+        Some(model::endpoint_slice(&key, &v)?.service)
+    } else {
+        model::validate(&key, &v)?;
+        None
+    };
+    let object = Object::new(&key, model::normalise(v, &key));
+    Ok(Loaded {
+        key,
+        object,
+        slice_of,
+    })
+}
+
+/// `f` of every item, in their order, on as many threads as there are cores and on the
+/// `spare` cores too, in threads of the idle scheduling class (see `Store::with_spare_cores`).
+/// Items are handed out in chunks as threads ask (a thread on a spare core may get little
+/// time); below 64 items a thread costs more than it saves.
+fn in_parallel<T: Sync, R: Send>(
+    spare: &[usize],
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    // a chunk is 16 services to compile (~3 ms) or 16 objects to load (~0.3 ms): asking for
+    // the next costs one atomic add
+    const CHUNK: usize = 16;
+    let own = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (own + spare.len()).min(items.len().div_ceil(64)).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (f, next) = (&f, &next);
+    let mut done: Vec<(usize, R)> = Vec::with_capacity(items.len());
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..threads)
+            .map(|n| {
+                let core = n.checked_sub(own).map(|i| spare[i]);
+                s.spawn(move || {
+                    if let Some(core) = core {
+                        // best effort: otherwise it runs beside the others
+                        let _ = crate::cores::idle_on(core);
+                    }
+                    let mut done = Vec::new();
+                    loop {
+                        let start = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
+                        if start >= items.len() {
+                            break done;
+                        }
+                        for (i, item) in items.iter().enumerate().skip(start).take(CHUNK) {
+                            done.push((i, f(item)));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in parts {
+            done.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+    });
+    // each item once, by one of the threads; back in order
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 fn proto_name(p: u8) -> &'static str {
