@@ -2,7 +2,7 @@
 //! with their conditions and weights, and the Maglev table each port's frontends share.
 
 use crate::model::{EndpointSliceView, ServiceView};
-use sluice_dataplane::lb::maglev::{self, Member};
+use sluice_dataplane::lb::maglev::{self, Member, Table};
 use sluice_dataplane::state::{Backend, Frontend, FrontendKind, ServiceEntry};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -166,16 +166,16 @@ pub fn compile_service(
 /// The Maglev tables of one port and IP family: one per traffic policy, shared by the frontends
 /// that use it.
 struct Tables {
-    cluster: Arc<[u16]>,
+    cluster: Table,
     /// externalTrafficPolicy Local (the cluster table when the service has no such policy)
-    local: Arc<[u16]>,
+    local: Table,
 }
 
 impl Tables {
     fn build(backends: &[Backend], local_only: bool, table_size: u32, ctx: &Context) -> Tables {
         // with no ready backend, serving terminating ones take new connections, as kube-proxy
         // does since ProxyTerminatingEndpoints
-        let table = |local_only: bool| -> Arc<[u16]> {
+        let table = |local_only: bool| -> Table {
             // the table is a function of the backends (with their conditions and nodes), the
             // size, the seed and the local node: the same ones give the same table (the
             // service's other changes, a port, a type, an annotation, keep it)

@@ -767,6 +767,7 @@ fn proto_name(p: u8) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+    use sluice_dataplane::lb::maglev::Table;
     use sluice_dataplane::state::FrontendKind;
 
     fn svc(name: &str, ip: &str) -> Value {
@@ -815,7 +816,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let n = e.table.iter().filter(|&&t| usize::from(t) == i).count();
+                let n = e.table.iter().filter(|&t| t == i).count();
                 (b.addr.to_string(), n)
             })
             .collect()
@@ -912,7 +913,7 @@ mod tests {
             assert_eq!(e.backends.len(), n, "{addr}");
             assert!(e.backends.iter().all(|b| b.addr.is_ipv6() == v6), "{addr}");
             // every slot names a backend of the frontend's family
-            assert!(e.table.iter().all(|&i| (i as usize) < n), "{addr}");
+            assert!(e.table.iter().all(|i| i < n), "{addr}");
         }
     }
 
@@ -1034,13 +1035,13 @@ mod tests {
         let (web, db) = (table(&s, "10.96.0.10", 80), table(&s, "10.96.0.20", 80));
         // the same state again: no table built
         s.replace_all(items(80, &["10.0.1.5", "10.0.1.6"])).unwrap();
-        assert!(Arc::ptr_eq(&table(&s, "10.96.0.10", 80), &web));
-        assert!(Arc::ptr_eq(&table(&s, "10.96.0.20", 80), &db));
+        assert!(Table::ptr_eq(&table(&s, "10.96.0.10", 80), &web));
+        assert!(Table::ptr_eq(&table(&s, "10.96.0.20", 80), &db));
         // another service port, the same backends: the table stays, under the new frontend
         let mut moved = svc("web", "10.96.0.10");
         moved["spec"]["ports"][0]["port"] = json!(81);
         s.put(moved, None).unwrap();
-        assert!(Arc::ptr_eq(&table(&s, "10.96.0.10", 81), &web));
+        assert!(Table::ptr_eq(&table(&s, "10.96.0.10", 81), &web));
         // a backend more: built again, as a store that never saw the old one builds it
         s.replace_all(items(81, &["10.0.1.5", "10.0.1.6", "10.0.1.7"]))
             .unwrap();
@@ -1048,9 +1049,9 @@ mod tests {
         fresh
             .replace_all(items(81, &["10.0.1.5", "10.0.1.6", "10.0.1.7"]))
             .unwrap();
-        assert!(!Arc::ptr_eq(&table(&s, "10.96.0.10", 81), &web));
+        assert!(!Table::ptr_eq(&table(&s, "10.96.0.10", 81), &web));
         assert_eq!(s.tables.services, fresh.tables.services);
-        assert!(Arc::ptr_eq(&table(&s, "10.96.0.20", 80), &db));
+        assert!(Table::ptr_eq(&table(&s, "10.96.0.20", 80), &db));
         // a backend no longer ready: its slots go (the conditions are part of the backends)
         let mut notready = slice("web-1", "web", &["10.0.1.5", "10.0.1.6", "10.0.1.7"]);
         notready["endpoints"][2]["conditions"] = json!({"ready": false});

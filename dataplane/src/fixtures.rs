@@ -130,7 +130,7 @@ pub fn service_snapshot(weights: [u16; 3]) -> Snapshot {
                     port,
                 },
                 Arc::new({
-                    let table: Arc<[u16]> = maglev::build(&members, 1021, 0).into();
+                    let table: maglev::Table = maglev::build(&members, 1021, 0).into();
                     ServiceEntry {
                         name: "lab/web".into(),
                         kind: FrontendKind::ClusterIp,

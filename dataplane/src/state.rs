@@ -126,7 +126,7 @@ pub struct ServiceEntry {
     /// Maglev lookup table: slot -> index into `backends`. Only backends that may take new
     /// connections (ready, not terminating, local when the policy says so) have slots; empty when
     /// there is none.
-    pub table: Arc<[u16]>,
+    pub table: crate::lb::maglev::Table,
     /// `takes_new[i]`: `backends[i]` holds slots in `table` (see [`ServiceEntry::slot_holders`]).
     pub takes_new: Arc<[bool]>,
     /// sessionAffinity ClientIP timeout in seconds, if set.
@@ -137,10 +137,10 @@ pub struct ServiceEntry {
 
 impl ServiceEntry {
     /// Which of `backends` backends hold slots in a table: those that take new connections.
-    pub fn slot_holders(table: &[u16], backends: usize) -> Arc<[bool]> {
+    pub fn slot_holders(table: &crate::lb::maglev::Table, backends: usize) -> Arc<[bool]> {
         let mut holds = vec![false; backends];
-        for &i in table {
-            if let Some(h) = holds.get_mut(usize::from(i)) {
+        for i in table.iter() {
+            if let Some(h) = holds.get_mut(i) {
                 *h = true;
             }
         }

@@ -84,10 +84,13 @@ pub const WEIGHTS_ANNOTATION: &str = "sluice.io/backend-weights";
 
 /// An annotation's string value; an annotation that is not a string is an error naming it.
 pub(crate) fn annotation<'v>(at: &At, v: &'v Value, name: &str) -> VResult<Option<&'v str>> {
-    match v.pointer(&format!(
-        "/metadata/annotations/{}",
-        name.replace('/', "~1")
-    )) {
+    // by key, not by JSON pointer: a pointer to a name with '/' is built per lookup, and the
+    // service view reads four of them (a few percent of a full apply)
+    let found = v
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(name));
+    match found {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(at.bad(format!("metadata.annotations[{name}]"), "must be a string")),

@@ -167,7 +167,7 @@ pub fn service(
         let Some(svc) = w.svc else { continue };
         if svc.algorithm == Algorithm::Maglev && !svc.table.is_empty() {
             let h = balance_hash(svc, &w.p, snap.lb.seed);
-            crate::prefetch::read(&svc.table[(h % svc.table.len() as u64) as usize]);
+            svc.table.prefetch((h % svc.table.len() as u64) as usize);
         }
     }
     let mut new = 0;
@@ -516,7 +516,8 @@ fn one<A: Addr>(
             Algorithm::Maglev => (h % svc.table.len() as u64) as usize,
             Algorithm::Random => (ctx.next_random() % svc.table.len() as u64) as usize,
         };
-        usize::from(svc.table[slot])
+        // in range: the slot is taken modulo the length
+        svc.table.get(slot).unwrap_or(usize::MAX)
     });
     let Some(b) = svc.backends.get(index) else {
         return Outcome::Drop(DropReason::ServiceBackendNotFound);
