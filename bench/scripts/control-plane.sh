@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 N=${1:-10000}
 E=${2:-10}
 P=slc
-BIN=target/release
+BIN=${BIN:-target/release}
 DIR=/tmp/$P-sluice
 OUT=bench/results/control-plane-$(date +%Y%m%d-%H%M%S).json
 [ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }

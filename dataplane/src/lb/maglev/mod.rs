@@ -261,8 +261,8 @@ fn fill(members: &[Member], m: u32, seed: u64, mut computed: bool) -> Vec<u16> {
         }
         // A round of a few members is a few ns of looks: sweeping out the finished members
         // only after a round that claimed took a third off the build at N=10, and with equal
-        // weights only after a round in which one finished (`continue` above) another 15-20%
-        // at N=10 and N=100.
+        // weights only after a round in which one finished (`continue` above) another ~10% at
+        // N=10 and N=100.
         if claimed > 0 {
             free -= claimed;
             turns.retain(|t| t.need > 0);
