@@ -393,7 +393,12 @@ fn restore_state(cfg: &Config, spare_cores: Vec<usize>) -> Result<Store> {
     let dir = &cfg.api.state_dir;
     match persist::load(dir) {
         Ok(None) => tracing::info!(dir = %dir.display(), "no saved state: starting empty"),
-        Ok(Some(items)) => match store.replace_all(items) {
+        Ok(Some(saved)) => match store.replace_all_items(
+            &saved
+                .iter()
+                .map(|r| sluice_control::store::Item::Text(r.get()))
+                .collect::<Vec<_>>(),
+        ) {
             Ok(n) => {
                 tracing::info!(objects = n, dir = %dir.display(), "restored the last applied state")
             }
