@@ -47,7 +47,7 @@ pub struct Context<'a> {
 pub fn compile_service(
     name: &str,
     svc: &ServiceView,
-    slices: &[EndpointSliceView],
+    slices: &[&EndpointSliceView],
     ctx: &Context,
 ) -> Compiled {
     let name: Arc<str> = name.into();

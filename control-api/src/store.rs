@@ -7,7 +7,7 @@
 pub use crate::compile::LbDefaults;
 use crate::compile::{compile_service, Compiled, Context};
 use crate::identity::{self, Allocator, IdentityView, Labels};
-use crate::model::{self, EndpointSliceView, Invalid, Kind, Object, ObjectKey};
+use crate::model::{self, EndpointSliceView, Invalid, Kind, Object, ObjectKey, ServiceView};
 use serde_json::Value;
 use sluice_dataplane::state::{ClusterTables, Frontend, HashMap, NodeEntry, ServiceEntry};
 use std::borrow::Cow;
@@ -208,6 +208,7 @@ impl Store {
         };
         // the services in the order of their items: the first to claim a frontend keeps it
         let mut services = Vec::new();
+        let mut bundles: HashMap<SvcId, Bundle> = HashMap::new();
         for (i, l) in in_parallel(&self.spare_cores, items, load_item)
             .into_iter()
             .enumerate()
@@ -221,22 +222,34 @@ impl Store {
                 });
             }
             let ns = &l.key.namespace;
-            if l.key.kind == Kind::Service {
-                services.push((i, (ns.clone(), l.key.name.clone())));
-            }
-            if let Some(svc) = l.slice_of {
-                fresh
-                    .slices_of
-                    .entry((ns.clone(), svc))
-                    .or_default()
-                    .insert(l.key.name.clone());
+            match l.view {
+                Some(View::Service(v)) => {
+                    let id = (ns.clone(), l.key.name.clone());
+                    bundles.entry(id.clone()).or_default().service = Some(v);
+                    services.push((i, id));
+                }
+                Some(View::Slice(v)) => {
+                    let id = (ns.clone(), v.service.clone());
+                    let name = l.key.name.clone();
+                    fresh
+                        .slices_of
+                        .entry(id.clone())
+                        .or_default()
+                        .insert(name.clone());
+                    bundles.entry(id).or_default().slices.push((name, v));
+                }
+                None => {}
             }
             fresh.objects.insert(l.key, Arc::new(l.object));
+        }
+        // in the order `compile` reads them
+        for b in bundles.values_mut() {
+            b.slices.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
         let loaded = started.elapsed();
         fresh.rebuild_nodes();
         fresh
-            .compile_loaded(&services, self)
+            .compile_loaded(&services, &bundles, self)
             .map_err(|(i, e)| at_item(i, e))?;
         let compiled = started.elapsed();
         fresh.rebuild_identities();
@@ -342,17 +355,28 @@ impl Store {
                 slices.push(model::endpoint_slice(&sk, &v)?);
             }
         }
-        Ok(compile_service(
+        Ok(self.compile_views(id, &view, &slices.iter().collect::<Vec<_>>(), before))
+    }
+
+    /// `compile` of a service's views (its slices in the order of their names).
+    fn compile_views(
+        &self,
+        id: &SvcId,
+        svc: &ServiceView,
+        slices: &[&EndpointSliceView],
+        before: &Store,
+    ) -> Compiled {
+        compile_service(
             &format!("{}/{}", id.0, id.1),
-            &view,
-            &slices,
+            svc,
+            slices,
             &Context {
                 node_addresses: &self.node_addresses,
                 local_node: self.local_node.as_deref(),
                 lb: self.lb,
                 previous: &self.entries_before(id, before),
             },
-        ))
+        )
     }
 
     /// The service's compiled entries in `before`, if they were built as this store builds them
@@ -403,15 +427,27 @@ impl Store {
     /// Compiles every service `replace_all` loaded (item index, service) in parallel (their
     /// Maglev tables are most of a full apply: 10,000 of them), then commits them in item order,
     /// so the first item to claim a frontend keeps it.
+    /// `bundles`: the views of the services and their slices, as loaded.
     /// `before`: the store being replaced, whose Maglev tables the same backends reuse.
     fn compile_loaded(
         &mut self,
         services: &[(usize, SvcId)],
+        bundles: &HashMap<SvcId, Bundle>,
         before: &Store,
     ) -> Result<(), (usize, Invalid)> {
         let store = &*self;
         let compiled = in_parallel(&self.spare_cores, services, |(_, id)| {
-            store.compile(id, None, before)
+            match bundles.get(id) {
+                Some(Bundle {
+                    service: Some(svc),
+                    slices,
+                }) => {
+                    let slices: Vec<&EndpointSliceView> = slices.iter().map(|(_, s)| s).collect();
+                    Ok(store.compile_views(id, svc, &slices, before))
+                }
+                // every loaded service has its bundle; from its objects otherwise
+                _ => store.compile(id, None, before),
+            }
         });
         for ((i, id), c) in services.iter().zip(compiled) {
             let c = c.map_err(|e| (*i, e))?;
@@ -677,8 +713,21 @@ pub enum Item<'a> {
 struct Loaded {
     key: ObjectKey,
     object: Object,
-    /// The Service of an EndpointSlice.
-    slice_of: Option<String>,
+    /// A Service's or an EndpointSlice's view, computed as it was checked: compiling takes it
+    /// instead of parsing the object again.
+    view: Option<View>,
+}
+
+enum View {
+    Service(ServiceView),
+    Slice(EndpointSliceView),
+}
+
+/// What a full apply compiles a service from: its view and its slices' (name, view).
+#[derive(Default)]
+struct Bundle {
+    service: Option<ServiceView>,
+    slices: Vec<(String, EndpointSliceView)>,
 }
 
 fn load_item(item: &Item) -> Result<Loaded, Invalid> {
@@ -691,19 +740,18 @@ fn load_item(item: &Item) -> Result<Loaded, Invalid> {
         Item::Parsed(v) => v.clone(),
     };
     let key = model::identify(&v, None)?;
-    // an EndpointSlice's view is its whole validation
-    let slice_of = if key.kind == Kind::EndpointSlice {
-        Some(model::endpoint_slice(&key, &v)?.service)
-    } else {
-        model::validate(&key, &v)?;
-        None
+    // a Service's or an EndpointSlice's view is its whole validation (and the view of the
+    // object as stored: normalising fills in only identity fields, which views do not read)
+    let view = match key.kind {
+        Kind::Service => Some(View::Service(model::service(&key, &v)?)),
+        Kind::EndpointSlice => Some(View::Slice(model::endpoint_slice(&key, &v)?)),
+        _ => {
+            model::validate(&key, &v)?;
+            None
+        }
     };
     let object = Object::new(&key, model::normalise(v, &key));
-    Ok(Loaded {
-        key,
-        object,
-        slice_of,
-    })
+    Ok(Loaded { key, object, view })
 }
 
 /// `f` of every item, in their order, on as many threads as there are cores and on the
@@ -786,6 +834,37 @@ mod tests {
             proto: 6,
             port,
         }
+    }
+
+    /// A full apply compiles from the views it loaded; one object at a time compiles from the
+    /// stored objects. Both give the same tables, whatever the order of the items.
+    #[test]
+    fn a_full_apply_compiles_as_changes_one_by_one_do() {
+        let mut db = svc("db", "10.96.0.20");
+        db["spec"]["ports"][0]["nodePort"] = json!(30081);
+        db["metadata"]["annotations"] = json!({"sluice.io/backend-weights": "10.0.2.6=3"});
+        let items = vec![
+            slice("web-b", "web", &["10.0.1.7", "10.0.1.8"]),
+            svc("web", "10.96.0.10"),
+            slice("db-1", "db", &["10.0.2.5", "10.0.2.6"]),
+            slice("web-a", "web", &["10.0.1.5", "10.0.1.6"]),
+            db,
+            slice("orphan", "gone", &["10.0.3.1"]),
+        ];
+        let node = vec!["192.0.2.1".parse().unwrap()];
+        let mut whole = Store::new(node.clone());
+        whole.replace_all(items.clone()).unwrap();
+        let mut one_by_one = Store::new(node.clone());
+        for v in items.iter().rev() {
+            one_by_one.put(v.clone(), None).unwrap();
+        }
+        assert_eq!(whole.tables.services, one_by_one.tables.services);
+        assert_eq!(whole.tables.services.len(), 4, "ClusterIP and NodePort of both");
+        let web = &whole.tables.services[&fe("10.96.0.10", 80)];
+        let addrs: Vec<String> = web.backends.iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.0.1.5", "10.0.1.6", "10.0.1.7", "10.0.1.8"]);
+        let db = &whole.tables.services[&fe("10.96.0.20", 80)];
+        assert_eq!(db.backends[1].weight, 3);
     }
 
     #[test]
