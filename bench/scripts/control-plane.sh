@@ -3,7 +3,8 @@
 #   full-state apply of 10,000 Services x 10 endpoints (HTTP, validation, compile, publish),
 #   then the same state again (a resync: unchanged Maglev tables are kept)
 #   single-Service changes, each until every worker runs the new snapshot
-# usage: control-plane.sh [SERVICES] [ENDPOINTS]   results: bench/results/control-plane-*.json
+# usage: [PODS=N] [BIN=DIR] control-plane.sh [SERVICES] [ENDPOINTS]   results: bench/results/control-plane-*.json
+#   PODS: also N Pods as the syncer sends them, and single-Pod relabels timed
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-10000}
@@ -28,5 +29,5 @@ sed "s|/run/sluice/|$DIR/|g" configs/lab.toml > "$DIR/sluiced.toml"
 ip netns exec "$P-app" $BIN/sluiced --config "$DIR/sluiced.toml" --stats-file "$DIR/stats.json" >"$DIR/sluiced.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do [ -S "$DIR/api.sock" ] && break; sleep 0.1; done
-$BIN/sluice-control-bench --server "unix:$DIR/api.sock" --token-file "$DIR/token" --services "$N" --endpoints "$E" --changes "${CHANGES:-50}" \
+$BIN/sluice-control-bench --server "unix:$DIR/api.sock" --token-file "$DIR/token" --services "$N" --endpoints "$E" --changes "${CHANGES:-50}" --pods "${PODS:-0}" \
     | python3 -c "import json,sys; r=json.load(sys.stdin); json.dump(r, open('$OUT','w'), indent=2); print(json.dumps(r, indent=2))"

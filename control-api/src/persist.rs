@@ -22,12 +22,23 @@ pub fn state_file(dir: &Path) -> PathBuf {
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new file, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// `write_atomic` of what `fill` writes, through a buffer of the file's (no copy of the whole
+/// file in memory: at 10,000 Services and 15,000 Pods it is ~60 MB).
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        // 1 MiB: a few hundred writes for a large state instead of one per 8 KiB
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -50,7 +61,8 @@ struct StateMeta {
     version: u64,
 }
 
-pub fn encode(objects: &[Arc<Object>]) -> Vec<u8> {
+/// Writes the state file's JSON of `objects` to `w`.
+pub fn encode(objects: &[Arc<Object>], w: &mut dyn Write) -> std::io::Result<()> {
     let doc = StateDoc {
         api_version: "v1",
         kind: "List",
@@ -59,7 +71,7 @@ pub fn encode(objects: &[Arc<Object>]) -> Vec<u8> {
         },
         items: objects,
     };
-    serde_json::to_vec(&doc).unwrap_or_default()
+    serde_json::to_writer(w, &doc).map_err(std::io::Error::from)
 }
 
 /// The saved objects, each as its JSON text (parsed one at a time as the store loads them:
@@ -220,7 +232,7 @@ fn writer(dir: &Path, shared: &(Mutex<Shared>, Condvar)) {
             m.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
             continue;
         };
-        let r = write_atomic(&state_file(dir), &encode(&objects));
+        let r = write_atomic_with(&state_file(dir), |w| encode(&objects, w));
         let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
         s.writing = false;
         s.writes += 1;
@@ -237,7 +249,6 @@ fn writer(dir: &Path, shared: &(Mutex<Shared>, Condvar)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Kind, ObjectKey};
     use serde_json::json;
 
     fn values(loaded: Result<Option<SavedItems>, String>) -> Vec<Value> {
@@ -250,13 +261,7 @@ mod tests {
     }
 
     fn namespace(name: &str) -> Arc<Object> {
-        let key = ObjectKey {
-            kind: Kind::Namespace,
-            namespace: String::new(),
-            name: name.into(),
-        };
         Arc::new(Object::new(
-            &key,
             json!({"kind": "Namespace", "metadata": {"name": name}}),
         ))
     }

@@ -1,17 +1,16 @@
-//! How the store keeps an object once it is validated and normalised.
+//! How the store keeps an object once it is validated and normalised: as its JSON text.
 //!
-//! Services and EndpointSlices are kept as their JSON text. They are most of a cluster's state
-//! (10,000 Services bring 10,000 slices and 100,000 endpoints), and each is read again only when
-//! its own Service compiles. As a tree of `serde_json` maps, a slice of 10 endpoints takes
-//! ~12 KiB: every JSON object is at least one B-tree leaf of ~630 bytes, however few keys it
-//! has. As text it takes ~500 bytes. At 10,000 Services, that is ~400 MB of fresh memory less
-//! for a full apply to fault in and zero (BENCHMARKS.md, control plane).
+//! As a tree of `serde_json` maps, every JSON object is at least one B-tree leaf of ~630
+//! bytes however few keys it has: an EndpointSlice of 10 endpoints takes ~12 KiB, a Pod as the
+//! syncer sends it (its whole spec and status) tens of KiB. As text they take ~500 bytes and a
+//! few KiB. At 10,000 Services, that is ~400 MB less for a full apply to fault in and zero
+//! (BENCHMARKS.md, control plane).
 //!
-//! The other kinds stay parsed: a change to one of them reads all of its kind again (the
-//! identities come from every Pod, the node table from every Node), and parsing them all on
-//! each change would cost more than the memory saves.
+//! An object is parsed again only when its Service compiles (Services, EndpointSlices). What
+//! the store rebuilds from all objects of a kind on a change (identities from every Pod, the
+//! node table from every Node, the policy from every policy) it takes when each object is put
+//! (`store::Facts`), so that no rebuild parses.
 
-use super::{Kind, ObjectKey};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -19,7 +18,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// A validated, normalised object as stored. Its JSON has its keys in order (serde_json's maps
-/// are sorted), so two objects are equal exactly when their texts are.
+/// are sorted), so two objects are equal exactly when their texts are. An object nested too
+/// deeply to parse again is kept as a tree.
 pub struct Object(Repr);
 
 enum Repr {
@@ -32,10 +32,8 @@ enum Repr {
 const MAX_TEXT_NESTING: usize = 100;
 
 impl Object {
-    pub fn new(key: &ObjectKey, v: Value) -> Object {
-        let as_text = matches!(key.kind, Kind::Service | Kind::EndpointSlice)
-            && nesting(&v, MAX_TEXT_NESTING) < MAX_TEXT_NESTING;
-        if as_text {
+    pub fn new(v: Value) -> Object {
+        if nesting(&v, MAX_TEXT_NESTING) < MAX_TEXT_NESTING {
             // serialising a Value cannot fail (its map keys are strings), and what serde_json
             // writes is valid JSON
             if let Ok(raw) = serde_json::value::to_raw_value(&v) {
@@ -111,34 +109,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn key(kind: Kind) -> ObjectKey {
-        ObjectKey {
-            kind,
-            namespace: "default".into(),
-            name: "a".into(),
-        }
-    }
-
     #[test]
-    fn services_are_kept_as_text_and_read_back_the_same() {
+    fn objects_are_kept_as_text_and_read_back_the_same() {
         let v = json!({"kind": "Service", "spec": {"ports": [{"port": 80}], "clusterIP": "10.96.0.1"},
                        "metadata": {"name": "a", "annotations": {"x": "1.5"}}, "n": 1.25});
-        let o = Object::new(&key(Kind::Service), v.clone());
+        let o = Object::new(v.clone());
         assert!(matches!(o.0, Repr::Text(_)));
+        assert!(matches!(o.value(), Cow::Owned(_)));
         assert_eq!(*o.value(), v);
         assert!(o.is(&v));
         assert!(!o.is(&json!({"kind": "Service"})));
         // serialised as it is stored: the same JSON the tree would give
         assert_eq!(serde_json::to_string(&o).unwrap(), v.to_string());
-        assert_eq!(o, Object::new(&key(Kind::Service), v.clone()));
-    }
-
-    #[test]
-    fn pods_stay_parsed() {
-        let v = json!({"kind": "Pod", "metadata": {"labels": {"app": "web"}}});
-        let o = Object::new(&key(Kind::Pod), v.clone());
-        assert!(matches!(o.value(), Cow::Borrowed(_)));
-        assert!(o.is(&v));
+        assert_eq!(o, Object::new(v.clone()));
+        assert_ne!(o, Object::new(json!({"kind": "Pod"})));
     }
 
     #[test]
@@ -147,9 +131,12 @@ mod tests {
         for _ in 0..150 {
             v = json!([v]);
         }
-        let o = Object::new(&key(Kind::EndpointSlice), v.clone());
+        let o = Object::new(v.clone());
         assert!(matches!(o.0, Repr::Tree(_)));
+        assert!(matches!(o.value(), Cow::Borrowed(_)));
         assert_eq!(*o.value(), v);
+        assert!(o.is(&v));
         assert_eq!(nesting(&v, 200), 150);
+        assert_ne!(o, Object::new(json!(1)));
     }
 }
