@@ -33,9 +33,12 @@ fn default_socket() -> PathBuf {
 fn default_state_dir() -> PathBuf {
     "/var/lib/sluice".into()
 }
-/// 64 MiB: a full state of 10,000 Services with 10 endpoints each is about 15 MiB of JSON.
+/// 256 MiB: a full state of 10,000 Services with 10 endpoints each is ~10 MiB of JSON, and
+/// Pods as the syncer sends them add ~2.7 KiB each (20,000 Pods: ~55 MiB, over the 64 MiB this
+/// was). Applying holds the body while its items are parsed one at a time, and the stored
+/// objects take about as much again.
 fn default_max_body() -> usize {
-    64 << 20
+    256 << 20
 }
 
 impl Default for ApiCfg {
