@@ -225,12 +225,16 @@ fn malformed_json(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))
 }
 
+fn parse_yaml(body: &Bytes) -> Result<Value, ApiError> {
+    serde_yaml::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed YAML: {e}")))
+}
+
 /// Parses a body as JSON, or YAML when the content type says so.
 fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     match body_format(headers, body)? {
         Format::Json => serde_json::from_slice(body).map_err(malformed_json),
-        Format::Yaml => serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed YAML: {e}"))),
+        Format::Yaml => parse_yaml(body),
     }
 }
 
@@ -259,9 +263,7 @@ fn items_not_a_list() -> ApiError {
 
 fn state_items<'a>(format: Format, body: &'a Bytes) -> Result<StateItems<'a>, ApiError> {
     if format == Format::Yaml {
-        let v: Value = serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed YAML: {e}")))?;
-        return match v {
+        return match parse_yaml(body)? {
             Value::Array(items) => Ok(StateItems::Parsed(items)),
             Value::Object(mut o) => match o.remove("items") {
                 Some(Value::Array(items)) => Ok(StateItems::Parsed(items)),
