@@ -149,30 +149,33 @@ fn run(a: Args) -> Result<(), String> {
         ));
     }
 
+    // one object PUT with ?wait=true: µs until every worker runs it
+    let timed_put = |path: String, v: &Value, what: &str| -> Result<f64, String> {
+        let t = Instant::now();
+        let r = client
+            .request("PUT", &format!("{path}?wait=true"), Some(v))
+            .map_err(|e| format!("{what}: {e:#}"))?;
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        if !r.ok() || r.json().map_err(|e| e.to_string())?["converged"] != true {
+            return Err(format!(
+                "{what} failed or did not converge: {}",
+                r.error_text()
+            ));
+        }
+        Ok(us)
+    };
+    let namespace = |v: &Value| {
+        v["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     let mut lat = Vec::new();
     for k in 0..a.changes {
         let i = (k * 7919) % a.services;
         let v = service(i, 81 + k % 2);
-        let ns = v["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let t = Instant::now();
-        let r = client
-            .request(
-                "PUT",
-                &format!("/v1/services/{ns}/svc-{i}?wait=true"),
-                Some(&v),
-            )
-            .map_err(|e| format!("change: {e:#}"))?;
-        let us = t.elapsed().as_secs_f64() * 1e6;
-        if !r.ok() || r.json().map_err(|e| e.to_string())?["converged"] != true {
-            return Err(format!(
-                "change failed or did not converge: {}",
-                r.error_text()
-            ));
-        }
-        lat.push(us);
+        let path = format!("/v1/services/{}/svc-{i}", namespace(&v));
+        lat.push(timed_put(path, &v, "change")?);
     }
     // a Pod relabelled: its label set gets an identity of its own, and every worker the new
     // ipcache and policy
@@ -180,22 +183,8 @@ fn run(a: Args) -> Result<(), String> {
     for k in 0..a.changes.min(a.pods) {
         let n = (k * 7919) % a.pods;
         let v = pod(n, a.services, a.endpoints, k + 1);
-        let ns = v["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let t = Instant::now();
-        let r = client
-            .request("PUT", &format!("/v1/pods/{ns}/pod-{n}?wait=true"), Some(&v))
-            .map_err(|e| format!("pod change: {e:#}"))?;
-        let us = t.elapsed().as_secs_f64() * 1e6;
-        if !r.ok() || r.json().map_err(|e| e.to_string())?["converged"] != true {
-            return Err(format!(
-                "pod change failed or did not converge: {}",
-                r.error_text()
-            ));
-        }
-        pod_lat.push(us);
+        let path = format!("/v1/pods/{}/pod-{n}", namespace(&v));
+        pod_lat.push(timed_put(path, &v, "pod change")?);
     }
     let percentiles = |mut lat: Vec<f64>| -> Value {
         if lat.is_empty() {
