@@ -49,6 +49,8 @@ pub struct Store {
     endpoints_of: BTreeMap<u32, Vec<String>>,
     /// Pod ("namespace/name") per pod address, for flow events.
     pod_of_ip: HashMap<IpAddr, String>,
+    /// Identity rebuilds since the store was made (each a pass over every Pod).
+    identity_rebuilds: u64,
     /// Each policy's drop counter slot in the workers: given once, never reused by another
     /// policy while the process runs (so a counter never mixes two policies).
     policy_slots: BTreeMap<String, u16>,
@@ -72,6 +74,7 @@ impl Store {
             identities: Allocator::default(),
             endpoints_of: BTreeMap::new(),
             pod_of_ip: HashMap::new(),
+            identity_rebuilds: 0,
             policy_slots: BTreeMap::new(),
             // slot 0 counts the policies beyond the counters' capacity
             next_policy_slot: 1,
@@ -155,10 +158,15 @@ impl Store {
         let affected = self.affected_services(&key, before.as_deref(), Some(&v));
         let plan = self.plan(&affected, Some((&key, Some(&v))))?;
         self.index(&key, before.as_deref(), Some(&v));
-        self.set_facts(&key, facts_of(&key, &v));
+        let facts = facts_of(&key, &v);
+        // most updates of a Pod or a Node are of its status: what the rebuilds read stays
+        let rebuild = self.facts.get(&key) != facts.as_ref();
+        self.set_facts(&key, facts);
         self.objects.insert(key.clone(), Arc::new(Object::new(v)));
         self.commit(plan);
-        self.after_change(key.kind);
+        if rebuild {
+            self.after_change(key.kind);
+        }
         Ok((
             key,
             if previous.is_some() {
@@ -500,6 +508,7 @@ impl Store {
         }
     }
 
+    /// Rebuilds what objects of `kind` feed (called when the facts of one changed).
     fn after_change(&mut self, kind: Kind) {
         if kind == Kind::Node {
             self.rebuild_nodes();
@@ -538,6 +547,7 @@ impl Store {
     /// Identities of every pod's label set, and the ipcache: pod addresses -> their identity,
     /// other nodes' addresses -> remote-node, this appliance's own -> host.
     fn rebuild_identities(&mut self) {
+        self.identity_rebuilds += 1;
         let ns_labels: BTreeMap<&str, &BTreeMap<String, String>> = self
             .facts_of_kind(Kind::Namespace)
             .filter_map(|(k, f)| match f {
@@ -768,7 +778,7 @@ enum View {
 /// identities from every Pod and Namespace, the node table from every Node, the policy from
 /// every policy. Taken when the object is put, so that those rebuilds parse nothing (the
 /// objects are kept as text, `model::Object`).
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum Facts {
     Namespace {
         labels: BTreeMap<String, String>,
@@ -1317,6 +1327,38 @@ mod tests {
             name: "n1".into(),
         });
         assert!(s.tables.nodes.is_empty());
+    }
+
+    /// A status update of a Pod or a Node (most of a cluster's churn) changes nothing the
+    /// identities are built from: no rebuild. A label or an address does.
+    #[test]
+    fn only_what_identities_read_rebuilds_them() {
+        let pod = |app: &str, ip: &str, phase: &str| {
+            json!({"kind": "Pod", "metadata": {"name": "fe-1", "namespace": "shop", "labels": {"app": app}},
+                   "status": {"phase": phase, "podIPs": [{"ip": ip}]}})
+        };
+        let id_of = |s: &Store, a: &str| s.tables.ipcache.lookup(a.parse().unwrap()).copied();
+        let mut s = Store::new(vec![]);
+        s.put(pod("fe", "10.0.1.5", "Pending"), None).unwrap();
+        let (id, n) = (id_of(&s, "10.0.1.5"), s.identity_rebuilds);
+        assert!(id.is_some());
+        let (_, o) = s.put(pod("fe", "10.0.1.5", "Running"), None).unwrap();
+        assert_eq!((o, s.identity_rebuilds), (Outcome::Configured, n));
+        s.put(pod("fe", "10.0.1.6", "Running"), None).unwrap();
+        assert_eq!(s.identity_rebuilds, n + 1);
+        assert_eq!((id_of(&s, "10.0.1.6"), id_of(&s, "10.0.1.5")), (id, None));
+        s.put(pod("checkout", "10.0.1.6", "Running"), None).unwrap();
+        assert_eq!(s.identity_rebuilds, n + 2);
+        assert_ne!(id_of(&s, "10.0.1.6"), id);
+        let node = |ready: &str| {
+            json!({"kind": "Node", "metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.2.0/24"},
+                   "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.12"}],
+                              "conditions": [{"type": "Ready", "status": ready}]}})
+        };
+        s.put(node("True"), None).unwrap();
+        assert_eq!((s.identity_rebuilds, s.tables.nodes.len()), (n + 3, 1));
+        s.put(node("False"), None).unwrap();
+        assert_eq!(s.identity_rebuilds, n + 3);
     }
 
     #[test]

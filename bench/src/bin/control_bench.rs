@@ -2,7 +2,8 @@
 //! endpoints each (HTTP, validation, compile, publish), the same state applied again (a resync),
 //! then single-Service changes, each timed until every worker runs the new snapshot
 //! (`?wait=true`). With `--pods`, the state also holds that many Pods as a syncer sends them
-//! (whole spec and status), and single-Pod relabels (a new identity each) are timed too. Prints
+//! (whole spec and status), and single-Pod status updates and relabels (a new identity each)
+//! are timed too. Prints
 //! a JSON result.
 
 use clap::Parser;
@@ -31,7 +32,7 @@ struct Args {
 
 /// A Pod as the syncer sends it (managedFields dropped): ~2 KB of JSON with its spec and
 /// status, the address of endpoint `n` (as `slice` numbers them) and a label set per service.
-fn pod(n: u32, services: u32, endpoints: u32, version: u32) -> Value {
+fn pod(n: u32, services: u32, endpoints: u32, version: u32, restarts: u32) -> Value {
     let svc = (n / endpoints.max(1)) % services.max(1);
     let ip = format!(
         "10.{}.{}.{}",
@@ -68,7 +69,7 @@ fn pod(n: u32, services: u32, endpoints: u32, version: u32) -> Value {
         "status": {"phase": "Running", "qosClass": "Burstable", "hostIP": "192.168.0.11", "startTime": at,
             "podIP": ip, "podIPs": [{"ip": ip}],
             "conditions": [cond("Initialized"), cond("Ready"), cond("ContainersReady"), cond("PodScheduled")],
-            "containerStatuses": [{"name": "app", "ready": true, "started": true, "restartCount": 0,
+            "containerStatuses": [{"name": "app", "ready": true, "started": true, "restartCount": restarts,
                 "image": "registry.example/app:1.4.2", "imageID": "registry.example/app@sha256:3b1f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c",
                 "containerID": format!("containerd://{n:064x}"), "lastState": {},
                 "state": {"running": {"startedAt": at}}}]}})
@@ -117,7 +118,7 @@ fn run(a: Args) -> Result<(), String> {
         items.push(slice(i, a.endpoints));
     }
     for n in 0..a.pods {
-        items.push(pod(n, a.services, a.endpoints, 0));
+        items.push(pod(n, a.services, a.endpoints, 0, 0));
     }
     let doc = json!({"kind": "List", "items": items});
     let bytes = serde_json::to_vec(&doc).map_err(|e| e.to_string())?.len();
@@ -177,12 +178,20 @@ fn run(a: Args) -> Result<(), String> {
         let path = format!("/v1/services/{}/svc-{i}", namespace(&v));
         lat.push(timed_put(path, &v, "change")?);
     }
+    // a Pod's status updated (a container restarted), as most of a cluster's Pod updates are
+    let mut status_lat = Vec::new();
+    for k in 0..a.changes.min(a.pods) {
+        let n = (k * 7919) % a.pods;
+        let v = pod(n, a.services, a.endpoints, 0, k + 1);
+        let path = format!("/v1/pods/{}/pod-{n}", namespace(&v));
+        status_lat.push(timed_put(path, &v, "pod status change")?);
+    }
     // a Pod relabelled: its label set gets an identity of its own, and every worker the new
     // ipcache and policy
     let mut pod_lat = Vec::new();
     for k in 0..a.changes.min(a.pods) {
         let n = (k * 7919) % a.pods;
-        let v = pod(n, a.services, a.endpoints, k + 1);
+        let v = pod(n, a.services, a.endpoints, k + 1, k + 1);
         let path = format!("/v1/pods/{}/pod-{n}", namespace(&v));
         pod_lat.push(timed_put(path, &v, "pod change")?);
     }
@@ -204,6 +213,7 @@ fn run(a: Args) -> Result<(), String> {
             "full_apply_s": full_s, "full_reapply_s": reapply_s,
             "single_change_us": percentiles(lat),
             "single_pod_change_us": percentiles(pod_lat),
+            "single_pod_status_change_us": percentiles(status_lat),
             "frontends": status["frontends"], "backends": status["backends"], "workers": status["workers"],
         })
     );
