@@ -262,7 +262,7 @@ mod tests {
 
     fn namespace(name: &str) -> Arc<Object> {
         Arc::new(Object::new(
-            json!({"kind": "Namespace", "metadata": {"name": name}}),
+            &json!({"kind": "Namespace", "metadata": {"name": name}}),
         ))
     }
 

@@ -7,7 +7,9 @@
 pub use crate::compile::LbDefaults;
 use crate::compile::{compile_service, Compiled, Context};
 use crate::identity::{self, Allocator, IdentityView, Labels};
-use crate::model::{self, EndpointSliceView, Invalid, Kind, Object, ObjectKey, ServiceView};
+use crate::model::{
+    self, Checked, EndpointSliceView, Invalid, Kind, Object, ObjectKey, ServiceView,
+};
 use serde_json::Value;
 use sluice_dataplane::state::{ClusterTables, Frontend, HashMap, NodeEntry, ServiceEntry};
 use std::borrow::Cow;
@@ -147,10 +149,11 @@ impl Store {
         expect: Option<&ObjectKey>,
     ) -> Result<(ObjectKey, Outcome), Invalid> {
         let key = model::identify(&v, expect)?;
-        model::validate(&key, &v)?;
+        let (_, facts) = check(&key, &v)?;
         let v = model::normalise(v, &key);
+        let object = Object::new(&v);
         let previous = self.objects.get(&key).cloned();
-        if previous.as_ref().is_some_and(|p| p.is(&v)) {
+        if previous.as_deref() == Some(&object) {
             return Ok((key, Outcome::Unchanged));
         }
         let before = previous.as_deref().and_then(|p| compiled_from(&key, p));
@@ -158,11 +161,10 @@ impl Store {
         let affected = self.affected_services(&key, before.as_deref(), Some(&v));
         let plan = self.plan(&affected, Some((&key, Some(&v))))?;
         self.index(&key, before.as_deref(), Some(&v));
-        let facts = facts_of(&key, &v);
         // most updates of a Pod or a Node are of its status: what the rebuilds read stays
         let rebuild = self.facts.get(&key) != facts.as_ref();
         self.set_facts(&key, facts);
-        self.objects.insert(key.clone(), Arc::new(Object::new(v)));
+        self.objects.insert(key.clone(), Arc::new(object));
         self.commit(plan);
         if rebuild {
             self.after_change(key.kind);
@@ -720,7 +722,7 @@ impl Store {
         self.tables.nodes = self
             .facts_of_kind(Kind::Node)
             .filter_map(|(k, f)| match f {
-                Facts::Node(Some(n)) => Some(NodeEntry {
+                Facts::Node(n) => Some(NodeEntry {
                     name: k.name.as_str().into(),
                     addrs: n.addrs.clone(),
                     pod_cidrs: n.pod_cidrs.clone(),
@@ -788,12 +790,15 @@ enum Facts {
         ips: Vec<IpAddr>,
         egress_bps: Option<u64>,
     },
-    /// None: not a node the table can use.
-    Node(Option<model::NodeView>),
+    Node(model::NodeView),
     Policy(Vec<crate::policy::rules::Rule>),
 }
 
-fn facts_of(key: &ObjectKey, v: &Value) -> Option<Facts> {
+/// An object's full validation (`model::check`), with what the store keeps of it besides its
+/// text: the view of a Service or an EndpointSlice (a full apply compiles from it), the facts of
+/// the other kinds. Views read no identity field, so they are the same before and after
+/// `model::normalise`.
+fn check(key: &ObjectKey, v: &Value) -> Result<(Option<View>, Option<Facts>), Invalid> {
     let labels = || -> BTreeMap<String, String> {
         v.pointer("/metadata/labels")
             .and_then(Value::as_object)
@@ -802,19 +807,21 @@ fn facts_of(key: &ObjectKey, v: &Value) -> Option<Facts> {
             .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
             .collect()
     };
-    match key.kind {
-        Kind::Namespace => Some(Facts::Namespace { labels: labels() }),
-        Kind::Pod => Some(Facts::Pod {
-            labels: labels(),
-            ips: model::pod(key, v).unwrap_or_default(),
-            egress_bps: model::pod_egress_bandwidth(key, v).ok().flatten(),
-        }),
-        Kind::Node => Some(Facts::Node(model::node(key, v).ok())),
-        Kind::NetworkPolicy | Kind::CiliumNetworkPolicy => {
-            Some(Facts::Policy(model::policy(key, v).unwrap_or_default()))
-        }
-        Kind::Service | Kind::EndpointSlice => None,
-    }
+    Ok(match model::check(key, v)? {
+        Checked::Service(s) => (Some(View::Service(s)), None),
+        Checked::EndpointSlice(s) => (Some(View::Slice(s)), None),
+        Checked::Namespace => (None, Some(Facts::Namespace { labels: labels() })),
+        Checked::Pod { ips, egress_bps } => (
+            None,
+            Some(Facts::Pod {
+                labels: labels(),
+                ips,
+                egress_bps,
+            }),
+        ),
+        Checked::Node(n) => (None, Some(Facts::Node(n))),
+        Checked::Policy(r) => (None, Some(Facts::Policy(r))),
+    })
 }
 
 /// A stored object as compiling services reads it: Services and EndpointSlices (the only kinds
@@ -840,18 +847,8 @@ fn load_item(item: &Item) -> Result<Loaded, Invalid> {
         Item::Parsed(v) => v.clone(),
     };
     let key = model::identify(&v, None)?;
-    // a Service's or an EndpointSlice's view is its whole validation (and the view of the
-    // object as stored: normalising fills in only identity fields, which views do not read)
-    let view = match key.kind {
-        Kind::Service => Some(View::Service(model::service(&key, &v)?)),
-        Kind::EndpointSlice => Some(View::Slice(model::endpoint_slice(&key, &v)?)),
-        _ => {
-            model::validate(&key, &v)?;
-            None
-        }
-    };
-    let facts = facts_of(&key, &v);
-    let object = Object::new(model::normalise(v, &key));
+    let (view, facts) = check(&key, &v)?;
+    let object = Object::new(&model::normalise(v, &key));
     Ok(Loaded {
         key,
         object,

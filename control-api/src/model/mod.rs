@@ -314,18 +314,37 @@ pub fn normalise(mut v: Value, key: &ObjectKey) -> Value {
     v
 }
 
+/// What validating an object of each kind yields: the typed view of the fields sluice reads.
+pub enum Checked {
+    Service(ServiceView),
+    EndpointSlice(EndpointSliceView),
+    Node(NodeView),
+    Pod {
+        ips: Vec<IpAddr>,
+        egress_bps: Option<u64>,
+    },
+    Policy(Vec<crate::policy::rules::Rule>),
+    Namespace,
+}
+
+/// Full validation of one object of any kind, keeping its view.
+pub fn check(key: &ObjectKey, v: &Value) -> VResult<Checked> {
+    Ok(match key.kind {
+        Kind::Service => Checked::Service(service(key, v)?),
+        Kind::EndpointSlice => Checked::EndpointSlice(endpoint_slice(key, v)?),
+        Kind::Node => Checked::Node(node(key, v)?),
+        Kind::Pod => Checked::Pod {
+            ips: pod(key, v)?,
+            egress_bps: pod_egress_bandwidth(key, v)?,
+        },
+        Kind::NetworkPolicy | Kind::CiliumNetworkPolicy => Checked::Policy(policy(key, v)?),
+        Kind::Namespace => Checked::Namespace,
+    })
+}
+
 /// Full validation of one object of any kind.
 pub fn validate(key: &ObjectKey, v: &Value) -> VResult<()> {
-    match key.kind {
-        Kind::Service => service(key, v).map(|_| ()),
-        Kind::EndpointSlice => endpoint_slice(key, v).map(|_| ()),
-        Kind::Node => node(key, v).map(|_| ()),
-        Kind::Pod => pod(key, v)
-            .and_then(|_| pod_egress_bandwidth(key, v))
-            .map(|_| ()),
-        Kind::NetworkPolicy | Kind::CiliumNetworkPolicy => policy(key, v).map(|_| ()),
-        Kind::Namespace => Ok(()),
-    }
+    check(key, v).map(|_| ())
 }
 
 #[cfg(test)]

@@ -32,15 +32,15 @@ enum Repr {
 const MAX_TEXT_NESTING: usize = 100;
 
 impl Object {
-    pub fn new(v: Value) -> Object {
-        if nesting(&v, MAX_TEXT_NESTING) < MAX_TEXT_NESTING {
+    pub fn new(v: &Value) -> Object {
+        if nesting(v, MAX_TEXT_NESTING) < MAX_TEXT_NESTING {
             // serialising a Value cannot fail (its map keys are strings), and what serde_json
             // writes is valid JSON
-            if let Ok(raw) = serde_json::value::to_raw_value(&v) {
+            if let Ok(raw) = serde_json::value::to_raw_value(v) {
                 return Object(Repr::Text(raw));
             }
         }
-        Object(Repr::Tree(v))
+        Object(Repr::Tree(v.clone()))
     }
 
     /// The object as JSON: borrowed when it is kept parsed, parsed again when kept as text.
@@ -54,10 +54,7 @@ impl Object {
 
     /// Whether this is the object `v` (already normalised).
     pub fn is(&self, v: &Value) -> bool {
-        match &self.0 {
-            Repr::Tree(t) => t == v,
-            Repr::Text(t) => serde_json::to_string(v).is_ok_and(|s| s == t.get()),
-        }
+        *self == Object::new(v)
     }
 }
 
@@ -113,7 +110,7 @@ mod tests {
     fn objects_are_kept_as_text_and_read_back_the_same() {
         let v = json!({"kind": "Service", "spec": {"ports": [{"port": 80}], "clusterIP": "10.96.0.1"},
                        "metadata": {"name": "a", "annotations": {"x": "1.5"}}, "n": 1.25});
-        let o = Object::new(v.clone());
+        let o = Object::new(&v);
         assert!(matches!(o.0, Repr::Text(_)));
         assert!(matches!(o.value(), Cow::Owned(_)));
         assert_eq!(*o.value(), v);
@@ -121,8 +118,8 @@ mod tests {
         assert!(!o.is(&json!({"kind": "Service"})));
         // serialised as it is stored: the same JSON the tree would give
         assert_eq!(serde_json::to_string(&o).unwrap(), v.to_string());
-        assert_eq!(o, Object::new(v.clone()));
-        assert_ne!(o, Object::new(json!({"kind": "Pod"})));
+        assert_eq!(o, Object::new(&v));
+        assert_ne!(o, Object::new(&json!({"kind": "Pod"})));
     }
 
     #[test]
@@ -131,12 +128,12 @@ mod tests {
         for _ in 0..150 {
             v = json!([v]);
         }
-        let o = Object::new(v.clone());
+        let o = Object::new(&v);
         assert!(matches!(o.0, Repr::Tree(_)));
         assert!(matches!(o.value(), Cow::Borrowed(_)));
         assert_eq!(*o.value(), v);
         assert!(o.is(&v));
         assert_eq!(nesting(&v, 200), 150);
-        assert_ne!(o, Object::new(json!(1)));
+        assert_ne!(o, Object::new(&json!(1)));
     }
 }
