@@ -131,20 +131,20 @@ impl Tail<'_> {
 
 /// `x · y mod m` by Barrett reduction (a multiply where `%` would divide): the quotient from
 /// `x·y · ⌊2^64/m⌋ >> 64` is short by at most one for products below 2^64.
-struct Modulus {
+pub(super) struct Modulus {
     m: u64,
     reciprocal: u64,
 }
 
 impl Modulus {
-    fn new(m: u32) -> Modulus {
+    pub(super) fn new(m: u32) -> Modulus {
         Modulus {
             m: u64::from(m),
             reciprocal: u64::MAX / u64::from(m),
         }
     }
     #[inline]
-    fn mul(&self, x: u32, y: u32) -> u32 {
+    pub(super) fn mul(&self, x: u32, y: u32) -> u32 {
         let p = u64::from(x) * u64::from(y);
         let q = ((u128::from(p) * u128::from(self.reciprocal)) >> 64) as u64;
         let r = p - q * self.m;
@@ -153,7 +153,7 @@ impl Modulus {
 }
 
 /// `a⁻¹ mod m` by the extended Euclidean algorithm; None unless gcd(a, m) = 1.
-fn inverse(a: u32, m: u32) -> Option<u32> {
+pub(super) fn inverse(a: u32, m: u32) -> Option<u32> {
     let (mut r0, mut r1) = (i64::from(m), i64::from(a));
     let (mut t0, mut t1) = (0i64, 1i64);
     while r1 != 0 {
