@@ -132,18 +132,18 @@ pub fn compile_service(
             let tables = Tables::build(&family, svc.local_only, table_size, ctx);
             for (addrs, port, kind) in frontends {
                 let local_only = svc.local_only && kind != FrontendKind::ClusterIp;
-                let table = if local_only {
-                    tables.local.clone()
+                let built = if local_only {
+                    &tables.local
                 } else {
-                    tables.cluster.clone()
+                    &tables.cluster
                 };
                 let e = Arc::new(ServiceEntry {
                     name: name.clone(),
                     kind,
-                    takes_new: ServiceEntry::slot_holders(&table, family.len()),
+                    takes_new: built.takes_new.clone(),
                     backends: family.clone(),
                     algorithm,
-                    table,
+                    table: built.table.clone(),
                     affinity_timeout_s: svc.affinity_timeout_s,
                     local_only,
                 });
@@ -166,16 +166,23 @@ pub fn compile_service(
 /// The Maglev tables of one port and IP family: one per traffic policy, shared by the frontends
 /// that use it.
 struct Tables {
-    cluster: Table,
+    cluster: Built,
     /// externalTrafficPolicy Local (the cluster table when the service has no such policy)
-    local: Table,
+    local: Built,
+}
+
+/// A table, and which backends hold slots in it.
+#[derive(Clone)]
+struct Built {
+    table: Table,
+    takes_new: Arc<[bool]>,
 }
 
 impl Tables {
     fn build(backends: &[Backend], local_only: bool, table_size: u32, ctx: &Context) -> Tables {
         // with no ready backend, serving terminating ones take new connections, as kube-proxy
         // does since ProxyTerminatingEndpoints
-        let table = |local_only: bool| -> Table {
+        let table = |local_only: bool| -> Built {
             // the table is a function of the backends (with their conditions and nodes), the
             // size, the seed and the local node: the same ones give the same table (the
             // service's other changes, a port, a type, an annotation, keep it)
@@ -185,7 +192,10 @@ impl Tables {
                     && e.backends == backends
             });
             if let Some(e) = same {
-                return e.table.clone();
+                return Built {
+                    table: e.table.clone(),
+                    takes_new: e.takes_new.clone(),
+                };
             }
             let members = |fallback: bool| -> Vec<Member> {
                 backends
@@ -205,7 +215,12 @@ impl Tables {
             if m.iter().all(|b| b.weight == 0) {
                 m = members(true);
             }
-            maglev::build(&m, table_size, ctx.lb.seed).into()
+            let table: Table = maglev::build(&m, table_size, ctx.lb.seed).into();
+            let holding = m.iter().filter(|b| b.weight > 0).count();
+            Built {
+                takes_new: ServiceEntry::slot_holders(&table, backends.len(), holding),
+                table,
+            }
         };
         let cluster = table(false);
         let local = if local_only {

@@ -134,7 +134,11 @@ pub fn service_snapshot(weights: [u16; 3]) -> Snapshot {
                     ServiceEntry {
                         name: "lab/web".into(),
                         kind: FrontendKind::ClusterIp,
-                        takes_new: ServiceEntry::slot_holders(&table, backends.len()),
+                        takes_new: ServiceEntry::slot_holders(
+                            &table,
+                            backends.len(),
+                            members.iter().filter(|m| m.weight > 0).count(),
+                        ),
                         table,
                         backends,
                         algorithm: Algorithm::Maglev,

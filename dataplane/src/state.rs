@@ -137,10 +137,22 @@ pub struct ServiceEntry {
 
 impl ServiceEntry {
     /// Which of `backends` backends hold slots in a table: those that take new connections.
-    pub fn slot_holders(table: &crate::lb::maglev::Table, backends: usize) -> Arc<[bool]> {
+    /// `holding`: how many can (those the table was built with a weight for); the scan stops
+    /// once it has seen that many, after ~N·ln N slots for N of them rather than all M (a full
+    /// scan of every table was 15% of a full apply's CPU).
+    pub fn slot_holders(
+        table: &crate::lb::maglev::Table,
+        backends: usize,
+        holding: usize,
+    ) -> Arc<[bool]> {
         let mut holds = vec![false; backends];
+        let mut seen = 0;
         for i in table.iter() {
+            if seen >= holding {
+                break;
+            }
             if let Some(h) = holds.get_mut(i) {
+                seen += usize::from(!*h);
                 *h = true;
             }
         }
@@ -434,6 +446,31 @@ impl StateHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The holders are those a full scan finds, however early the scan stops: weight 0 holds
+    /// nothing, and a weight too light for a slot of its own (1 beside 65535 at M=251) makes
+    /// the scan run to the end.
+    #[test]
+    fn slot_holders_are_those_in_the_table() {
+        use crate::lb::maglev::{build, Member, Table};
+        for weights in [vec![1, 1, 1], vec![1, 0, 2, 0], vec![65535, 1, 65535]] {
+            let members: Vec<Member> = (0..weights.len())
+                .map(|i| Member {
+                    addr: IpAddr::from([10, 0, 0, i as u8]),
+                    port: 80,
+                    weight: weights[i],
+                })
+                .collect();
+            let table = Table::from(build(&members, 251, 1));
+            let mut all = vec![false; members.len()];
+            for i in table.iter() {
+                all[i] = true;
+            }
+            let holding = weights.iter().filter(|&&w| w > 0).count();
+            let holders = ServiceEntry::slot_holders(&table, members.len(), holding);
+            assert_eq!(&*holders, &all[..], "weights {weights:?}");
+        }
+    }
 
     fn r(p: &str, len: u8, port: Port) -> Route {
         Route {
