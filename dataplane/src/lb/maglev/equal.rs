@@ -15,8 +15,15 @@
 
 use super::tail::{inverse, Modulus};
 use super::Turn;
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+
+thread_local! {
+    /// A fill's first choices and candidates, kept for the thread's next fill (2 × 64 KiB at
+    /// the default size).
+    static SCRATCH: Cell<(Vec<u32>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
 
 /// Lanes of the first-choice pass: 8 u32 are one AVX2 register, two SSE2 ones.
 const LANES: usize = 8;
@@ -54,7 +61,11 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
     };
     let mask = (1u32 << bits) - 1;
     let (mw, len) = (u64::from(m), m as usize);
-    let mut first = vec![u32::MAX; len.div_ceil(LANES) * LANES];
+    // the buffers of the last fill on this thread: no allocation, and no page to fault in,
+    // for each of a full apply's 10,000 builds (their contents are all written before read)
+    let (mut first, mut candidates) = SCRATCH.take();
+    first.resize(len.div_ceil(LANES) * LANES, 0);
+    candidates.resize(len, 0);
     for (i, (t, &inv)) in turns.iter().zip(&inverses).enumerate() {
         let inv = u64::from(inv);
         // the round in which this member reaches slot 0, and each lane's first slot
@@ -64,9 +75,9 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
             *d = ((d0 + l as u64 * inv) % mw) as u32;
         }
         let step = (LANES as u64 * inv % mw) as u32;
-        lanes(&mut first, d, step, m, bits, i as u32);
+        lanes(&mut first, d, step, (m, bits), (i as u32, i == 0));
     }
-    let first = &first[..len];
+    let keys = &first[..len];
     // Each member's first choices counted by round, in at most 256 spans of rounds: the span
     // in which its count reaches its quota is the earliest it can finish in. On the way, every
     // slot's table entry is its first choice's member (the rest are written again when they
@@ -82,9 +93,8 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
     // candidates for the rest, taken on the way
     let share = (sigmas * (n as f64 / f64::from(m)).sqrt()).min(1.0);
     let guess = (f64::from(m) * (1.0 - share.powf(1.0 / n as f64))) as u32;
-    let mut candidates = vec![0u32; len];
     let candidates_len = tally(
-        first,
+        keys,
         table,
         &mut count,
         &index,
@@ -126,10 +136,11 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
     }
     let mut rest: Vec<u64> = candidates[..candidates_len]
         .iter()
-        .map(|&s| (first[s as usize], s))
+        .map(|&s| (keys[s as usize], s))
         .filter(|&(k, _)| k >= limit)
         .map(|(k, s)| u64::from(k) << 32 | u64::from(s))
         .collect();
+    SCRATCH.set((first, candidates));
     rest.sort_unstable();
     let modulus = Modulus::new(m);
     let mut rest = rest.into_iter().peekable();
@@ -176,35 +187,54 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
 /// `(round, turn)`. Lane l holds the rounds of slots l, l + LANES, ...; a step of LANES slots is
 /// `step` rounds on. The lanes carry `round << bits | turn`, and step and modulus are shifted
 /// alike, so the turn's bits stay put.
-fn lanes(first: &mut [u32], d: [u32; LANES], step: u32, m: u32, bits: u32, turn: u32) {
+/// The first member's pass (`overwrite`) writes its choices over whatever the slots held.
+fn lanes(
+    first: &mut [u32],
+    d: [u32; LANES],
+    step: u32,
+    (m, bits): (u32, u32),
+    (turn, overwrite): (u32, bool),
+) {
     let key = d.map(|d| d << bits | turn);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: `lanes_avx2` needs nothing but AVX2, which this CPU has (std caches the
         // detection).
-        unsafe { lanes_avx2(first, key, step << bits, m << bits) };
+        unsafe { lanes_avx2(first, key, (step << bits, m << bits), overwrite) };
         return;
     }
-    lanes_in(first, key, step << bits, m << bits);
+    lanes_in(first, key, (step << bits, m << bits), overwrite);
 }
 
 /// [`lanes_in`] for AVX2: an unsigned min of 8 lanes is one instruction, where SSE2 takes eight
 /// for 4 (the build ~1.5x faster here).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn lanes_avx2(first: &mut [u32], key: [u32; LANES], step: u32, m: u32) {
-    lanes_in(first, key, step, m)
+unsafe fn lanes_avx2(first: &mut [u32], key: [u32; LANES], step_m: (u32, u32), overwrite: bool) {
+    lanes_in(first, key, step_m, overwrite)
 }
 
 #[inline(always)]
-fn lanes_in(first: &mut [u32], mut key: [u32; LANES], step: u32, m: u32) {
-    for chunk in first.chunks_exact_mut(LANES) {
-        for l in 0..LANES {
-            chunk[l] = chunk[l].min(key[l]);
-            let next = key[l] + step;
-            // next mod M without a branch: below M the subtraction wraps to a larger value
-            key[l] = next.min(next.wrapping_sub(m));
+fn lanes_in(first: &mut [u32], mut key: [u32; LANES], (step, m): (u32, u32), overwrite: bool) {
+    let next = |key: &mut [u32; LANES]| {
+        for k in key.iter_mut() {
+            let n = *k + step;
+            // n mod M without a branch: below M the subtraction wraps to a larger value
+            *k = n.min(n.wrapping_sub(m));
         }
+    };
+    if overwrite {
+        for chunk in first.chunks_exact_mut(LANES) {
+            chunk.copy_from_slice(&key);
+            next(&mut key);
+        }
+        return;
+    }
+    for chunk in first.chunks_exact_mut(LANES) {
+        for (c, k) in chunk.iter_mut().zip(key) {
+            *c = (*c).min(k);
+        }
+        next(&mut key);
     }
 }
 
