@@ -28,6 +28,10 @@ thread_local! {
 /// Lanes of the first-choice pass: 8 u32 are one AVX2 register, two SSE2 ones.
 const LANES: usize = 8;
 
+/// Members a first-choice pass takes: one load and store of a slot's choice for 4 members,
+/// their lanes in 8 of AVX2's 16 registers.
+const GROUP: usize = 4;
+
 /// Where the rest is looked for: among the slots whose first choice comes late enough that
 /// each member has ~5 standard deviations of its count of first choices there (the expected
 /// share of such slots is 5·sqrt(N/M)). A member fills its quota, and the rest starts, before
@@ -66,16 +70,20 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
     let (mut first, mut candidates) = SCRATCH.take();
     first.resize(len.div_ceil(LANES) * LANES, 0);
     candidates.resize(len, 0);
-    for (i, (t, &inv)) in turns.iter().zip(&inverses).enumerate() {
-        let inv = u64::from(inv);
+    // the members' lanes, GROUP members a pass (a short last group repeats its last member)
+    let lanes_of = |i: usize| {
+        let (t, inv) = (&turns[i], u64::from(inverses[i]));
         // the round in which this member reaches slot 0, and each lane's first slot
         let d0 = u64::from((m - t.pos) % m) * inv % mw;
-        let mut d = [0u32; LANES];
-        for (l, d) in d.iter_mut().enumerate() {
-            *d = ((d0 + l as u64 * inv) % mw) as u32;
+        let mut key = [0u32; LANES];
+        for (l, k) in key.iter_mut().enumerate() {
+            *k = (((d0 + l as u64 * inv) % mw) as u32) << bits | i as u32;
         }
-        let step = (LANES as u64 * inv % mw) as u32;
-        lanes(&mut first, d, step, (m, bits), (i as u32, i == 0));
+        (key, ((LANES as u64 * inv % mw) as u32) << bits)
+    };
+    for g in (0..n).step_by(GROUP) {
+        let group = std::array::from_fn(|j| lanes_of((g + j).min(n - 1)));
+        lanes(&mut first, group, m << bits, g == 0);
     }
     let keys = &first[..len];
     // Each member's first choices counted by round, in at most 256 spans of rounds: the span
@@ -183,58 +191,53 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
     true
 }
 
-/// One member's pass: each slot keeps the earlier of its first choice so far and this member's
-/// `(round, turn)`. Lane l holds the rounds of slots l, l + LANES, ...; a step of LANES slots is
-/// `step` rounds on. The lanes carry `round << bits | turn`, and step and modulus are shifted
-/// alike, so the turn's bits stay put.
-/// The first member's pass (`overwrite`) writes its choices over whatever the slots held.
-fn lanes(
-    first: &mut [u32],
-    d: [u32; LANES],
-    step: u32,
-    (m, bits): (u32, u32),
-    (turn, overwrite): (u32, bool),
-) {
-    let key = d.map(|d| d << bits | turn);
+/// A pass of GROUP members: each slot keeps the earliest of its first choice so far and these
+/// members' `(round, turn)`. Lane l of a member holds the rounds of slots l, l + LANES, ...; a
+/// step of LANES slots is `step` rounds on. The lanes carry `round << bits | turn`, and step
+/// and modulus (`m`) are shifted alike, so the turn's bits stay put. The first pass
+/// (`overwrite`) writes over whatever the slots held.
+fn lanes(first: &mut [u32], group: [Lanes; GROUP], m: u32, overwrite: bool) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: `lanes_avx2` needs nothing but AVX2, which this CPU has (std caches the
         // detection).
-        unsafe { lanes_avx2(first, key, (step << bits, m << bits), overwrite) };
+        unsafe { lanes_avx2(first, group, m, overwrite) };
         return;
     }
-    lanes_in(first, key, (step << bits, m << bits), overwrite);
+    lanes_in(first, group, m, overwrite);
 }
+
+/// A member's keys for the first LANES slots, and its step.
+type Lanes = ([u32; LANES], u32);
 
 /// [`lanes_in`] for AVX2: an unsigned min of 8 lanes is one instruction, where SSE2 takes eight
 /// for 4 (the build ~1.5x faster here).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn lanes_avx2(first: &mut [u32], key: [u32; LANES], step_m: (u32, u32), overwrite: bool) {
-    lanes_in(first, key, step_m, overwrite)
+unsafe fn lanes_avx2(first: &mut [u32], group: [Lanes; GROUP], m: u32, overwrite: bool) {
+    lanes_in(first, group, m, overwrite)
 }
 
 #[inline(always)]
-fn lanes_in(first: &mut [u32], mut key: [u32; LANES], (step, m): (u32, u32), overwrite: bool) {
-    let next = |key: &mut [u32; LANES]| {
-        for k in key.iter_mut() {
-            let n = *k + step;
-            // n mod M without a branch: below M the subtraction wraps to a larger value
-            *k = n.min(n.wrapping_sub(m));
+fn lanes_in(first: &mut [u32], mut group: [Lanes; GROUP], m: u32, overwrite: bool) {
+    let start = |chunk: &[u32]| -> [u32; LANES] {
+        if overwrite {
+            [u32::MAX; LANES]
+        } else {
+            std::array::from_fn(|l| chunk[l])
         }
     };
-    if overwrite {
-        for chunk in first.chunks_exact_mut(LANES) {
-            chunk.copy_from_slice(&key);
-            next(&mut key);
-        }
-        return;
-    }
     for chunk in first.chunks_exact_mut(LANES) {
-        for (c, k) in chunk.iter_mut().zip(key) {
-            *c = (*c).min(k);
+        let mut least = start(chunk);
+        for (key, step) in group.iter_mut() {
+            for (x, k) in least.iter_mut().zip(key.iter_mut()) {
+                *x = (*x).min(*k);
+                let n = *k + *step;
+                // n mod M without a branch: below M the subtraction wraps to a larger value
+                *k = n.min(n.wrapping_sub(m));
+            }
         }
-        next(&mut key);
+        chunk.copy_from_slice(&least);
     }
 }
 
