@@ -5,7 +5,7 @@
 //! slot `pos + d·skip`, so it reaches slot s in round `d_t(s) = (s - pos)·skip⁻¹ mod M`. Until the
 //! first member has claimed its whole quota, every member still claims, and each slot goes to
 //! the member whose walk reaches it first: the least `(d_t(s), turn)`, its first choice. Those
-//! come from one pass over the slots per member (`d_t(s + 1) = d_t(s) + skip⁻¹`: adds, no
+//! come from a pass over the slots per 4 members (`d_t(s + 1) = d_t(s) + skip⁻¹`: adds, no
 //! multiplies, in vector lanes). A count of each member's first choices by round tells when the
 //! first member can have filled its quota, and every slot whose first choice comes earlier is
 //! that member's (N=10, M=16381: ~97% of the slots). The rest are handed out in the walk's
@@ -43,8 +43,8 @@ pub(super) const SIGMAS: f64 = 5.0;
 
 /// Fills `table` as the walk would from round 0, for `turns` in their walk order, each still to
 /// claim, the rest looked for as [`SIGMAS`] says with `sigmas` deviations. False (the table
-/// half written, to be filled by the walk) when M is not prime or a
-/// (round, turn) pair does not fit a u32.
+/// perhaps half written, for the walk to fill) when M is not prime or a (round, turn) pair does
+/// not fit a u32.
 pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bool {
     let n = turns.len();
     if n == 0 {
