@@ -71,10 +71,10 @@ const TAIL_COST: [usize; 2] = [6, 8];
 const TAIL_SLOT: usize = 8;
 
 /// Equal-weight fills of up to this many members are computed from each slot's first choice
-/// ([`equal::fill`]): a pass over the slots per member, against a walk whose cost hardly
+/// ([`equal::fill`]): a pass over the slots per 4 members, against a walk whose cost hardly
 /// depends on the members. Measured at M=16381 against the walk with its end computed, in one
-/// binary: N=3 0.25–0.33 of the time, N=10 0.33–0.40, N=20 0.53–0.55, N=30 0.63–0.77, N=40
-/// 0.85–0.91, N=50 0.99–1.1, N=64 1.26–1.54.
+/// binary (with a pass per member, before the passes took 4): N=3 0.25–0.33 of the time, N=10
+/// 0.33–0.40, N=20 0.53–0.55, N=30 0.63–0.77, N=40 0.85–0.91, N=50 0.99–1.1, N=64 1.26–1.54.
 const EQUAL_MAX: usize = 40;
 
 /// A member as the fill sees it: where its permutation is, how far it has walked, the slots it
@@ -587,7 +587,7 @@ mod tests {
     /// first choices, up to `EQUAL_MAX` members), mixed (the end computed), extreme, one
     /// member, many; every table size.
     #[test]
-    fn the_computed_end_of_the_fill_is_the_walked_one() {
+    fn the_computed_fill_is_the_walked_one() {
         let cases: [(usize, &dyn Fn(usize) -> u16); 9] = [
             (10, &|_| 1),
             (2, &|_| 1),
