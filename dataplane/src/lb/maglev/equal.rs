@@ -13,7 +13,7 @@
 //! for its next look from a member still claiming (always a later one: a member still claiming
 //! that looked at it earlier would have taken it).
 
-use super::tail::{inverse, Modulus};
+use super::tail::{inverses, Modulus};
 use super::Turn;
 use std::cell::Cell;
 use std::cmp::Reverse;
@@ -56,15 +56,12 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
     if u64::from(m) << (bits + 1) > u64::from(u32::MAX) {
         return false;
     }
-    let Some(inverses) = turns
-        .iter()
-        .map(|t| inverse(t.skip, m))
-        .collect::<Option<Vec<u32>>>()
-    else {
+    let Some(inverses) = inverses(turns, m) else {
         return false;
     };
+    let modulus = Modulus::new(m);
     let mask = (1u32 << bits) - 1;
-    let (mw, len) = (u64::from(m), m as usize);
+    let len = m as usize;
     // the buffers of the last fill on this thread: no allocation, and no page to fault in,
     // for each of a full apply's 10,000 builds (their contents are all written before read)
     let (mut first, mut candidates) = SCRATCH.take();
@@ -72,14 +69,10 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
     candidates.resize(len, 0);
     // the members' lanes, GROUP members a pass (a short last group repeats its last member)
     let lanes_of = |i: usize| {
-        let (t, inv) = (&turns[i], u64::from(inverses[i]));
-        // the round in which this member reaches slot 0, and each lane's first slot
-        let d0 = u64::from((m - t.pos) % m) * inv % mw;
-        let mut key = [0u32; LANES];
-        for (l, k) in key.iter_mut().enumerate() {
-            *k = (((d0 + l as u64 * inv) % mw) as u32) << bits | i as u32;
-        }
-        (key, ((LANES as u64 * inv % mw) as u32) << bits)
+        let (pos, inv) = (turns[i].pos, inverses[i]);
+        // the round in which this member reaches each lane's first slot
+        let key = std::array::from_fn(|l| modulus.looks(pos, l as u32, inv) << bits | i as u32);
+        (key, modulus.mul(LANES as u32, inv) << bits)
     };
     for g in (0..n).step_by(GROUP) {
         let group = std::array::from_fn(|j| lanes_of((g + j).min(n - 1)));
@@ -150,7 +143,6 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
         .collect();
     SCRATCH.set((first, candidates));
     rest.sort_unstable();
-    let modulus = Modulus::new(m);
     let mut rest = rest.into_iter().peekable();
     let mut later = BinaryHeap::new();
     loop {
@@ -173,14 +165,7 @@ pub(super) fn fill(turns: &[Turn], m: u32, table: &mut [u16], sigmas: f64) -> bo
             .zip(&inverses)
             .zip(0u32..)
             .filter(|&(_, i)| need[i as usize] > 0)
-            .map(|((t, &inv), i)| {
-                let ahead = if slot >= t.pos {
-                    slot - t.pos
-                } else {
-                    slot + m - t.pos
-                };
-                modulus.mul(ahead, inv) << bits | i
-            })
+            .map(|((t, &inv), i)| modulus.looks(t.pos, slot, inv) << bits | i)
             .min();
         // the quotas add up to M, so a free slot has a member still claiming it
         let Some(next) = next else { return false };

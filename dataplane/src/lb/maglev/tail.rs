@@ -23,12 +23,7 @@ impl Tail<'_> {
     /// Fills the free slots of `table`; false (nothing done) when M is not prime.
     pub(super) fn finish(&self, table: &mut [u16], taken: &[u64]) -> bool {
         let (m, a) = (self.m, self.turns.len());
-        let Some(inverses) = self
-            .turns
-            .iter()
-            .map(|t| inverse(t.skip, m))
-            .collect::<Option<Vec<u32>>>()
-        else {
+        let Some(inverses) = inverses(self.turns, m) else {
             return false;
         };
         let modulus = Modulus::new(m);
@@ -49,10 +44,9 @@ impl Tail<'_> {
         let mut looks = Vec::with_capacity(slots.len() * a);
         for &s in &slots {
             for (t, &inv) in self.turns.iter().zip(&inverses) {
-                let ahead = if s >= t.pos { s - t.pos } else { s + m - t.pos };
                 // with equal weights the walk counts rounds, not each member's looks
                 let done = if self.uniform { self.round } else { t.looks };
-                looks.push(done + modulus.mul(ahead, inv));
+                looks.push(done + modulus.looks(t.pos, s, inv));
             }
         }
         let mut need: Vec<u32> = self.turns.iter().map(|t| t.need).collect();
@@ -152,8 +146,27 @@ impl Modulus {
     }
 }
 
+impl Modulus {
+    /// How many looks ahead of `pos` a member's walk reaches `slot`, given its `skip⁻¹`: slot
+    /// `pos + d·skip` is `d` looks ahead, so `d = (slot - pos)·skip⁻¹ mod M`.
+    #[inline]
+    pub(super) fn looks(&self, pos: u32, slot: u32, inv: u32) -> u32 {
+        let ahead = if slot >= pos {
+            slot - pos
+        } else {
+            slot + self.m as u32 - pos
+        };
+        self.mul(ahead, inv)
+    }
+}
+
+/// Each turn's `skip⁻¹ mod m`; None unless m is prime to every skip (M prime: always).
+pub(super) fn inverses(turns: &[Turn], m: u32) -> Option<Vec<u32>> {
+    turns.iter().map(|t| inverse(t.skip, m)).collect()
+}
+
 /// `a⁻¹ mod m` by the extended Euclidean algorithm; None unless gcd(a, m) = 1.
-pub(super) fn inverse(a: u32, m: u32) -> Option<u32> {
+fn inverse(a: u32, m: u32) -> Option<u32> {
     let (mut r0, mut r1) = (i64::from(m), i64::from(a));
     let (mut t0, mut t1) = (0i64, 1i64);
     while r1 != 0 {
